@@ -1,0 +1,1 @@
+"""Text sources, tokenizers, packing and caching, and the Dataset classes the trainer reads."""

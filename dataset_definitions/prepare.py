@@ -1,0 +1,267 @@
+"""Turn the configured text source into packed, cached, verified token streams.
+
+    python -m dataset_definitions.prepare --config configs/quickstart.yaml [--set k=v ...] [--force] [--verify]
+
+Stages (each skipped when its output exists): read and split rows (held-out, validation, train,
+disjoint by content hash) -> load or train the tokenizer on the train split -> encode every split
+into a flat token stream `<split>.bin` (each document as [bos] + ids + [eos]) -> meta.json with
+sizes and SHA-256 of every file. The directory `<data_dir>/processed/<hash of the data config>/`
+is built under a temporary name and renamed at the end, so a half-written cache is never used.
+The trainer calls `prepare_data`, so preparation is automatic.
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dataset_definitions.datasets import TokenBlocks
+from dataset_definitions.sources import DataError, iter_rows
+from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
+
+FORMAT_VERSION = 1
+SPLITS = ("heldout", "val", "train")  # the order rows are taken from the source
+ENCODE_CHUNK = 2048                   # documents per encode_batch call
+
+
+@dataclass
+class PreparedData:
+    """A finished cache directory: token streams, evaluation rows as text, the tokenizer."""
+    dir: Path
+    meta: dict
+    tokenizer: Tokenizer
+
+    def tokens(self, split: str) -> np.ndarray:
+        return np.memmap(self.dir / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
+
+    def blocks(self, split: str, context: int, stride: int | None = None) -> TokenBlocks:
+        return TokenBlocks(self.tokens(split), context, stride)
+
+    def rows(self, split: str) -> list[str]:
+        """The documents of the held-out or validation split, as text, in order."""
+        with open(self.dir / f"{split}.jsonl", encoding="utf-8") as f:
+            return [json.loads(line)["text"] for line in f]
+
+    def bytes_per_token(self, split: str) -> float:
+        """UTF-8 bytes of text per token of the stream, for converting nats/token to bits/byte."""
+        s = self.meta["splits"][split]
+        return s["bytes"] / max(s["tokens"], 1)
+
+
+def data_key(cfg) -> str:
+    """Hash of everything that changes the token streams (not the context or stride: they are views)."""
+    data = {k: v for k, v in asdict(cfg.data).items() if k != "stride"}
+    tok = asdict(cfg.tokenizer)
+    if tok["path"] and Path(tok["path"]).is_file():
+        tok["sha256"] = _sha256(Path(tok["path"]))
+    if tok["kind"] in ("gpt2", "llama"):
+        tok.pop("vocab_size")  # fixed by the file, not trained
+    blob = json.dumps({"format": FORMAT_VERSION, "data": data, "tokenizer": tok}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_data(cfg, force: bool = False, verify: bool = False, log=print) -> PreparedData:
+    """Return the prepared data for `cfg` (a RunConfig), building it if needed."""
+    key = data_key(cfg)
+    final = Path(cfg.data_dir) / "processed" / key
+    if final.exists() and not force:
+        meta = _load_meta(final)
+        _check_files(final, meta, full=verify)
+        prepared = PreparedData(final, meta, _tokenizer_or_error(load_tokenizer, meta["tokenizer"]))
+        log(f"data: cached {final}" + (" (every file verified against meta.json)" if verify else ""))
+        _summarise(prepared, cfg.model.context, log)
+        return prepared
+    tmp = final.with_name(f".tmp-{key}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        meta, tokenizer = _build(cfg, key, tmp, log)
+        if final.exists():  # --force: move the old copy aside only once the new one is complete
+            trash = final.with_name(f".old-{key}-{os.getpid()}")
+            final.rename(trash)
+            shutil.rmtree(trash)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    prepared = PreparedData(final, meta, tokenizer)
+    _summarise(prepared, cfg.model.context, log)
+    return prepared
+
+
+def _build(cfg, key: str, out: Path, log) -> tuple[dict, Tokenizer]:
+    t0 = time.time()
+    skipped: Counter = Counter()
+    counts = _split_rows(cfg.data, out, skipped)
+    log(f"data: {counts['heldout']:,} held-out / {counts['val']:,} val / {counts['train']:,} train rows")
+    tokenizer = _tokenizer_or_error(build_tokenizer, cfg.tokenizer, lambda: _read_texts(out / "train.jsonl"),
+                                    Path(cfg.tokenizer_dir), f"{cfg.tokenizer.kind}-{key}")
+    dtype = "uint16" if tokenizer.vocab_size <= 2**16 else "int32"
+    splits = {s: _encode_split(out / f"{s}.jsonl", out / f"{s}.bin", tokenizer, dtype, counts[s], s)
+              for s in SPLITS}
+    (out / "train.jsonl").unlink()  # the token stream is what training reads; keep only eval text
+    meta = {
+        "format": FORMAT_VERSION,
+        "key": key,
+        "config": {"data": asdict(cfg.data), "tokenizer": asdict(cfg.tokenizer)},
+        "tokenizer": tokenizer.spec(),
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": dtype,
+        "splits": splits,
+        "skipped": dict(skipped),
+        "build_seconds": round(time.time() - t0, 2),
+        "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(out.iterdir())},
+    }
+    _atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    return meta, tokenizer
+
+
+def _tokenizer_or_error(fn, *args) -> Tokenizer:
+    """Call a tokenizer loader; its user-fixable failures (missing file, offline, bad vocab) become DataError."""
+    try:
+        return fn(*args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        raise DataError(f"tokenizer: {e}") from None
+
+
+def _split_rows(cfg, out: Path, skipped: Counter) -> dict:
+    """Write heldout/val/train rows as jsonl. Train rows whose text equals an evaluation row are dropped."""
+    limit = cfg.heldout_rows + cfg.val_rows + cfg.train_rows if cfg.train_rows is not None else None
+    quotas = {"heldout": cfg.heldout_rows, "val": cfg.val_rows, "train": cfg.train_rows}
+    counts = dict.fromkeys(SPLITS, 0)
+    eval_hashes: set[bytes] = set()
+    files = {s: open(out / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
+    split_iter = iter(SPLITS)
+    split = next(split_iter)
+    try:
+        for text in tqdm(iter_rows(cfg, skipped, limit), desc="reading rows", unit=" rows", total=limit):
+            while quotas[split] is not None and counts[split] >= quotas[split]:
+                split = next(split_iter)
+            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            if digest in eval_hashes:
+                skipped[f"duplicate of a held-out/val row (dropped from {split})"] += 1
+                continue
+            if split != "train":
+                eval_hashes.add(digest)
+            files[split].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+            counts[split] += 1
+    finally:
+        for f in files.values():
+            f.close()
+    if counts["train"] == 0:
+        raise DataError(
+            f"the source gave {sum(counts.values())} usable rows, all taken by data.heldout_rows="
+            f"{cfg.heldout_rows} and data.val_rows={cfg.val_rows}: lower them or add data")
+    if counts["val"] == 0:
+        raise DataError("no validation rows: set data.val_rows > 0")
+    return counts
+
+
+def _read_texts(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)["text"]
+
+
+def _encode_split(src: Path, dst: Path, tokenizer: Tokenizer, dtype: str, n_rows: int, name: str) -> dict:
+    """Encode a jsonl split into a flat stream of [bos] + ids + [eos] documents."""
+    prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    n_tokens = n_bytes = 0
+    with open(dst, "wb") as out, tqdm(total=n_rows, desc=f"encoding {name}", unit=" rows") as bar:
+        batch: list[str] = []
+        for text in [*_read_texts(src), None]:
+            if text is not None:
+                batch.append(text)
+                n_bytes += len(text.encode("utf-8"))
+            if len(batch) == ENCODE_CHUNK or (text is None and batch):
+                ids = [prefix + doc + [tokenizer.eos_id] for doc in tokenizer.encode_batch(batch)]
+                flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(map(len, ids)))
+                flat.tofile(out)
+                n_tokens += len(flat)
+                bar.update(len(batch))
+                batch = []
+    return {"rows": n_rows, "tokens": n_tokens, "bytes": n_bytes}
+
+
+def _load_meta(d: Path) -> dict:
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise DataError(f"data cache {d} has no readable meta.json: rebuild it with --force") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise DataError(f"data cache {d} has format {meta.get('format')}, expected {FORMAT_VERSION}: rebuild with --force")
+    return meta
+
+
+def _check_files(d: Path, meta: dict, full: bool) -> None:
+    """Sizes always (cheap); SHA-256 of every file when `full` (--verify)."""
+    for name, info in meta["files"].items():
+        p = d / name
+        if not p.is_file() or p.stat().st_size != info["bytes"]:
+            raise DataError(f"data cache {d} is incomplete or corrupted ({name} size differs): rebuild with --force")
+        if full and _sha256(p) != info["sha256"]:
+            raise DataError(f"data cache {d} is corrupted ({name} SHA-256 differs from meta.json): rebuild with --force")
+
+
+def _summarise(prepared: PreparedData, context: int, log) -> None:
+    meta = prepared.meta
+    log(f"data: {prepared.dir} (built in {meta['build_seconds']:.1f}s; "
+        f"vocab {meta['vocab_size']:,}, {meta['dtype']}, tokenizer {meta['tokenizer']['kind']})")
+    for split, s in meta["splits"].items():
+        blocks = len(prepared.blocks(split, context))
+        log(f"  {split:8s} {s['rows']:>9,} rows {s['tokens']:>12,} tokens {s['bytes'] / 1e6:>9.2f} MB "
+            f"{blocks:>9,} blocks of {context}")
+    if meta["skipped"]:
+        log("  skipped: " + ", ".join(f"{n:,} {why}" for why, n in meta["skipped"].items()))
+    sample = prepared.tokenizer.decode(prepared.tokens("val")[:64].tolist())
+    log(f"  first val tokens decoded: {sample!r}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv=None) -> None:
+    from experiment_config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(description="Prepare (tokenize, pack, cache) the data of a config.")
+    parser.add_argument("--config", action="append", default=[], help="YAML config; repeat to overlay")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
+    parser.add_argument("--verify", action="store_true", help="re-hash every cached file against meta.json")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config or ["configs/quickstart.yaml"], args.set)
+        prepare_data(cfg, force=args.force, verify=args.verify)
+    except ConfigError as e:
+        sys.exit(_fail(e, 2))
+    except DataError as e:
+        sys.exit(_fail(e, 1))
+
+
+def _fail(e: Exception, code: int) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,477 @@
+"""One small tokenizer interface over five backends, chosen by `tokenizer.kind`.
+
+    bpe            byte-level BPE trained with Hugging Face `tokenizers`   (<name>.json)
+    gpt2           GPT-2's BPE through tiktoken, local files or download   (a folder)
+    llama          a Llama SentencePiece tokenizer.model                   (given file)
+    sentencepiece  SentencePiece BPE trained here, byte fallback           (<name>.model)
+    word           lower-cased words, most frequent train words            (<name>.json)
+
+Special ids: bpe and sentencepiece use pad=0, bos=1, eos=2, unk=3; word uses <sos>=0, <eos>=1,
+<pad>=2, <unk>=3; gpt2 has only <|endoftext|>=50256 (eos and pad, no bos); llama has bos=1,
+eos=2 and pads with its pad id, or eos when it has none.
+
+`encode` never adds specials; `decode` drops pad/bos/eos. `spec()` is a small dict of plain
+types saved with data and checkpoints; `load_tokenizer(spec)` rebuilds the tokenizer from it
+and refuses a file whose sha256 changed.
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from dataset_definitions.config import TOKENIZER_KINDS, TokenizerConfig
+
+BPE_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")   # ids 0..3, also used for sentencepiece
+WORD_SPECIALS = ("<sos>", "<eos>", "<pad>", "<unk>")  # ids 0..3
+MIN_BYTE_VOCAB = 256 + len(BPE_SPECIALS)  # every byte must be a token, plus the specials
+GPT2_FILES = ("encoder.json", "vocab.bpe")
+GPT2_EOT = 50256
+
+# Words: letters/digits with an optional contraction ("don't", "it's"), or any single other
+# non-space character, so punctuation becomes its own token. Curly apostrophes are mapped to
+# "'" first so "don’t" and "don't" are one word.
+WORD_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]"
+_NO_SPACE_BEFORE = set(".,!?;:)]}%")
+_NO_SPACE_AFTER = set("([{$#")
+
+# SentencePiece skips sentences longer than max_sentence_length bytes, so long lines are cut
+# into pieces of at most _SP_CHUNK_CHARS characters (<= 4 bytes each in UTF-8).
+_SP_CHUNK_CHARS = 4096
+_SP_MAX_SENTENCES = 1_000_000  # sampled from the train text; more only slows training
+
+
+class Tokenizer:
+    """Interface: `encode` text to ids without specials, `decode` ids back, `spec` to rebuild."""
+
+    kind: str
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int
+    pad_id: int
+
+    def __init__(self, path: str | None):
+        self.path = path  # the file or folder this was loaded from; None for a download
+        self.sha256 = _sha256(path) if path is not None and Path(path).is_file() else None
+
+    def encode(self, text: str) -> list[int]:
+        """Text to ids, no specials added."""
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Many texts to ids, in parallel where the backend can; same ids as `encode`."""
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Ids (list, numpy array or tensor) to text, dropping pad/bos/eos."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids
+        skip = {self.pad_id, self.bos_id, self.eos_id}
+        return self._decode([int(i) for i in ids if i not in skip])
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def spec(self) -> dict:
+        """Plain-typed description (kind, path, sha256, vocab_size) that `load_tokenizer` rebuilds."""
+        return {"kind": self.kind, "path": self.path, "sha256": self.sha256, "vocab_size": self.vocab_size}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(kind={self.kind}, vocab_size={self.vocab_size}, path={self.path})"
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE from Hugging Face `tokenizers`; decode(encode(text)) == text for any text."""
+
+    kind = "bpe"
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer as HFTokenizer
+        super().__init__(path)
+        try:
+            self._tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises a bare Exception
+            raise ValueError(f"{path} is not a Hugging Face tokenizer file: {e}") from e
+        # Treat "<eos>" typed in the text as plain text, so arbitrary text round-trips exactly.
+        self._tok.encode_special_tokens = True
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.pad_id, self.bos_id, self.eos_id = (self._tok.token_to_id(t) for t in BPE_SPECIALS[:3])
+        if self.eos_id is None:
+            raise ValueError(f"{path} has no <eos> token; bpe tokenizers are trained here with {BPE_SPECIALS}")
+        if self.pad_id is None:
+            self.pad_id = self.eos_id
+
+    def encode(self, text):
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts):
+        # Rust batch encoder, parallel over texts; the _fast variant (newer tokenizers) skips offsets.
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def _decode(self, ids):
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's 50257-token BPE through tiktoken; <|endoftext|> is both eos and pad."""
+
+    kind = "gpt2"
+    bos_id = None
+    eos_id = pad_id = GPT2_EOT
+
+    def __init__(self, folder: str | None):
+        super().__init__(folder)
+        self._enc = _gpt2_download() if folder is None else _gpt2_from_folder(folder)
+        self.vocab_size = self._enc.n_vocab
+
+    def encode(self, text):
+        return self._enc.encode_ordinary(text)  # "<|endoftext|>" in the text stays plain text
+
+    def encode_batch(self, texts):
+        # tiktoken releases the GIL while encoding. Its encode_ordinary_batch makes one thread task
+        # per text, which costs about as much as encoding a short story, so each thread here
+        # takes a contiguous slice instead (~1.5x faster on 2 cores for ~700-byte documents).
+        n = min(_num_threads(), max(1, len(texts) // 16))
+        if n == 1:
+            return [self._enc.encode_ordinary(t) for t in texts]
+        k = -(-len(texts) // n)  # ceil
+        with ThreadPoolExecutor(n) as pool:
+            parts = pool.map(lambda part: [self._enc.encode_ordinary(t) for t in part],
+                             [texts[i:i + k] for i in range(0, len(texts), k)])
+            return [ids for part in parts for ids in part]
+
+    def _decode(self, ids):
+        return self._enc.decode(ids)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece model: a Llama tokenizer.model (kind llama) or one trained here."""
+
+    def __init__(self, path: str, kind: str = "sentencepiece"):
+        import sentencepiece as spm
+        super().__init__(path)
+        self.kind = kind
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(path))
+        except Exception as e:
+            raise ValueError(f"{path} is not a SentencePiece model file: {e}") from e
+        self.vocab_size = self._sp.vocab_size()
+        self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        self.eos_id = self._sp.eos_id()
+        if self.eos_id < 0:
+            raise ValueError(f"SentencePiece model {path} has no eos piece")
+        self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
+
+    def encode(self, text):
+        return self._sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts):
+        return self._sp.encode(texts, out_type=int, num_threads=_num_threads())
+
+    def _decode(self, ids):
+        return self._sp.decode(ids)
+
+
+class WordTokenizer(Tokenizer):
+    """Lower-cased word level: WORD_PATTERN tokens, unknown words -> <unk>."""
+
+    kind = "word"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("kind") != "word":
+            raise ValueError(f"{path} is not a word-level tokenizer file (no \"kind\": \"word\")")
+        self.words: list[str] = data["vocab"]  # id -> word, the specials first
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self._pattern = re.compile(data["pattern"])  # the pattern it was trained with
+        self.vocab_size = len(self.words)
+        self.bos_id, self.eos_id, self.pad_id, self.unk_id = range(len(WORD_SPECIALS))
+
+    def split(self, text: str) -> list[str]:
+        """Text to word strings, before the vocabulary lookup."""
+        return _split_words(self._pattern, text)
+
+    def encode(self, text):
+        return [self.index.get(w, self.unk_id) for w in self.split(text)]
+
+    def _decode(self, ids):
+        out = []
+        for w in (self.words[i] for i in ids):
+            # "hello , world ." -> "hello, world."
+            if out and w not in _NO_SPACE_BEFORE and out[-1] not in _NO_SPACE_AFTER:
+                out.append(" ")
+            out.append(w)
+        return "".join(out)
+
+
+def _split_words(pattern: re.Pattern, text: str) -> list[str]:
+    return pattern.findall(text.lower().replace("\u2019", "'"))
+
+
+# ----------------------------------------------------------------------------- loading
+
+_EXTENSIONS = {"bpe": "json", "sentencepiece": "model", "word": "json"}
+
+
+def _load(kind: str, path: str | None) -> Tokenizer:
+    """The tokenizer of `kind` stored at `path` (a folder for gpt2; None = download gpt2)."""
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer kind {kind!r} is not one of {list(TOKENIZER_KINDS)}")
+    if kind == "gpt2":
+        return GPT2Tokenizer(None if path is None else str(path))
+    if path is None:
+        raise ValueError(f"tokenizer.kind={kind} needs tokenizer.path")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"tokenizer file {path} not found: set tokenizer.path to an existing "
+                                f"{kind} tokenizer file" + (" (or leave it unset to train one)"
+                                                            if kind in _EXTENSIONS else ""))
+    if kind == "bpe":
+        return BPETokenizer(str(path))
+    if kind == "word":
+        return WordTokenizer(str(path))
+    return SentencePieceTokenizer(str(path), kind=kind)
+
+
+def load_tokenizer(spec: dict) -> Tokenizer:
+    """Rebuild a tokenizer from its `spec()`, refusing files that changed since.
+
+    Args:
+        spec: the dict returned by `Tokenizer.spec()` (kind, path, sha256, vocab_size).
+    Returns:
+        The same tokenizer. Raises ValueError if the file's sha256 or the vocab size differ.
+    """
+    path, sha = spec.get("path"), spec.get("sha256")
+    if sha is not None and path is not None and Path(path).is_file() and _sha256(path) != sha:
+        raise ValueError(f"tokenizer file {path} changed since this data/checkpoint was made "
+                         f"(sha256 {sha[:12]}... is now {_sha256(path)[:12]}...)")
+    tok = _load(spec["kind"], path)
+    if spec.get("vocab_size") is not None and tok.vocab_size != spec["vocab_size"]:
+        raise ValueError(f"tokenizer {path or spec['kind']} has vocab_size {tok.vocab_size}, "
+                         f"but this data/checkpoint was made with {spec['vocab_size']}")
+    return tok
+
+
+def build_tokenizer(cfg: TokenizerConfig, train_texts: Callable[[], Iterable[str]],
+                    out_dir: Path, name: str) -> Tokenizer:
+    """Load the tokenizer that `cfg` names, training it first if needed.
+
+    Args:
+        cfg: tokenizer config; cfg.path set = load that file (or gpt2 folder).
+        train_texts: called once, only when training, for an iterable of training documents.
+        out_dir: where a trained tokenizer is saved, as <name>.json (bpe, word) or <name>.model.
+        name: file stem; if out_dir/<name>.<ext> exists it is loaded, not retrained.
+    Returns:
+        The tokenizer.
+    """
+    if cfg.path is not None or cfg.kind in ("gpt2", "llama"):
+        return _load(cfg.kind, cfg.path)
+    path = Path(out_dir) / f"{name}.{_EXTENSIONS[cfg.kind]}"
+    if path.exists():
+        tok = _load(cfg.kind, str(path))
+        note = "" if tok.vocab_size == cfg.vocab_size else f", tokenizer.vocab_size={cfg.vocab_size}"
+        print(f"tokenizer: loaded {path} (vocab {tok.vocab_size}{note}); delete it to retrain")
+        return tok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train = {"bpe": _train_bpe, "sentencepiece": _train_sentencepiece, "word": _train_word}[cfg.kind]
+    data = train(_NonEmpty(train_texts()), cfg.vocab_size)
+    # Write then rename, so an interrupted run never leaves a half file that later runs would load.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    tok = _load(cfg.kind, str(path))
+    print(f"tokenizer: trained {cfg.kind} with vocab {tok.vocab_size}, saved {path}")
+    return tok
+
+
+# ----------------------------------------------------------------------------- training
+
+class _NonEmpty:
+    """Iterates the non-empty texts once, counting them, so empty training data fails clearly."""
+
+    def __init__(self, texts: Iterable[str]):
+        self.texts, self.count, self.error = texts, 0, None
+
+    def __iter__(self):
+        try:
+            for text in self.texts:
+                if text:
+                    self.count += 1
+                    yield text
+        except Exception as e:
+            self.error = e  # sentencepiece turns it into a RuntimeError; kept to re-raise as is
+            raise
+
+    def check(self):
+        if self.count == 0:
+            raise ValueError("no training text for the tokenizer (train_texts() yielded nothing)")
+
+
+def _check_min_vocab(vocab_size: int, minimum: int, why: str):
+    if vocab_size < minimum:
+        raise ValueError(f"tokenizer.vocab_size={vocab_size} is too small: the minimum is {minimum} ({why})")
+
+
+def _train_bpe(texts: _NonEmpty, vocab_size: int) -> bytes:
+    """Byte-level BPE trained on `texts`; returns the tokenizer JSON."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    _check_min_vocab(vocab_size, MIN_BYTE_VOCAB, "256 bytes + 4 specials")
+    tok = HFTokenizer(models.BPE(unk_token="<unk>"))
+    # No prefix space: it would add a space to every text and break exact round trips.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
+    tok.train_from_iterator(texts, trainer)
+    texts.check()
+    return tok.to_str().encode("utf-8")
+
+
+def _sentences(texts: Iterable[str]) -> Iterable[str]:
+    """Documents to SentencePiece sentences: non-blank lines, long ones cut into chunks."""
+    for text in texts:
+        for line in text.split("\n"):
+            for i in range(0, len(line), _SP_CHUNK_CHARS):
+                if line[i:i + _SP_CHUNK_CHARS].strip():
+                    yield line[i:i + _SP_CHUNK_CHARS]
+
+
+def _train_sentencepiece(texts: _NonEmpty, vocab_size: int) -> bytes:
+    """SentencePiece BPE with byte fallback trained on `texts`; returns the model bytes."""
+    import sentencepiece as spm
+    _check_min_vocab(vocab_size, MIN_BYTE_VOCAB, "256 byte pieces + 4 specials, plus the characters seen")
+    model = io.BytesIO()
+    print(f"tokenizer: training sentencepiece bpe, vocab {vocab_size}")
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(_sentences(texts)), model_writer=model,
+            model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
+            pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+            # identity + keep whitespace: the text is what it is, so decode(encode(x)) == x
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True, split_digits=True,
+            character_coverage=0.9995,  # rare characters go to byte pieces instead
+            max_sentence_length=4 * _SP_CHUNK_CHARS, input_sentence_size=_SP_MAX_SENTENCES,
+            shuffle_input_sentence=True, num_threads=_num_threads(), minloglevel=1)
+    except RuntimeError as e:
+        if texts.error is not None:
+            raise texts.error
+        texts.check()
+        reason = str(e).split("] ", 1)[-1].strip()  # drop sentencepiece's source location
+        raise ValueError(f"sentencepiece cannot train tokenizer.vocab_size={vocab_size} on this text: "
+                         f"{reason} (change tokenizer.vocab_size or train on more text)") from e
+    return model.getvalue()
+
+
+def _train_word(texts: _NonEmpty, vocab_size: int) -> bytes:
+    """Word vocabulary: the specials, then the most frequent words (ties alphabetical); JSON bytes."""
+    _check_min_vocab(vocab_size, len(WORD_SPECIALS) + 1, "4 specials + 1 word")
+    pattern = re.compile(WORD_PATTERN)
+    counts = Counter()
+    for text in texts:
+        counts.update(_split_words(pattern, text))
+    texts.check()
+    words = sorted(counts, key=lambda w: (-counts[w], w))[:vocab_size - len(WORD_SPECIALS)]
+    data = {"kind": "word", "pattern": WORD_PATTERN, "vocab": list(WORD_SPECIALS) + words}
+    return json.dumps(data, ensure_ascii=False, indent=0).encode("utf-8")
+
+
+# ----------------------------------------------------------------------------- gpt2
+
+def _gpt2_from_folder(folder: str):
+    """GPT-2's tiktoken Encoding from a local encoder.json + vocab.bpe."""
+    import tiktoken
+    import tiktoken.load
+    from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenizer regex
+    files = [Path(folder) / f for f in GPT2_FILES]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"gpt2 tokenizer file {f} not found: set tokenizer.path to a folder "
+                                    f"with encoder.json and vocab.bpe")
+    vocab_bpe, encoder_json = str(files[1]), str(files[0])
+    # tiktoken caches files by path; passing the hashes makes it re-read a file that changed.
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json,
+        vocab_bpe_hash=_sha256(vocab_bpe), encoder_json_hash=_sha256(encoder_json))
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": GPT2_EOT}, explicit_n_vocab=GPT2_EOT + 1)
+
+
+def _gpt2_download():
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # network errors come from requests, urllib3, ssl, ...
+        raise RuntimeError(f"could not download the gpt2 tokenizer ({type(e).__name__}); offline? "
+                           f"set tokenizer.path to a folder with encoder.json and vocab.bpe") from e
+
+
+# ----------------------------------------------------------------------------- word vectors
+
+def load_word_vectors(path: str | Path, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Pretrained vectors for a word tokenizer's vocabulary, from a word2vec/fastText text file.
+
+    The file may start with an "N dim" header; each other line is "word v1 ... vd". An exact
+    match wins; otherwise the first cased variant ("The") fills a lower-case word's row.
+
+    Args:
+        path: the .txt/.vec file.
+        tokenizer: a word-level tokenizer (kind word).
+    Returns:
+        (vectors, found): float32 (vocab_size, d), zero rows for missing words; bool (vocab_size,).
+    """
+    if not isinstance(tokenizer, WordTokenizer):
+        raise ValueError(f"load_word_vectors needs a word-level tokenizer (tokenizer.kind=word), "
+                         f"got kind {tokenizer.kind}")
+    vectors, found, exact, dim = None, None, None, None
+    # errors="replace": a stray bad byte in a huge file only spoils that word, which won't match.
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.rstrip().split(" ")
+            if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                dim = int(parts[1])  # "N dim" header
+                continue
+            if len(parts) < 2:
+                continue
+            if dim is None:
+                dim = len(parts) - 1
+            if len(parts) < dim + 1:
+                raise ValueError(f"{path}:{lineno}: expected a word and {dim} numbers, got {len(parts)} fields")
+            if vectors is None:
+                vectors = np.zeros((tokenizer.vocab_size, dim), dtype=np.float32)
+                found = np.zeros(tokenizer.vocab_size, dtype=bool)
+                exact = np.zeros(tokenizer.vocab_size, dtype=bool)
+            word = " ".join(parts[:-dim])  # a few files hold words with spaces
+            i = tokenizer.index.get(word)
+            is_exact = i is not None
+            if i is None:
+                i = tokenizer.index.get(word.lower())
+            if i is None or exact[i] or (found[i] and not is_exact):
+                continue  # parse numbers only for rows we fill: most lines are unused
+            vectors[i] = np.asarray(parts[-dim:], dtype=np.float32)
+            found[i], exact[i] = True, is_exact
+    if vectors is None:
+        raise ValueError(f"{path} holds no word vectors")
+    return vectors, found
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _num_threads() -> int:
+    # The cores this process may use (containers and taskset limit them), not the machine's.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,209 @@
+"""The run configuration: one typed tree, loaded from YAML files and --set overrides.
+
+    cfg = load_config(["configs/baseline.yaml", "configs/quickstart.yaml"], ["train.lr=1e-3"])
+
+Files merge in order (later wins), then each `--set a.b=value` (value parsed as YAML). An unknown
+key or a value of the wrong type raises ConfigError naming the key; CLIs turn it into exit status 2.
+Relative paths in the tree are relative to the working directory (run commands from the repo root).
+"""
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dataset_definitions.config import DataConfig, TokenizerConfig
+from models.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names the key and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000           # optimizer steps
+    batch_size: int = 32            # sequences per micro-batch per process
+    grad_accum: int = 1             # micro-batches per optimizer step
+    lr: float = 1e-3                # peak learning rate
+    min_lr: float = 1e-4            # floor of the cosine decay
+    warmup_steps: int = 100         # linear warmup from 0 to lr
+    weight_decay: float = 0.1       # applied to matrices only (not norms, biases, positions)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0          # max global gradient norm; 0 = off
+    eval_every: int = 100           # steps between validation passes (and at the end)
+    eval_batches: int | None = None  # validation micro-batches per pass; None = the whole split
+    save_every: int = 500           # steps between last.pt writes (and at the end)
+    keep_every: int = 0             # also keep step_<n>.pt every this many steps; 0 = off
+    patience: int = 0               # early stopping: evals without improvement; 0 = off
+    log_every: int = 1              # steps between progress-bar updates
+    precision: str = "auto"         # auto (bf16 on capable GPUs, fp16 on others, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False           # torch.compile the model
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision: {self.precision!r} is not one of ['auto', 'fp32', 'bf16', 'fp16']")
+        for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"train.lr and train.min_lr need 0 <= min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"          # disabled | offline | online
+    project: str = "small-lm"
+
+    def __post_init__(self):
+        if self.mode not in ("disabled", "offline", "online"):
+            raise ConfigError(f"wandb.mode: {self.mode!r} is not one of ['disabled', 'offline', 'online']")
+
+
+@dataclass
+class RunConfig:
+    run_name: str | None = None     # outputs go to checkpoints/<run_name>/ and logs/*/<run_name>.*
+    seed: int = 1337
+    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
+    data_dir: str = "data"          # processed token caches: <data_dir>/processed/<hash>/
+    tokenizer_dir: str = "tokenizers"  # trained tokenizer files
+    checkpoint_dir: str = "checkpoints"
+    log_dir: str = "logs"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def load_config(paths: list[str | Path] = (), sets: list[str] = ()) -> RunConfig:
+    """Merge YAML files in order, apply `key=value` overrides, and build the typed tree."""
+    merged: dict = {}
+    for path in paths:
+        merged = _merge(merged, _read_yaml(Path(path)), str(path))
+    for item in sets:
+        key, value = _parse_set(item)
+        node = merged
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {p} is not a section")
+        node[leaf] = value
+    return from_dict(merged)
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Build a RunConfig from nested plain dicts (e.g. the `config` saved in a checkpoint)."""
+    try:
+        return _build(RunConfig, d, "")
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # raised by a section's own __post_init__ checks
+        raise ConfigError(str(e)) from None
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict of the config (safe to save in checkpoints and JSON)."""
+    return dataclasses.asdict(cfg)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (configs live in configs/, e.g. configs/quickstart.yaml)")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(d).__name__}")
+    return d
+
+
+def _merge(base: dict, over: dict, source: str) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, source)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_set(item: str) -> tuple[str, object]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _build(cls, d, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section of keys, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in d:
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys here: {', '.join(names)}")
+    values = {}
+    for key, value in d.items():
+        if dataclasses.is_dataclass(hints[key]) and hints[key] is not ModelConfig:
+            values[key] = _build(hints[key], value, f"{prefix}{key}.")
+        elif hints[key] is ModelConfig:
+            values[key] = _build_model(value, f"{prefix}{key}.")
+        else:
+            values[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**values)
+
+
+def _build_model(d, prefix: str) -> ModelConfig:
+    # A preset fills the defaults; the keys the user set win over them.
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a section of keys, got {d!r}")
+    hints = typing.get_type_hints(ModelConfig)
+    for key in d:
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys here: {', '.join(hints)}")
+    values = {k: _coerce(v, hints[k], prefix + k) for k, v in d.items()}
+    return ModelConfig.from_preset(values.pop("preset", "baseline"), **values)
+
+
+def _coerce(value, hint, key: str):
+    """Check `value` against a field's type hint; ints are accepted where floats are expected."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    expected = hint.__name__ + (" or null" if optional else "")
+    raise ConfigError(f"config key '{key}' expects {expected}, got {value!r}")
+
+
+def exit_on_config_error(fn):
+    """Decorator for CLI entry points: a ConfigError becomes one line on stderr and exit status 2."""
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper

@@ -1,0 +1,474 @@
+"""The generic trainer: one training loop for every model family and experiment.
+
+    python run_baseline.py [--config FILE ...] [--set key=value ...] [--resume] [--force] [--run-name NAME]
+    torchrun --nproc_per_node=N run_baseline.py ...      # data parallel (NCCL on GPUs, gloo on CPU)
+
+A runner passes its experiment's default config; `--config` files overlay it in order, then
+`--set` overrides (see experiment_config.py). The data is prepared (or found cached), the model is
+built from `model.preset`, and training writes checkpoints/<run>/{last,best,step_<n>}.pt and
+logs/{losses,times,csv}/<run>.* (see train_logs.py).
+"""
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import models
+from dataset_definitions.datasets import BlockSampler
+from dataset_definitions.prepare import prepare_data
+from dataset_definitions.sources import DataError
+from dataset_definitions.tokenization import load_word_vectors
+from experiment_config import ConfigError, RunConfig, load_config, to_dict
+from train_logs import RunLogger, run_log_paths
+
+CHECKPOINT_FORMAT = 1
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense bf16
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def main(default_config: str, argv: list[str] | None = None) -> None:
+    """Parse the runner CLI, train, and turn user errors into one-line messages."""
+    parser = argparse.ArgumentParser(description=f"Train with {default_config} as the base config.")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML overlay on the runner's default config; repeat to stack")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
+    parser.add_argument("--force", action="store_true", help="delete the run's earlier outputs and start over")
+    parser.add_argument("--run-name", help="name for checkpoints/ and logs/ (default: from the configs)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config([default_config, *args.config], args.set)
+        cfg.run_name = args.run_name or cfg.run_name or default_run_name([default_config, *args.config], args.set)
+        train(cfg, resume=args.resume, force=args.force)
+    except ConfigError as e:
+        _exit(f"error: {e}", 2)
+    except (DataError, TrainingError, FileNotFoundError) as e:
+        _exit(f"error: {e}", 1)
+    except KeyboardInterrupt:
+        _exit("interrupted: last.pt saved; continue with --resume", 130)
+
+
+def _exit(message: str, code: int) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def default_run_name(config_paths: list[str], sets: list[str]) -> str:
+    """E.g. configs/tid.yaml + configs/quickstart.yaml + tid.method=entropy -> tid-quickstart-method=entropy."""
+    parts = [Path(p).stem for p in config_paths] + [s.split(".")[-1] for s in sets]
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
+
+
+# ----------------------------------------------------------------------------- setup
+
+@dataclass
+class Env:
+    """Where this process runs: rank, world size, device, precision."""
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype                # autocast dtype; float32 = no autocast
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def log(self, *args) -> None:
+        """Print on rank 0 only (through tqdm so bars stay intact)."""
+        if self.master:
+            tqdm.write(" ".join(str(a) for a in args))
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def setup_env(cfg: RunConfig) -> Env:
+    """Read torchrun's environment, pick device and precision, seed, enable TF32."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device: {cfg.device!r} requested but CUDA is not available (use device=cpu)")
+        if device.type == "cuda" and world > 1:
+            device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "fp32" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if precision in ("bf16", "fp16") and device.type == "cpu" and precision == "fp16":
+        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return Env(rank, local_rank, world, device, dtype)
+
+
+def run_paths(cfg: RunConfig) -> dict[str, Path]:
+    ckpt = Path(cfg.checkpoint_dir) / cfg.run_name
+    return {"dir": ckpt, "last": ckpt / "last.pt", "best": ckpt / "best.pt"}
+
+
+def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
+    """Refuse to overwrite another run's outputs unless --resume or --force says what to do."""
+    paths = run_paths(cfg)
+    existing = [p for p in [paths["dir"], *run_log_paths(cfg.run_name, cfg.log_dir)] if p.exists()]
+    if resume:
+        if not paths["last"].is_file():
+            raise TrainingError(f"--resume: no checkpoint at {paths['last']} (start the run without --resume)")
+        return
+    if existing and not force:
+        raise TrainingError(
+            f"run {cfg.run_name!r} already has outputs ({existing[0]}): pass --resume to continue it, "
+            "--force to overwrite it, or --run-name NAME for a new run")
+    for p in existing:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def build_model(cfg: RunConfig, tokenizer, env: Env) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = models.build(cfg.model)
+    if cfg.model.word_vectors:
+        vectors, found = load_word_vectors(cfg.model.word_vectors, tokenizer)
+        model.init_token_embeddings(torch.from_numpy(vectors), freeze=cfg.model.freeze_embeddings)
+        env.log(f"word vectors: {int(found.sum()):,}/{len(found):,} tokens initialised from {cfg.model.word_vectors}")
+    return model.to(env.device)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig, env: Env) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings (dim >= 2) only, not on norms and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
+                             fused=env.device.type == "cuda")
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warmup to train.lr, then cosine decay to train.min_lr at train.max_steps."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint written by the trainer (weights_only: no code runs on load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not a checkpoint of this trainer (format {ckpt.get('format')})")
+    return ckpt
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
+
+
+class Trainer:
+    """State of one training run; `fit` runs the loop."""
+
+    def __init__(self, cfg: RunConfig, env: Env, resume: bool):
+        self.cfg, self.env = cfg, env
+        data = prepare_data(cfg, log=env.log) if env.master else None
+        if env.world > 1:
+            dist.barrier()  # rank 0 builds the cache; the others then find it
+            data = data or prepare_data(cfg, log=lambda *a: None)
+        self.data = data
+        cfg.model = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
+        self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride)
+        self.val_blocks = data.blocks("val", cfg.model.context)
+        self.sampler = BlockSampler(len(self.train_blocks), cfg.train.batch_size, cfg.seed, env.rank, env.world)
+
+        self.raw_model = build_model(cfg, data.tokenizer, env)
+        self.optimizer = make_optimizer(self.raw_model, cfg, env)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
+        self.step, self.best_val, self.evals_since_best = 0, math.inf, 0
+        if resume:
+            self._restore(load_checkpoint(run_paths(cfg)["last"], map_location=env.device))
+        else:
+            torch.manual_seed(cfg.seed + env.rank)  # the training stream (dropout, TID) differs per rank
+        model = self.raw_model
+        if cfg.train.compile:
+            model = torch.compile(model)
+        if env.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+        self.model = model
+        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context * env.world
+        n_params = self.raw_model.num_params()
+        self.flops_per_token = models.flops_per_token(cfg.model, self.raw_model.num_params(exclude_embeddings=True))
+        self.peak = peak_flops(env.device)
+        env.log(f"model: {cfg.model.preset}, {n_params / 1e6:.2f}M parameters "
+                f"({self.raw_model.num_params(exclude_embeddings=True) / 1e6:.2f}M without lookup tables), "
+                f"d{cfg.model.d_model} L{cfg.model.n_layers} H{cfg.model.n_heads} ctx {cfg.model.context}, "
+                f"vocab {cfg.model.vocab_size:,}")
+        env.log(f"train: {len(self.train_blocks):,} blocks, {self.tokens_per_step:,} tokens/step, "
+                f"{cfg.train.max_steps:,} steps, {env.world} process(es) on {env.device}, {env.dtype}")
+
+    # -- checkpoint state
+    def state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.env.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.env.device)
+        rngs = [None] * self.env.world
+        if self.env.world > 1:
+            dist.all_gather_object(rngs, rng)
+        else:
+            rngs = [rng]
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.raw_model.state_dict(),
+            "config": to_dict(self.cfg),
+            "tokenizer": self.data.tokenizer.spec(),
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs,
+            "sampler": self.sampler.state_dict(),
+            "best_val": self.best_val,
+            "evals_since_best": self.evals_since_best,
+            "world_size": self.env.world,
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        self.raw_model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        self.step, self.best_val = ckpt["step"], ckpt["best_val"]
+        self.evals_since_best = ckpt["evals_since_best"]
+        if ckpt["world_size"] == self.env.world:
+            rng = ckpt["rng"][self.env.rank]
+            torch.set_rng_state(rng["torch"].cpu())
+            if "cuda" in rng and self.env.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.env.device)
+        else:
+            torch.manual_seed(self.cfg.seed + self.env.rank + self.step)
+        self.env.log(f"resumed from step {self.step} (best val loss {self.best_val:.4f})")
+
+    def save(self, path: Path) -> None:
+        state = self.state()  # every rank joins the RNG gather
+        if self.env.master:
+            save_checkpoint(path, state)
+
+    # -- one optimizer step
+    def train_step(self) -> tuple[float, float, dict]:
+        """Forward/backward over grad_accum micro-batches, clip, step. Returns loss, grad norm, stats."""
+        cfg, env = self.cfg, self.env
+        total = torch.zeros((), device=env.device)
+        stats: dict = {}
+        for micro in range(cfg.train.grad_accum):
+            x, y = self._to_device(*self.train_blocks.batch(self.sampler.next_indices()))
+            last = micro == cfg.train.grad_accum - 1
+            # skip the gradient all-reduce on all but the last micro-batch
+            sync = self.model.no_sync() if env.world > 1 and not last else contextlib.nullcontext()
+            with sync, env.autocast():
+                _, loss, stats = self.model(x, y)
+                loss = loss / cfg.train.grad_accum  # the sum over micro-batches is the batch mean
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.train.grad_clip)
+        else:
+            grad_norm = torch.zeros((), device=env.device)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if env.world > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        return total.item(), float(grad_norm), {k: float(v) for k, v in stats.items()}
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+        if self.env.device.type == "cuda":
+            return x.pin_memory().to(self.env.device, non_blocking=True), y.pin_memory().to(self.env.device, non_blocking=True)
+        return x.to(self.env.device), y.to(self.env.device)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Validation loss = total NLL / target tokens (no auxiliary losses), and bits per byte."""
+        cfg, env = self.cfg, self.env
+        self.model.eval()
+        n = len(self.val_blocks)
+        if cfg.train.eval_batches is not None:
+            n = min(n, cfg.train.eval_batches * cfg.train.batch_size * env.world)
+        nll = torch.zeros((), device=env.device, dtype=torch.float64)
+        count = torch.zeros((), device=env.device, dtype=torch.float64)
+        mine = torch.arange(env.rank, n, env.world)  # each rank takes every world-th block
+        for batch in mine.split(cfg.train.batch_size):
+            x, y = self._to_device(*self.val_blocks.batch(batch.numpy()))
+            with env.autocast():
+                logits, _, _ = self.raw_model(x)
+            nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+            count += y.numel()
+        if env.world > 1:
+            dist.all_reduce(nll)
+            dist.all_reduce(count)
+        self.model.train()
+        loss = (nll / count).item()
+        bpb = loss / math.log(2) / self.data.bytes_per_token("val")
+        return loss, bpb
+
+    # -- the loop
+    def fit(self, logger: RunLogger | None) -> dict:
+        cfg, env, paths = self.cfg, self.env, run_paths(self.cfg)
+        t_start, tokens_done = time.time(), 0
+        if self.step == 0:
+            self._eval_and_checkpoint(logger, paths)
+        bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=cfg.run_name, unit="step",
+                   disable=not env.master, dynamic_ncols=True)
+        stop_reason = "max_steps"
+        try:
+            while self.step < cfg.train.max_steps:
+                lr = lr_at(self.step, cfg)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                t0 = time.time()
+                loss, grad_norm, stats = self.train_step()
+                if env.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.time() - t0
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss} at step {self.step + 1}; stopped. The last good checkpoint "
+                        f"({paths['last']}) is kept: lower train.lr, raise train.warmup_steps or use fp32")
+                self.step += 1
+                tokens_done += self.tokens_per_step
+                if logger:
+                    logger.log_step(self.step, loss, lr, grad_norm, dt, self.tokens_per_step,
+                                    time.time() - t_start, stats)
+                if self.step % cfg.train.log_every == 0:
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.tokens_per_step / dt:,.0f}", refresh=False)
+                bar.update(1)
+                if self._eval_and_checkpoint(logger, paths):
+                    stop_reason = f"early stop (no improvement in {cfg.train.patience} evals)"
+                    break
+        except KeyboardInterrupt:
+            self.save(paths["last"])
+            if logger:
+                logger.save()
+            raise
+        finally:
+            bar.close()
+        if self.step % cfg.train.save_every:  # the final state, if the last periodic save missed it
+            self.save(paths["last"])
+        if logger:
+            logger.save()
+        wall = time.time() - t_start
+        return {"steps": self.step, "stop": stop_reason, "wall_s": wall,
+                "tokens_per_s": tokens_done / wall if wall > 0 else math.nan}
+
+    def _eval_and_checkpoint(self, logger: RunLogger | None, paths: dict) -> bool:
+        """Evaluate / save on their schedules. Returns True when early stopping says stop."""
+        cfg, step = self.cfg, self.step
+        stop = False
+        if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+            val_loss, bpb = self.evaluate()
+            self.last_val = (val_loss, bpb)
+            if logger:
+                logger.log_eval(step, val_loss, bpb)
+            improved = val_loss < self.best_val
+            if improved:
+                self.best_val, self.evals_since_best = val_loss, 0
+                self.save(paths["best"])
+            else:
+                self.evals_since_best += 1
+                stop = cfg.train.patience > 0 and self.evals_since_best >= cfg.train.patience
+            self.env.log(f"step {step}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f}, "
+                         f"{bpb:.3f} bits/byte){' *' if improved else ''}")
+        if step > 0 and (step % cfg.train.save_every == 0 or stop):
+            self.save(paths["last"])
+            if logger:
+                logger.save()
+        if step > 0 and cfg.train.keep_every and step % cfg.train.keep_every == 0:
+            self.save(paths["dir"] / f"step_{step}.pt")
+        return stop
+
+
+def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict:
+    """Train `cfg` (a RunConfig with run_name set) and return the run summary."""
+    if not cfg.run_name:
+        raise ConfigError("run_name is not set (pass --run-name NAME)")
+    env = setup_env(cfg)
+    if env.master:
+        claim_outputs(cfg, resume, force)
+    if env.world > 1:
+        dist.barrier()
+    try:
+        trainer = Trainer(cfg, env, resume)
+        env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")
+        logger = RunLogger(cfg.run_name, cfg.log_dir, resume_step=trainer.step,
+                           wandb_run=_wandb(cfg) if env.master else None) if env.master else None
+        summary = trainer.fit(logger)
+        summary.update(best_val_loss=trainer.best_val, run=cfg.run_name)
+        val_loss, bpb = getattr(trainer, "last_val", (math.nan, math.nan))
+        summary.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), val_bpb=bpb)
+        mfu = (summary["tokens_per_s"] * trainer.flops_per_token / trainer.peak) if trainer.peak else None
+        summary["mfu"] = mfu
+        env.log(
+            f"done {cfg.run_name}: {summary['steps']} steps ({summary['stop']}), best val loss "
+            f"{trainer.best_val:.4f}, val ppl {summary['val_ppl']:.2f}, {bpb:.3f} bits/byte, "
+            f"{summary['wall_s']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s"
+            + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+        return summary
+    finally:
+        if env.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _wandb(cfg: RunConfig):
+    if cfg.wandb.mode == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("wandb.mode is set but wandb is not installed: pip install wandb (or wandb.mode=disabled)") from None
+    return wandb.init(project=cfg.wandb.project, name=cfg.run_name, mode=cfg.wandb.mode, config=to_dict(cfg))

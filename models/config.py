@@ -1,0 +1,70 @@
+"""ModelConfig and the named presets of the design page (section 3)."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "baseline"        # registry name: selects the family builder and its defaults
+    vocab_size: int = 8192          # set from the tokenizer by the trainer
+    context: int = 128              # maximum sequence length T
+    d_model: int = 256              # residual width C
+    n_layers: int = 6
+    n_heads: int = 4
+    d_ff: int = 1024                # hidden width of the MLP (per gate for SwiGLU)
+    norm: str = "layernorm"         # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    position: str = "learned"       # learned | rotary | sinusoidal
+    rope_theta: float = 10000.0
+    mlp: str = "gelu"               # gelu | swiglu | relu
+    bias: bool = True               # biases in linear layers and LayerNorm
+    tie_embeddings: bool = True     # share the token embedding with the output head
+    dropout: float = 0.0
+    word_vectors: str | None = None  # word2vec/fastText text file to initialise token embeddings
+    freeze_embeddings: bool = False  # keep the (word-vector) token embeddings fixed in training
+
+    def __post_init__(self):
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"model.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        for key in ("context", "d_model", "n_layers", "n_heads", "d_ff", "vocab_size"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.position == "rotary" and self.head_dim % 2:
+            raise ValueError(f"model.position=rotary needs an even head_dim, got {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ModelConfig":
+        """The preset's defaults with `overrides` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"model.preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides, "preset": name})
+
+
+CHOICES = {
+    "norm": ("layernorm", "rmsnorm"),
+    "position": ("learned", "rotary", "sinusoidal"),
+    "mlp": ("gelu", "swiglu", "relu"),
+}
+
+# Each preset names only what differs from the ModelConfig defaults (the TinyStories baseline).
+# Registering a new family means adding its preset here and its builder in models/__init__.py.
+PRESETS: dict[str, dict] = {
+    "baseline": {},
+    "gpt2_125m": dict(
+        d_model=768, n_layers=12, n_heads=12, d_ff=2048, norm="rmsnorm", position="rotary",
+        mlp="swiglu", bias=False, vocab_size=50257,
+    ),
+    "llama": dict(
+        d_model=512, n_layers=8, n_heads=8, d_ff=1376, norm="rmsnorm", position="rotary",
+        mlp="swiglu", bias=False, vocab_size=32000, context=256, tie_embeddings=False,
+    ),
+}

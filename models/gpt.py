@@ -1,0 +1,122 @@
+"""GPT family: the presets `baseline`, `gpt2_125m` and `llama` (one class, options from ModelConfig)."""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import Block, make_norm, merge_stats, rotary_table, sinusoidal_table
+from .config import ModelConfig
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer; other families subclass it and override `make_block`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.position == "learned":
+            self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layers))
+        self.norm_f = make_norm(cfg, cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # fixed tables are recomputed from the config, so they stay out of the state dict
+        if cfg.position == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(cfg.context, cfg.d_model), persistent=False)
+        if cfg.position == "rotary":
+            cos, sin = rotary_table(cfg.head_dim, cfg.context, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)                  # (context, hd)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+        if cfg.tie_embeddings:
+            # the head reads logits off the input embedding: one matrix, one set of gradients
+            self.lm_head.weight = self.tok_emb.weight
+
+    def make_block(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        """Block number `layer`; families with their own attention or MLP override this."""
+        return Block(cfg)
+
+    def init_weights(self):
+        """GPT-2 init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 * n_layers)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        # each block adds two projections to the residual stream; keep its variance O(1) in depth
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.split(".")[-2:] in (["wo", "weight"], ["down", "weight"]):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights once); optionally without the lookup-only embedding tables.
+
+        Excluded then: the position table, and the token table unless it is tied to the head (its
+        matmul costs FLOPs). This is nanoGPT's N for the 6N of `flops_per_token`.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            if self.cfg.position == "learned":
+                n -= self.pos_emb.weight.numel()
+            if not self.cfg.tie_embeddings:
+                n -= self.tok_emb.weight.numel()
+        return n
+
+    @torch.no_grad()
+    def init_token_embeddings(self, vectors: torch.Tensor, freeze: bool = False):
+        """Copy word vectors (vocab_size, d_model) into the token embedding; freeze stops its gradient.
+
+        With tied embeddings the output head is the same tensor, so freezing fixes it too.
+        """
+        vectors = torch.as_tensor(vectors)
+        expected = (self.cfg.vocab_size, self.cfg.d_model)
+        if tuple(vectors.shape) != expected:
+            raise ValueError(
+                f"word vectors have shape {tuple(vectors.shape)}, expected (vocab_size, d_model) = {expected}"
+            )
+        self.tok_emb.weight.copy_(vectors.to(self.tok_emb.weight))
+        self.tok_emb.weight.requires_grad_(not freeze)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
+                drop_mask: torch.Tensor | None = None):
+        """(logits (B, T, V), loss or None, stats) from tokens (B, T); see the design page, sections 3-4.
+
+        drop_mask (B, T) bool: True zeroes that position's token embedding (token-importance
+        dropout) before positions are added; the loss still covers every target != -100.
+        """
+        B, T = tokens.shape
+        if T > self.cfg.context:
+            raise ValueError(f"sequence length {T} exceeds model.context={self.cfg.context}; "
+                             "crop the input or raise model.context")
+        x = self.tok_emb(tokens)                                                     # (B, T, C)
+        if drop_mask is not None:
+            x = x.masked_fill(drop_mask.unsqueeze(-1), 0.0)
+        rope = None
+        if self.cfg.position == "learned":
+            x = x + self.pos_emb.weight[:T]                                          # (T, C) broadcast
+        elif self.cfg.position == "sinusoidal":
+            x = x + self.pos_table[:T].to(x.dtype)
+        else:
+            rope = (self.rope_cos[:T], self.rope_sin[:T])                            # 2 x (T, hd)
+        x = self.drop(x)
+
+        stats = {}
+        for block in self.blocks:
+            x, block_stats = block(x, rope)
+            stats = merge_stats(stats, block_stats)
+        logits = self.lm_head(self.norm_f(x))                                        # (B, T, V)
+
+        loss = None
+        if targets is not None:
+            # fp32 log-softmax: under bf16 autocast the large-vocab sum loses precision
+            loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
+            if "aux_loss" in stats:  # e.g. MoE balance and z-loss, already weighted by the family
+                stats["ce_loss"] = loss.detach()
+                loss = loss + stats["aux_loss"]
+        return logits, loss, stats

@@ -1,0 +1,56 @@
+"""Shared test fixtures: the repo on sys.path and the read-only reference data beside the repo."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # <repo>/../shared/data
+
+# So a bare `pytest` finds the repo's packages without an install, not only `python -m pytest`.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _shared(relpath: str) -> Path:
+    """A path under shared/data, or skip the test naming what is missing."""
+    path = SHARED_DATA / relpath
+    if not path.exists():
+        pytest.skip(f"reference data <repo>/../shared/data/{relpath} not found (see shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir() -> Path:
+    """Folder with GPT-2's encoder.json and vocab.bpe."""
+    _shared("tokenizers/gpt2/vocab.bpe")
+    return _shared("tokenizers/gpt2/encoder.json").parent
+
+
+@pytest.fixture(scope="session")
+def llama_model() -> Path:
+    """The Llama 2 SentencePiece tokenizer.model (32000 pieces)."""
+    return _shared("tokenizers/llama/tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def tinystories_text() -> str:
+    """A few TinyStories stories, <|endoftext|>-separated."""
+    return _shared("text/tinystories_sample.txt").read_text(encoding="utf-8")
+
+
+def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
+    """A RunConfig on a small built-in corpus with every output under tmp_path (fast on CPU)."""
+    from experiment_config import load_config
+
+    base = [
+        f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tokenizers'}",
+        f"checkpoint_dir={tmp_path / 'checkpoints'}", f"log_dir={tmp_path / 'logs'}",
+        "data.source=builtin", "data.train_rows=400", "data.val_rows=40", "data.heldout_rows=40",
+        "tokenizer.kind=bpe", "tokenizer.vocab_size=384",
+        "model.context=32", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64",
+        "train.max_steps=10", "train.batch_size=4", "train.warmup_steps=2", "train.eval_every=5",
+        "train.eval_batches=2", "train.save_every=5", "train.precision=fp32", "run_name=tiny",
+    ]
+    return load_config([REPO / "configs" / "baseline.yaml"], [*base, *sets])

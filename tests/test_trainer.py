@@ -1,0 +1,151 @@
+"""The generic trainer: a short run learns, resume is exact, outputs are protected, DDP matches one process."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import generic_runner
+from conftest import REPO, tiny_run_config
+from generic_runner import Trainer, TrainingError, load_checkpoint, train
+from train_logs import load_losses, load_times
+
+
+def _losses(cfg):
+    return load_losses(cfg.run_name, cfg.log_dir)
+
+
+def test_short_run_learns_and_writes_every_output(tmp_path):
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=80", "train.eval_every=40", "train.lr=3e-3", "train.batch_size=16",
+                                     "train.keep_every=40"])
+    summary = train(cfg)
+    assert summary["steps"] == 80
+    logs = _losses(cfg)
+    first_val, last_val = logs["val"]["loss"][0], logs["val"]["loss"][-1]
+    vocab = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["config"]["model"]["vocab_size"]
+    assert abs(first_val - math.log(vocab)) < 0.15          # untrained: uniform over the vocabulary
+    assert last_val < first_val - 1.0                      # at least the unigram statistics are learnt
+    assert logs["val"]["step"] == [0, 40, 80] and logs["step"] == list(range(1, 81))
+    assert len(logs["train_loss"]) == len(logs["lr"]) == len(logs["grad_norm"]) == 80
+    times = load_times(cfg.run_name, cfg.log_dir)
+    assert len(times["step_time"]) == 80 and times["total_elapsed"] > 0
+    csv_rows = (tmp_path / "logs/csv/tiny.csv").read_text().splitlines()
+    assert len(csv_rows) == 81 and csv_rows[0].startswith("step,train_loss,lr")
+    for name in ("last.pt", "best.pt", "step_40.pt", "step_80.pt"):
+        assert (tmp_path / "checkpoints/tiny" / name).is_file()
+    ckpt = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")   # weights_only=True
+    assert ckpt["step"] == 80 and ckpt["tokenizer"]["kind"] == "bpe"
+    assert {"model", "config", "optimizer", "scaler", "rng", "sampler", "best_val"} <= set(ckpt)
+    assert summary["best_val_loss"] == pytest.approx(min(logs["val"]["loss"]))
+
+
+def test_lr_schedule_warmup_cosine_floor(tmp_path):
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=100", "train.warmup_steps=10", "train.lr=1e-3",
+                                     "train.min_lr=1e-4"])
+    lrs = [generic_runner.lr_at(s, cfg) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[100] == pytest.approx(1e-4) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def _interrupt_at(monkeypatch, step):
+    real = Trainer.train_step
+
+    def train_step(self):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return real(self)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    sets = ["train.max_steps=40", "train.eval_every=10", "train.save_every=15", "model.dropout=0.1"]
+    straight = tiny_run_config(tmp_path, sets + ["run_name=straight"])
+    train(straight)
+    resumed = tiny_run_config(tmp_path, sets + ["run_name=resumed"])
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 20)                     # Ctrl-C after step 20: last.pt is written then
+        with pytest.raises(KeyboardInterrupt):
+            train(resumed)
+    assert load_checkpoint(tmp_path / "checkpoints/resumed/last.pt")["step"] == 20
+    train(resumed, resume=True)
+    a, b = _losses(straight), _losses(resumed)
+    assert b["step"] == list(range(1, 41))
+    assert a["train_loss"] == b["train_loss"]    # bit for bit, dropout and data order included
+    assert a["val"] == b["val"]
+
+
+def test_existing_outputs_are_not_overwritten(tmp_path):
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=4"])
+    train(cfg)
+    stamp = (tmp_path / "checkpoints/tiny/last.pt").stat().st_mtime_ns
+    with pytest.raises(TrainingError, match="already has outputs.*--resume.*--force"):
+        train(cfg)
+    assert (tmp_path / "checkpoints/tiny/last.pt").stat().st_mtime_ns == stamp
+    train(cfg, force=True)
+    assert (tmp_path / "checkpoints/tiny/last.pt").stat().st_mtime_ns != stamp
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(tiny_run_config(tmp_path, ["run_name=other"]), resume=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = Trainer.train_step
+
+    def train_step(self):
+        loss, norm, stats = real(self)
+        return (math.nan if self.step == 7 else loss), norm, stats
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=10", "train.save_every=5"])
+    with pytest.raises(TrainingError, match="loss is nan at step 8.*last.pt"):
+        train(cfg)
+    assert load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["step"] == 5
+
+
+def test_early_stopping(tmp_path):
+    # a learning rate of ~0 cannot improve the validation loss by much; patience 1 stops at the 2nd eval
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=30", "train.eval_every=5", "train.lr=1e-9",
+                                     "train.min_lr=0", "train.patience=2"])
+    summary = train(cfg)
+    assert summary["steps"] < 30 and summary["stop"].startswith("early stop")
+
+
+def test_runner_cli_trains_and_refuses_overwrite(tmp_path):
+    sets = [f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tok'}",
+            f"checkpoint_dir={tmp_path / 'ck'}", f"log_dir={tmp_path / 'logs'}", "data.train_rows=300",
+            "data.val_rows=20", "data.heldout_rows=20", "tokenizer.vocab_size=300", "model.context=32",
+            "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "train.max_steps=3", "train.batch_size=2"]
+    cmd = [sys.executable, "run_baseline.py", "--config", "configs/quickstart.yaml", "--run-name", "cli"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "done cli: 3 steps" in r.stderr + r.stdout
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "already has outputs" in again.stderr
+    assert again.stderr.strip().count("\n") == 0
+
+
+def _ddp_losses(tmp_path, nproc, batch_size):
+    name = f"ddp{nproc}"
+    sets = [f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tok'}",
+            f"checkpoint_dir={tmp_path / 'ck'}", f"log_dir={tmp_path / 'logs'}", "data.train_rows=300",
+            "data.val_rows=20", "data.heldout_rows=20", "tokenizer.vocab_size=300", "model.context=32",
+            "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "train.max_steps=8",
+            f"train.batch_size={batch_size}", "train.eval_every=4", "train.eval_batches=2", "device=cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master-port",
+           str(29500 + nproc + os.getpid() % 1000), "run_baseline.py", "--config", "configs/quickstart.yaml",
+           "--run-name", name] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return load_losses(name, tmp_path / "logs")
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    one = _ddp_losses(tmp_path, nproc=1, batch_size=8)
+    two = _ddp_losses(tmp_path, nproc=2, batch_size=4)
+    # the same samples per step; only the order of floating-point sums differs (gradient all-reduce)
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+    assert two["val"]["loss"] == pytest.approx(one["val"]["loss"], rel=1e-4)
+    assert one["train_loss"][-1] < one["train_loss"][0]

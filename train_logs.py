@@ -1,0 +1,151 @@
+"""Training logs: what the trainer writes under logs/ and the functions that read it back.
+
+Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically):
+
+    logs/losses/NAME.pkl   dict: "run", "step", "train_loss", "lr", "grad_norm" (one entry per step),
+                           "stats" (dict of per-step lists: whatever the model/trainer reports),
+                           "val" (dict: "step", "loss", "ppl", "bpb"; one entry per evaluation)
+    logs/times/NAME.pkl    dict: "run", "step", "step_time" (s), "tokens_per_s", "elapsed" (s since
+                           start, summed over resumed segments), "total_elapsed"
+    logs/csv/NAME.csv      one row per step: the numbers above, val_* columns filled on eval steps
+
+    losses = load_losses("quickstart")      # -> dict as above
+    times = load_times("quickstart")
+"""
+
+import csv
+import math
+import os
+import pickle
+from pathlib import Path
+
+CSV_FIELDS = ["step", "train_loss", "lr", "grad_norm", "step_time", "tokens_per_s", "elapsed",
+              "val_loss", "val_ppl", "val_bpb"]
+
+
+def load_losses(run: str, log_dir: str | Path = "logs") -> dict:
+    return _load(Path(log_dir) / "losses" / f"{run}.pkl")
+
+
+def load_times(run: str, log_dir: str | Path = "logs") -> dict:
+    return _load(Path(log_dir) / "times" / f"{run}.pkl")
+
+
+def run_log_paths(run: str, log_dir: str | Path) -> list[Path]:
+    log_dir = Path(log_dir)
+    return [log_dir / "losses" / f"{run}.pkl", log_dir / "times" / f"{run}.pkl", log_dir / "csv" / f"{run}.csv"]
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"no log at {path}: train the run first, or check the run name and log dir")
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+class RunLogger:
+    """Collects per-step and per-eval numbers and writes the pickles, the CSV and (optionally) W&B."""
+
+    def __init__(self, run: str, log_dir: str | Path, resume_step: int = 0, wandb_run=None):
+        self.run, self.wandb = run, wandb_run
+        self.paths = dict(zip(("losses", "times", "csv"), run_log_paths(run, log_dir)))
+        for p in self.paths.values():
+            p.parent.mkdir(parents=True, exist_ok=True)
+        self.losses = {"run": run, "step": [], "train_loss": [], "lr": [], "grad_norm": [], "stats": {},
+                       "val": {"step": [], "loss": [], "ppl": [], "bpb": []}}
+        self.times = {"run": run, "step": [], "step_time": [], "tokens_per_s": [], "elapsed": [],
+                      "total_elapsed": 0.0}
+        self.elapsed_before = 0.0
+        self.csv_fields = list(CSV_FIELDS)
+        self._pending_row: dict | None = None
+        if resume_step:
+            self._truncate_to(resume_step)
+        else:
+            self._write_csv_header()
+
+    def _truncate_to(self, step: int) -> None:
+        """On resume, keep what was logged up to `step` and drop the rest (it will be redone)."""
+        if self.paths["losses"].is_file():
+            old = _load(self.paths["losses"])
+            keep = sum(s <= step for s in old["step"])
+            for k in ("step", "train_loss", "lr", "grad_norm"):
+                self.losses[k] = old[k][:keep]
+            self.losses["stats"] = {k: v[:keep] for k, v in old["stats"].items()}
+            keep_val = sum(s <= step for s in old["val"]["step"])
+            self.losses["val"] = {k: v[:keep_val] for k, v in old["val"].items()}
+        if self.paths["times"].is_file():
+            old = _load(self.paths["times"])
+            keep = sum(s <= step for s in old["step"])
+            for k in ("step", "step_time", "tokens_per_s", "elapsed"):
+                self.times[k] = old[k][:keep]
+            self.elapsed_before = self.times["elapsed"][-1] if self.times["elapsed"] else 0.0
+        rows = []
+        if self.paths["csv"].is_file():
+            with open(self.paths["csv"], newline="") as f:
+                reader = csv.DictReader(f)
+                self.csv_fields = reader.fieldnames or self.csv_fields
+                rows = [r for r in reader if int(r["step"]) <= step]
+        self._write_csv_header()
+        with open(self.paths["csv"], "a", newline="") as f:
+            csv.DictWriter(f, self.csv_fields).writerows(rows)
+
+    def _write_csv_header(self) -> None:
+        with open(self.paths["csv"], "w", newline="") as f:
+            csv.DictWriter(f, self.csv_fields).writeheader()
+
+    def log_step(self, step: int, loss: float, lr: float, grad_norm: float, step_time: float,
+                 tokens: int, elapsed: float, stats: dict) -> None:
+        elapsed += self.elapsed_before
+        self.losses["step"].append(step)
+        self.losses["train_loss"].append(loss)
+        self.losses["lr"].append(lr)
+        self.losses["grad_norm"].append(grad_norm)
+        for k, v in stats.items():
+            # a key first seen late is padded so every stats list lines up with "step"
+            self.losses["stats"].setdefault(k, [math.nan] * (len(self.losses["step"]) - 1)).append(v)
+        self.times["step"].append(step)
+        self.times["step_time"].append(step_time)
+        self.times["tokens_per_s"].append(tokens / step_time if step_time > 0 else math.nan)
+        self.times["elapsed"].append(elapsed)
+        self.times["total_elapsed"] = elapsed
+        self._flush_row()
+        self._pending_row = {"step": step, "train_loss": loss, "lr": lr, "grad_norm": grad_norm,
+                             "step_time": step_time, "tokens_per_s": self.times["tokens_per_s"][-1],
+                             "elapsed": elapsed, **stats}
+        if self.wandb is not None:
+            self.wandb.log({"train/loss": loss, "lr": lr, "grad_norm": grad_norm,
+                            "tokens_per_s": self.times["tokens_per_s"][-1],
+                            **{f"train/{k}": v for k, v in stats.items()}}, step=step)
+
+    def log_eval(self, step: int, loss: float, bpb: float) -> None:
+        ppl = math.exp(min(loss, 50.0))
+        for k, v in zip(("step", "loss", "ppl", "bpb"), (step, loss, ppl, bpb)):
+            self.losses["val"][k].append(v)
+        if self._pending_row is not None and self._pending_row["step"] == step:
+            self._pending_row.update(val_loss=loss, val_ppl=ppl, val_bpb=bpb)
+        if self.wandb is not None:
+            self.wandb.log({"val/loss": loss, "val/ppl": ppl, "val/bpb": bpb}, step=step)
+
+    def _flush_row(self) -> None:
+        if self._pending_row is None:
+            return
+        new = [k for k in self._pending_row if k not in self.csv_fields]
+        if new:  # a new stats column: rewrite the file with the wider header
+            self.csv_fields += new
+            with open(self.paths["csv"], newline="") as f:
+                rows = list(csv.DictReader(f))
+            self._write_csv_header()
+            with open(self.paths["csv"], "a", newline="") as f:
+                csv.DictWriter(f, self.csv_fields).writerows(rows)
+        with open(self.paths["csv"], "a", newline="") as f:
+            csv.DictWriter(f, self.csv_fields).writerow(self._pending_row)
+        self._pending_row = None
+
+    def save(self) -> None:
+        """Write the pickles atomically and the pending CSV row."""
+        self._flush_row()
+        for name, obj in (("losses", self.losses), ("times", self.times)):
+            tmp = self.paths[name].with_suffix(".pkl.tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(obj, f)
+            os.replace(tmp, self.paths[name])
