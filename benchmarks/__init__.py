@@ -1,0 +1,1 @@
+"""Speed and quality benchmarks (tables on stdout, JSON in benchmarks/results/); not tests."""
