@@ -18,6 +18,7 @@ import yaml
 
 from dataset_definitions.config import DataConfig, TokenizerConfig
 from models.config import ModelConfig
+from tid import TIDConfig
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,7 @@ class RunConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tid: TIDConfig = field(default_factory=TIDConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

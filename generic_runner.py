@@ -31,6 +31,7 @@ from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from dataset_definitions.tokenization import load_word_vectors
 from experiment_config import ConfigError, RunConfig, load_config, to_dict
+from tid import TokenImportanceDropout
 from train_logs import RunLogger, run_log_paths
 
 CHECKPOINT_FORMAT = 1
@@ -207,9 +208,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
+def _accumulate(total: dict, new: dict, n_micro: int) -> dict:
+    """Combine per-micro-batch statistics: times add up, everything else is averaged."""
+    out = dict(total)
+    for k, v in new.items():
+        share = v if k.endswith("_time") else v / n_micro
+        out[k] = out[k] + share if k in out else share
+    return out
 
 
 class Trainer:
@@ -228,6 +233,8 @@ class Trainer:
         self.sampler = BlockSampler(len(self.train_blocks), cfg.train.batch_size, cfg.seed, env.rank, env.world)
 
         self.raw_model = build_model(cfg, data.tokenizer, env)
+        tok = data.tokenizer
+        self.tid = TokenImportanceDropout(cfg.tid, cfg.train.max_steps, (tok.bos_id, tok.pad_id), cfg.model.n_layers)
         self.optimizer = make_optimizer(self.raw_model, cfg, env)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
         self.step, self.best_val, self.evals_since_best = 0, math.inf, 0
@@ -308,13 +315,18 @@ class Trainer:
         for micro in range(cfg.train.grad_accum):
             x, y = self._to_device(*self.train_blocks.batch(self.sampler.next_indices()))
             last = micro == cfg.train.grad_accum - 1
+            drop_mask, tid_stats = None, {}
+            if self.tid.enabled:
+                with env.autocast():  # score in the training precision, on the plain model
+                    drop_mask, tid_stats = self.tid.mask(self.raw_model, x, y, self.step, sync=self._sync)
             # skip the gradient all-reduce on all but the last micro-batch
             sync = self.model.no_sync() if env.world > 1 and not last else contextlib.nullcontext()
             with sync, env.autocast():
-                _, loss, stats = self.model(x, y)
+                _, loss, model_stats = self.model(x, y, drop_mask=drop_mask)
                 loss = loss / cfg.train.grad_accum  # the sum over micro-batches is the batch mean
             self.scaler.scale(loss).backward()
             total += loss.detach()
+            stats = _accumulate(stats, {**model_stats, **tid_stats}, cfg.train.grad_accum)
         if cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.train.grad_clip)
@@ -326,6 +338,10 @@ class Trainer:
         if env.world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
         return total.item(), float(grad_norm), {k: float(v) for k, v in stats.items()}
+
+    def _sync(self) -> None:
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
         if self.env.device.type == "cuda":
@@ -382,6 +398,9 @@ class Trainer:
                         f"({paths['last']}) is kept: lower train.lr, raise train.warmup_steps or use fp32")
                 self.step += 1
                 tokens_done += self.tokens_per_step
+                if self.tid.enabled:  # the overhead of TID, readable off the logs
+                    stats["tid_step_time_without_scoring"] = dt - stats["tid_score_time"]
+                    stats["tid_method"] = cfg.tid.method
                 if logger:
                     logger.log_step(self.step, loss, lr, grad_norm, dt, self.tokens_per_step,
                                     time.time() - t_start, stats)

@@ -115,7 +115,7 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log({"train/loss": loss, "lr": lr, "grad_norm": grad_norm,
                             "tokens_per_s": self.times["tokens_per_s"][-1],
-                            **{f"train/{k}": v for k, v in stats.items()}}, step=step)
+                            **{f"train/{k}": v for k, v in stats.items() if not isinstance(v, str)}}, step=step)
 
     def log_eval(self, step: int, loss: float, bpb: float) -> None:
         ppl = math.exp(min(loss, 50.0))

@@ -1,0 +1,126 @@
+"""Token-importance dropout: schedules, selection rules, each score against a direct computation."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_run_config
+from generic_runner import Trainer, setup_env, train
+from models import ModelConfig, build
+from tid import (SCHEDULES, TIDConfig, TokenImportanceDropout, attention_mass_scores, drop_ratio,
+                 droppable_mask, entropy_scores, gradient_norm_scores, select_drops)
+from train_logs import load_losses
+
+V = 97
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("baseline", vocab_size=V, context=16, d_model=32, n_layers=2, n_heads=4,
+                                  d_ff=64, **overrides)
+    return build(cfg).eval()
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedule_endpoints(schedule):
+    start, end = (0.3, 0.05) if schedule != "linear_warmup" else (0.05, 0.3)
+    cfg = TIDConfig(method="random", schedule=schedule, p_start=start, p_end=end if schedule != "constant" else start)
+    assert drop_ratio(cfg, 0, 1000) == pytest.approx(cfg.p_start)
+    assert drop_ratio(cfg, 1000, 1000) == pytest.approx(cfg.p_end)
+    ratios = [drop_ratio(cfg, s, 1000) for s in range(0, 1001, 50)]
+    steps = [b - a for a, b in zip(ratios, ratios[1:])]
+    assert all(d <= 1e-12 for d in steps) or all(d >= -1e-12 for d in steps)   # monotone
+
+
+def test_bad_schedule_direction_is_refused():
+    with pytest.raises(ValueError, match="linear_decay"):
+        TIDConfig(schedule="linear_decay", p_start=0.1, p_end=0.3)
+
+
+def test_drop_count_per_sequence_follows_the_schedule():
+    cfg = TIDConfig(method="random", schedule="linear_decay", p_start=0.5, p_end=0.1, protect_first=3)
+    tid = TokenImportanceDropout(cfg, max_steps=100, special_ids=(1, 0), n_layers=2)
+    tokens = torch.randint(4, V, (6, 40))
+    tokens[2, 10:20] = 0                                          # padding in one row
+    tokens[4, 5] = 1                                              # a bos in another
+    for step in (0, 37, 100):
+        mask, stats = tid.mask(None, tokens, tokens, step)
+        droppable = droppable_mask(tokens, 3, (1, 0))
+        expected = torch.round(drop_ratio(cfg, step, 100) * droppable.sum(1).float()).long()
+        assert (mask.sum(1) == expected).all()
+        assert not (mask & ~droppable).any()
+        assert stats["tid_drop_ratio"] == pytest.approx(float(mask.sum() / droppable.sum()))
+
+
+def test_low_and_high_pick_opposite_ends_and_protected_positions_stay():
+    scores = torch.tensor([[9.0, 1.0, 5.0, 3.0, 7.0, 2.0, 8.0, 4.0]])
+    droppable = torch.ones_like(scores, dtype=torch.bool)
+    droppable[0, 0] = False                                       # the highest score, but protected
+    high = select_drops(scores, droppable, 0.3, drop_high=True)   # round(0.3 * 7) = 2
+    low = select_drops(scores, droppable, 0.3, drop_high=False)
+    assert high[0].nonzero().flatten().tolist() == [4, 6]         # scores 7 and 8
+    assert low[0].nonzero().flatten().tolist() == [1, 5]          # scores 1 and 2
+    everything = select_drops(scores, droppable, 0.99, drop_high=True)
+    assert not everything[0, 0] and everything.sum() == 7
+
+
+def test_entropy_scores_equal_the_softmax_entropy():
+    model = tiny_model()
+    tokens = torch.randint(0, V, (3, 16))
+    scores = entropy_scores(model, tokens)
+    p = F.softmax(model(tokens)[0].double(), dim=-1)
+    entropy = -(p * p.log()).sum(-1)                              # (B, T): predicts token t+1
+    assert scores[:, 0].abs().max() == 0
+    assert torch.allclose(scores[:, 1:].double(), entropy[:, :-1], atol=1e-5)
+
+
+def test_gradient_norm_scores_equal_autograd_of_the_embeddings():
+    model = tiny_model(tie_embeddings=False)
+    tokens = torch.randperm(V)[:48].view(3, 16)                   # every id once: row grad = position grad
+    targets = torch.randint(0, V, (3, 16))
+    scores = gradient_norm_scores(model, tokens, targets)
+    assert model.tok_emb.weight.grad is None                      # scoring leaves no parameter gradients
+    _, loss, _ = model(tokens, targets)
+    loss.backward()
+    direct = model.tok_emb.weight.grad[tokens].norm(dim=-1)
+    assert torch.allclose(scores, direct, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_attention_mass_equals_an_explicit_softmax_attention(layer):
+    model = tiny_model()
+    tokens = torch.randint(0, V, (2, 16))
+    scores = attention_mass_scores(model, tokens, layer)
+    with torch.no_grad():
+        x = model.tok_emb(tokens) + model.pos_emb.weight[:16]
+        for block in model.blocks[:layer]:
+            x, _ = block(x)
+        block = model.blocks[layer]
+        qkv = block.norm1(x) @ block.attn.wqkv.weight.T + block.attn.wqkv.bias
+        q, k, _ = qkv.view(2, 16, 3, 4, 8).permute(2, 0, 3, 1, 4)   # 3 x (B, H, T, hd)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+        att = att.masked_fill(torch.ones(16, 16).triu(1).bool(), float("-inf")).softmax(-1)
+        expected = att.sum(dim=(1, 2))                            # over heads and queries
+    assert torch.allclose(scores, expected, atol=1e-5)
+    assert torch.allclose(scores.sum(1), torch.full((2,), 4.0 * 16), atol=1e-4)  # each query spends 1 per head
+
+
+def test_eval_never_drops(tmp_path):
+    plain = Trainer(tiny_run_config(tmp_path, ["run_name=a"]), setup_env(tiny_run_config(tmp_path)), False)
+    cfg = tiny_run_config(tmp_path, ["run_name=b", "tid.method=random", "tid.p_start=0.9", "tid.p_end=0.9"])
+    with_tid = Trainer(cfg, setup_env(cfg), False)
+    assert with_tid.evaluate() == plain.evaluate()
+
+
+@pytest.mark.parametrize("method", ["random", "entropy", "gradient_norm", "attention_mass"])
+def test_every_method_trains_and_logs_its_overhead(tmp_path, method):
+    cfg = tiny_run_config(tmp_path, [f"tid.method={method}", "tid.p_start=0.25", "tid.p_end=0.25",
+                                     "train.max_steps=3", "train.grad_accum=2", "tid.layer=-1"])
+    train(cfg)
+    stats = load_losses(cfg.run_name, cfg.log_dir)["stats"]
+    assert stats["tid_method"] == [method] * 3
+    assert all(abs(r - 0.25) < 0.02 for r in stats["tid_drop_ratio"])
+    assert all(t > 0 for t in stats["tid_score_time"])
+    assert all(t > 0 for t in stats["tid_step_time_without_scoring"])

@@ -1,0 +1,206 @@
+"""Token-importance dropout (TID): score every input token, zero the embeddings of the ones to drop.
+
+Per training batch: a score per token (from a scoring pass on the same batch), a drop ratio from
+the schedule, and for each sequence the round(ratio * droppable) tokens at one end of the ranking
+become `drop_mask`, which the model applies to its token embeddings. The loss still covers every
+target; evaluation and generation never drop.
+
+Scores (`tid.method`), all (B, T), higher = more of the named quantity:
+    random          uniform noise (no scoring pass)
+    entropy         H(softmax(logits[t-1])): the model's uncertainty about token t (no-grad pass)
+    gradient_norm   ||d loss / d embedding_t||_2 (forward + backward to the embeddings only)
+    attention_mass  attention token t receives in layer `tid.layer`, summed over heads and queries
+                    (the pass stops after that layer's attention weights)
+`tid.drop=high` drops the highest scores (for entropy: the least confident tokens, as the TID
+study did), `tid.drop=low` the lowest (for entropy: EntroDrop's most confident tokens).
+Never dropped: position 0 (BOS or a cut-off document start), the first `tid.protect_first`
+positions, and bos/pad tokens.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("none", "random", "entropy", "gradient_norm", "attention_mass")
+SCHEDULES = ("constant", "linear_decay", "linear_warmup", "cosine", "sigmoid")
+
+
+@dataclass
+class TIDConfig:
+    method: str = "none"            # none | random | entropy | gradient_norm | attention_mass
+    drop: str = "high"              # high | low: which end of the score ranking is dropped
+    schedule: str = "constant"      # constant | linear_decay | linear_warmup | cosine | sigmoid
+    p_start: float = 0.1            # drop ratio at step 0
+    p_end: float = 0.1              # drop ratio at train.max_steps
+    layer: int = 0                  # attention_mass: the block whose attention is read (-1 = last)
+    protect_first: int = 1          # positions 0..k-1 of every sequence are never dropped
+
+    def __post_init__(self):
+        for key, allowed in (("method", METHODS), ("drop", ("high", "low")), ("schedule", SCHEDULES)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"tid.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
+        for key in ("p_start", "p_end"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"tid.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.schedule == "linear_decay" and self.p_end > self.p_start:
+            raise ValueError("tid.schedule=linear_decay needs p_end <= p_start (or use linear_warmup)")
+        if self.schedule == "linear_warmup" and self.p_end < self.p_start:
+            raise ValueError("tid.schedule=linear_warmup needs p_end >= p_start (or use linear_decay)")
+        if self.protect_first < 1:
+            raise ValueError("tid.protect_first must be >= 1 (position 0 has no context to score it)")
+
+
+def drop_ratio(cfg: TIDConfig, step: int, max_steps: int) -> float:
+    """The schedule's drop ratio after `step` of `max_steps` optimizer steps (p_start at 0, p_end at the end)."""
+    x = min(max(step / max(max_steps, 1), 0.0), 1.0)
+    if cfg.schedule == "constant":
+        w = 0.0
+    elif cfg.schedule in ("linear_decay", "linear_warmup"):
+        w = x
+    elif cfg.schedule == "cosine":
+        w = 0.5 * (1.0 - math.cos(math.pi * x))
+    else:  # sigmoid curriculum, rescaled so that it starts exactly at p_start and ends at p_end
+        lo, hi = _sigmoid(-5.0), _sigmoid(5.0)
+        w = (_sigmoid(10.0 * (x - 0.5)) - lo) / (hi - lo)
+    return cfg.p_start + w * (cfg.p_end - cfg.p_start)
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+# ----------------------------------------------------------------------------- scores
+
+def random_scores(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.rand(tokens.shape, device=tokens.device)
+
+
+@torch.no_grad()
+def entropy_scores(model, tokens: torch.Tensor) -> torch.Tensor:
+    """score[:, t] = entropy of the model's prediction of token t (from position t-1); score[:, 0] = 0."""
+    logits, _, _ = model(tokens)
+    logp = F.log_softmax(logits.float(), dim=-1)                                   # (B, T, V)
+    entropy = -(logp.exp() * logp).sum(-1)                                         # (B, T)
+    return F.pad(entropy[:, :-1], (1, 0))                                          # shift: predicts t
+
+
+def gradient_norm_scores(model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """score[:, t] = L2 norm of d loss / d (token embedding at t); no parameter gradients are made."""
+    captured = []
+
+    def keep_output(module, inputs, output):
+        output = output if output.requires_grad else output.detach().requires_grad_()
+        captured.append(output)
+        return output
+
+    handle = model.tok_emb.register_forward_hook(keep_output)
+    try:
+        with torch.enable_grad():
+            _, loss, _ = model(tokens, targets)
+            (grad,) = torch.autograd.grad(loss, captured[0])                        # (B, T, C)
+    finally:
+        handle.remove()
+    return grad.float().norm(dim=-1)
+
+
+class _StopForward(Exception):
+    """Raised by the attention hook: the layers after the scored one are not needed."""
+
+
+@torch.no_grad()
+def attention_mass_scores(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """score[:, t] = attention that token t receives in block `layer`, summed over heads and queries.
+
+    SDPA returns no weights, so this layer's weights are computed explicitly from its own q and k.
+    """
+    attn = model.blocks[layer].attn
+    captured = {}
+
+    def read_weights(module, args):
+        x, rope = args[0], args[1] if len(args) > 1 else None
+        q, k, _ = module.project(x, rope)
+        captured["w"] = module.attention_weights(q, k)                              # (B, H, Tq, Tk)
+        raise _StopForward
+
+    handle = attn.register_forward_pre_hook(read_weights)
+    try:
+        model(tokens)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["w"].float().sum(dim=(1, 2))                                   # (B, Tk)
+
+
+# ----------------------------------------------------------------------------- selection
+
+def droppable_mask(tokens: torch.Tensor, protect_first: int, special_ids: tuple) -> torch.Tensor:
+    """(B, T) bool: positions that may be dropped (not among the first k, not bos/pad)."""
+    ok = torch.ones_like(tokens, dtype=torch.bool)
+    ok[:, :protect_first] = False
+    for i in special_ids:
+        if i is not None:
+            ok &= tokens != i
+    return ok
+
+
+def select_drops(scores: torch.Tensor, droppable: torch.Tensor, ratio: float, drop_high: bool) -> torch.Tensor:
+    """Per row, mark the round(ratio * droppable) droppable positions at the chosen end of `scores`."""
+    n_drop = torch.round(ratio * droppable.sum(dim=1).float()).long()             # (B,)
+    key = scores.float() if drop_high else -scores.float()
+    key = key.masked_fill(~droppable, float("-inf"))                               # never chosen
+    order = key.argsort(dim=1, descending=True)                                    # best candidates first
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.size(1), device=order.device).expand_as(order))
+    return (rank < n_drop[:, None]) & droppable
+
+
+class TokenImportanceDropout:
+    """Builds the drop mask for a training batch and reports what it did."""
+
+    def __init__(self, cfg: TIDConfig, max_steps: int, special_ids: tuple, n_layers: int):
+        self.cfg, self.max_steps, self.special_ids = cfg, max_steps, special_ids
+        if cfg.method == "attention_mass" and not -n_layers <= cfg.layer < n_layers:
+            raise ValueError(f"tid.layer={cfg.layer} is outside the model's {n_layers} layers")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.method != "none"
+
+    def scores(self, model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Scores (B, T) from a pass in eval mode: dropout noise would blur the ranking."""
+        method = self.cfg.method
+        if method == "random":
+            return random_scores(tokens)
+        was_training = model.training
+        model.eval()
+        try:
+            if method == "entropy":
+                return entropy_scores(model, tokens)
+            if method == "gradient_norm":
+                return gradient_norm_scores(model, tokens, targets)
+            return attention_mass_scores(model, tokens, self.cfg.layer)
+        finally:
+            model.train(was_training)
+
+    def mask(self, model, tokens: torch.Tensor, targets: torch.Tensor, step: int, sync=None):
+        """(drop_mask (B, T) bool, stats). `model` is the plain model (no DDP/compile wrapper).
+
+        `sync` (e.g. torch.cuda.synchronize) is called around scoring so its time is real.
+        """
+        ratio = drop_ratio(self.cfg, step, self.max_steps)
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        scores = self.scores(model, tokens, targets)
+        droppable = droppable_mask(tokens, self.cfg.protect_first, self.special_ids)
+        drop = select_drops(scores, droppable, ratio, self.cfg.drop == "high")
+        if sync:
+            sync()
+        stats = {"tid_target_ratio": ratio,
+                 "tid_drop_ratio": drop.sum() / droppable.sum().clamp(min=1),
+                 "tid_score_time": time.perf_counter() - t0}
+        return drop, stats
