@@ -253,8 +253,10 @@ class Trainer:
         n_params = self.raw_model.num_params()
         self.flops_per_token = models.flops_per_token(cfg.model, self.raw_model.num_params(exclude_embeddings=True))
         self.peak = peak_flops(env.device)
-        env.log(f"model: {cfg.model.preset}, {n_params / 1e6:.2f}M parameters "
-                f"({self.raw_model.num_params(exclude_embeddings=True) / 1e6:.2f}M without lookup tables), "
+        active = getattr(self.raw_model, "num_active_params", None)  # mixture-of-experts models
+        env.log(f"model: {cfg.model.preset}, {n_params / 1e6:.2f}M parameters"
+                + (f" ({active() / 1e6:.2f}M active per token)" if active else "")
+                + f", {self.raw_model.num_params(exclude_embeddings=True) / 1e6:.2f}M without lookup tables; "
                 f"d{cfg.model.d_model} L{cfg.model.n_layers} H{cfg.model.n_heads} ctx {cfg.model.context}, "
                 f"vocab {cfg.model.vocab_size:,}")
         env.log(f"train: {len(self.train_blocks):,} blocks, {self.tokens_per_step:,} tokens/step, "
@@ -349,8 +351,9 @@ class Trainer:
         return x.to(self.env.device), y.to(self.env.device)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Validation loss = total NLL / target tokens (no auxiliary losses), and bits per byte."""
+    def evaluate(self) -> tuple[float, float, dict]:
+        """Validation loss = total NLL / target tokens (no auxiliary losses), bits per byte, and the
+        model's statistics averaged over the validation batches (rank 0's share under DDP)."""
         cfg, env = self.cfg, self.env
         self.model.eval()
         n = len(self.val_blocks)
@@ -359,19 +362,22 @@ class Trainer:
         nll = torch.zeros((), device=env.device, dtype=torch.float64)
         count = torch.zeros((), device=env.device, dtype=torch.float64)
         mine = torch.arange(env.rank, n, env.world)  # each rank takes every world-th block
-        for batch in mine.split(cfg.train.batch_size):
+        batches = mine.split(cfg.train.batch_size)
+        stats: dict = {}
+        for batch in batches:
             x, y = self._to_device(*self.val_blocks.batch(batch.numpy()))
             with env.autocast():
-                logits, _, _ = self.raw_model(x)
+                logits, _, batch_stats = self.raw_model(x)
             nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
             count += y.numel()
+            stats = _accumulate(stats, batch_stats, len(batches))
         if env.world > 1:
             dist.all_reduce(nll)
             dist.all_reduce(count)
         self.model.train()
         loss = (nll / count).item()
         bpb = loss / math.log(2) / self.data.bytes_per_token("val")
-        return loss, bpb
+        return loss, bpb, {k: float(v) for k, v in stats.items()}
 
     # -- the loop
     def fit(self, logger: RunLogger | None) -> dict:
@@ -430,10 +436,10 @@ class Trainer:
         cfg, step = self.cfg, self.step
         stop = False
         if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
-            val_loss, bpb = self.evaluate()
+            val_loss, bpb, stats = self.evaluate()
             self.last_val = (val_loss, bpb)
             if logger:
-                logger.log_eval(step, val_loss, bpb)
+                logger.log_eval(step, val_loss, bpb, stats)
             improved = val_loss < self.best_val
             if improved:
                 self.best_val, self.evals_since_best = val_loss, 0

@@ -4,7 +4,8 @@ Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically
 
     logs/losses/NAME.pkl   dict: "run", "step", "train_loss", "lr", "grad_norm" (one entry per step),
                            "stats" (dict of per-step lists: whatever the model/trainer reports),
-                           "val" (dict: "step", "loss", "ppl", "bpb"; one entry per evaluation)
+                           "val" (dict: "step", "loss", "ppl", "bpb", one entry per evaluation, and
+                           "stats": dict of per-eval lists of the model's statistics, e.g. MoE load)
     logs/times/NAME.pkl    dict: "run", "step", "step_time" (s), "tokens_per_s", "elapsed" (s since
                            start, summed over resumed segments), "total_elapsed"
     logs/csv/NAME.csv      one row per step: the numbers above, val_* columns filled on eval steps
@@ -52,7 +53,7 @@ class RunLogger:
         for p in self.paths.values():
             p.parent.mkdir(parents=True, exist_ok=True)
         self.losses = {"run": run, "step": [], "train_loss": [], "lr": [], "grad_norm": [], "stats": {},
-                       "val": {"step": [], "loss": [], "ppl": [], "bpb": []}}
+                       "val": {"step": [], "loss": [], "ppl": [], "bpb": [], "stats": {}}}
         self.times = {"run": run, "step": [], "step_time": [], "tokens_per_s": [], "elapsed": [],
                       "total_elapsed": 0.0}
         self.elapsed_before = 0.0
@@ -72,7 +73,8 @@ class RunLogger:
                 self.losses[k] = old[k][:keep]
             self.losses["stats"] = {k: v[:keep] for k, v in old["stats"].items()}
             keep_val = sum(s <= step for s in old["val"]["step"])
-            self.losses["val"] = {k: v[:keep_val] for k, v in old["val"].items()}
+            self.losses["val"] = {k: v[:keep_val] for k, v in old["val"].items() if k != "stats"}
+            self.losses["val"]["stats"] = {k: v[:keep_val] for k, v in old["val"]["stats"].items()}
         if self.paths["times"].is_file():
             old = _load(self.paths["times"])
             keep = sum(s <= step for s in old["step"])
@@ -117,14 +119,19 @@ class RunLogger:
                             "tokens_per_s": self.times["tokens_per_s"][-1],
                             **{f"train/{k}": v for k, v in stats.items() if not isinstance(v, str)}}, step=step)
 
-    def log_eval(self, step: int, loss: float, bpb: float) -> None:
+    def log_eval(self, step: int, loss: float, bpb: float, stats: dict | None = None) -> None:
         ppl = math.exp(min(loss, 50.0))
+        val = self.losses["val"]
         for k, v in zip(("step", "loss", "ppl", "bpb"), (step, loss, ppl, bpb)):
-            self.losses["val"][k].append(v)
+            val[k].append(v)
+        for k, v in (stats or {}).items():
+            val["stats"].setdefault(k, [math.nan] * (len(val["step"]) - 1)).append(v)
         if self._pending_row is not None and self._pending_row["step"] == step:
-            self._pending_row.update(val_loss=loss, val_ppl=ppl, val_bpb=bpb)
+            self._pending_row.update(val_loss=loss, val_ppl=ppl, val_bpb=bpb,
+                                     **{f"val_{k}": v for k, v in (stats or {}).items()})
         if self.wandb is not None:
-            self.wandb.log({"val/loss": loss, "val/ppl": ppl, "val/bpb": bpb}, step=step)
+            self.wandb.log({"val/loss": loss, "val/ppl": ppl, "val/bpb": bpb,
+                            **{f"val/{k}": v for k, v in (stats or {}).items()}}, step=step)
 
     def _flush_row(self) -> None:
         if self._pending_row is None:

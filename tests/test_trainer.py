@@ -149,3 +149,37 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
     assert two["val"]["loss"] == pytest.approx(one["val"]["loss"], rel=1e-4)
     assert one["train_loss"][-1] < one["train_loss"][0]
+
+
+def test_trains_on_a_local_text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(f"The {c} number {i} sat on the mat and looked at the sky." for i in range(300)
+                              for c in ("cat",)))
+    cfg = tiny_run_config(tmp_path, ["data.source=text", f"data.path={path}", "data.heldout_rows=20",
+                                     "data.val_rows=20", "data.train_rows=null", "tokenizer.vocab_size=300",
+                                     "train.max_steps=4"])
+    summary = train(cfg)
+    assert summary["steps"] == 4 and math.isfinite(summary["val_loss"])
+
+
+def test_word_vectors_initialise_and_freeze_the_embeddings(tmp_path):
+    from dataset_definitions.stories import stories
+    words = sorted({w.strip('.,!?"').lower() for s in stories(50) for w in s.split()} - {""})
+    vec_file = tmp_path / "vectors.txt"
+    vec_file.write_text(f"{len(words)} 32\n" + "\n".join(f"{w} " + " ".join(["0.5"] * 32) for w in words))
+    cfg = tiny_run_config(tmp_path, ["tokenizer.kind=word", "tokenizer.vocab_size=200", f"model.word_vectors={vec_file}",
+                                     "model.freeze_embeddings=true", "model.tie_embeddings=false",
+                                     "train.max_steps=3"])
+    train(cfg)
+    emb = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["model"]["tok_emb.weight"]
+    found = (emb == 0.5).all(dim=1)
+    assert found.sum() > 100                     # most of the 200 words came from the file, unchanged
+    assert (emb[~found].abs() < 0.2).all()       # the rest kept their (frozen) random init
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    eager = tiny_run_config(tmp_path, ["train.max_steps=3", "run_name=eager"])
+    compiled = tiny_run_config(tmp_path, ["train.max_steps=3", "run_name=compiled", "train.compile=true"])
+    train(eager)
+    train(compiled)
+    assert _losses(compiled)["train_loss"] == pytest.approx(_losses(eager)["train_loss"], rel=1e-4)
