@@ -251,9 +251,11 @@ class Trainer:
         self.model = model
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context * env.world
         n_params = self.raw_model.num_params()
-        self.flops_per_token = models.flops_per_token(cfg.model, self.raw_model.num_params(exclude_embeddings=True))
-        self.peak = peak_flops(env.device)
         active = getattr(self.raw_model, "num_active_params", None)  # mixture-of-experts models
+        # FLOPs follow the parameters a token actually uses (for MoE: the k routed experts)
+        n_compute = (active or self.raw_model.num_params)(exclude_embeddings=True)
+        self.flops_per_token = models.flops_per_token(cfg.model, n_compute)
+        self.peak = peak_flops(env.device)
         env.log(f"model: {cfg.model.preset}, {n_params / 1e6:.2f}M parameters"
                 + (f" ({active() / 1e6:.2f}M active per token)" if active else "")
                 + f", {self.raw_model.num_params(exclude_embeddings=True) / 1e6:.2f}M without lookup tables; "
@@ -473,6 +475,8 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict:
         logger = RunLogger(cfg.run_name, cfg.log_dir, resume_step=trainer.step,
                            wandb_run=_wandb(cfg) if env.master else None) if env.master else None
         summary = trainer.fit(logger)
+        if env.world > 1:
+            dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts
         summary.update(best_val_loss=trainer.best_val, run=cfg.run_name)
         val_loss, bpb = getattr(trainer, "last_val", (math.nan, math.nan))
         summary.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), val_bpb=bpb)

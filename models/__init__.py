@@ -2,7 +2,9 @@
 
 import torch.nn as nn
 
+from .condor import Condor
 from .config import PRESETS, ModelConfig
+from .falcon import Falcon
 from .gpt import GPT
 
 # Registering a family: its preset in config.PRESETS and its class here; the trainer only calls build.
@@ -10,6 +12,8 @@ FAMILIES: dict[str, type[nn.Module]] = {
     "baseline": GPT,
     "gpt2_125m": GPT,
     "llama": GPT,
+    "falcon": Falcon,
+    "condor": Condor,
 }
 
 

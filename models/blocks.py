@@ -138,14 +138,15 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)                                                               # (B, T, d_ff or 2*d_ff)
-        if self.kind == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        elif self.kind == "relu":
-            h = F.relu(h)
-        else:
-            h = F.gelu(h)
-        return self.down(h)                                                          # (B, T, C)
+        return self.down(activate(h, self.kind))                                     # (B, T, C)
+
+
+def activate(h: torch.Tensor, kind: str) -> torch.Tensor:
+    """The MLP nonlinearity of cfg.mlp; SwiGLU's `h` holds gate and up side by side."""
+    if kind == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.relu(h) if kind == "relu" else F.gelu(h)
 
 
 def merge_stats(total: dict, new: dict) -> dict:

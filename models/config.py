@@ -22,6 +22,16 @@ class ModelConfig:
     dropout: float = 0.0
     word_vectors: str | None = None  # word2vec/fastText text file to initialise token embeddings
     freeze_embeddings: bool = False  # keep the (word-vector) token embeddings fixed in training
+    # condor: attention variant
+    attention: str = "standard"     # standard | head_mlp | self_score
+    # falcon: every MLP a top-k mixture of experts
+    n_experts: int = 8
+    top_k: int = 2
+    expert_d_ff: int | None = None  # width of one expert; None = d_ff // top_k (same active FLOPs)
+    capacity_factor: float = 1.25   # training: capacity = ceil(factor * tokens * top_k / n_experts)
+    eval_capacity_factor: float | None = None  # in eval mode; None = capacity_factor
+    balance_coef: float = 0.01      # weight of the load-balance loss E * sum(importance * load)
+    z_loss_coef: float = 1e-3       # weight of the router z-loss mean(logsumexp(logits)^2)
 
     def __post_init__(self):
         for key, allowed in CHOICES.items():
@@ -34,6 +44,12 @@ class ModelConfig:
                 raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.attention != "standard" and self.preset != "condor":
+            raise ValueError(f"model.attention={self.attention} is a Condor variant: use model.preset=condor (run_condor.py)")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"model.top_k ({self.top_k}) must be between 1 and model.n_experts ({self.n_experts})")
+        if self.capacity_factor <= 0 or (self.eval_capacity_factor is not None and self.eval_capacity_factor <= 0):
+            raise ValueError("model.capacity_factor and model.eval_capacity_factor must be positive")
         if self.position == "rotary" and self.head_dim % 2:
             raise ValueError(f"model.position=rotary needs an even head_dim, got {self.head_dim}")
 
@@ -53,6 +69,7 @@ CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "position": ("learned", "rotary", "sinusoidal"),
     "mlp": ("gelu", "swiglu", "relu"),
+    "attention": ("standard", "head_mlp", "self_score"),
 }
 
 # Each preset names only what differs from the ModelConfig defaults (the TinyStories baseline).
@@ -63,6 +80,10 @@ PRESETS: dict[str, dict] = {
         d_model=768, n_layers=12, n_heads=12, d_ff=2048, norm="rmsnorm", position="rotary",
         mlp="swiglu", bias=False, vocab_size=50257,
     ),
+    # the TinyStories Falcon: the baseline with every FFN an 8-expert top-2 mixture
+    "falcon": dict(n_experts=8, top_k=2),
+    # the TinyStories Condor: one layer, two heads, a narrow MLP, per-head MLP attention
+    "condor": dict(n_layers=1, n_heads=2, d_ff=128, attention="head_mlp"),
     "llama": dict(
         d_model=512, n_layers=8, n_heads=8, d_ff=1376, norm="rmsnorm", position="rotary",
         mlp="swiglu", bias=False, vocab_size=32000, context=256, tie_embeddings=False,

@@ -1,0 +1,42 @@
+"""Next-token samplers: free functions over a batch of logits, as in Meta's Llama reference."""
+
+import torch
+
+
+def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample from the smallest set of tokens whose probability mass reaches p (nucleus sampling).
+
+    Args:
+        probs: (B, V) probabilities.
+        p: the mass to keep, in (0, 1]; the most likely token is always kept.
+        generator: optional RNG for reproducible draws.
+    Returns:
+        (B, 1) sampled token ids.
+    """
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above
+    sorted_probs = sorted_probs.masked_fill(mass_before >= p, 0.0)
+    sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
+    choice = torch.multinomial(sorted_probs, num_samples=1, generator=generator)
+    return order.gather(-1, choice)
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits with everything below the k-th largest set to -inf (ties at the k-th are kept)."""
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token for each row of (B, V) logits: greedy at temperature 0, else top-k/top-p sampling.
+
+    Returns:
+        (B,) token ids.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    return sample_top_p(torch.softmax(logits, dim=-1), top_p, generator).squeeze(-1)
