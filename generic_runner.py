@@ -74,6 +74,8 @@ def _exit(message: str, code: int) -> None:
 
 def default_run_name(config_paths: list[str], sets: list[str]) -> str:
     """E.g. configs/tid.yaml + configs/quickstart.yaml + tid.method=entropy -> tid-quickstart-method=entropy."""
+    # where outputs go and which device runs it do not name the experiment
+    sets = [s for s in sets if not s.split("=")[0].endswith("_dir") and not s.startswith("device=")]
     parts = [Path(p).stem for p in config_paths] + [s.split(".")[-1] for s in sets]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
 
@@ -256,7 +258,9 @@ class Trainer:
         n_compute = (active or self.raw_model.num_params)(exclude_embeddings=True)
         self.flops_per_token = models.flops_per_token(cfg.model, n_compute)
         self.peak = peak_flops(env.device)
-        env.log(f"model: {cfg.model.preset}, {n_params / 1e6:.2f}M parameters"
+        self.param_counts = {"params": n_params, "active_params": active() if active else n_params}
+        variant = f" ({cfg.model.attention} attention)" if cfg.model.preset == "condor" else ""
+        env.log(f"model: {cfg.model.preset}{variant}, {n_params / 1e6:.2f}M parameters"
                 + (f" ({active() / 1e6:.2f}M active per token)" if active else "")
                 + f", {self.raw_model.num_params(exclude_embeddings=True) / 1e6:.2f}M without lookup tables; "
                 f"d{cfg.model.d_model} L{cfg.model.n_layers} H{cfg.model.n_heads} ctx {cfg.model.context}, "
@@ -472,8 +476,9 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict:
     try:
         trainer = Trainer(cfg, env, resume)
         env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")
-        logger = RunLogger(cfg.run_name, cfg.log_dir, resume_step=trainer.step,
-                           wandb_run=_wandb(cfg) if env.master else None) if env.master else None
+        meta = {"config": to_dict(cfg), **trainer.param_counts}
+        logger = RunLogger(cfg.run_name, cfg.log_dir, meta, resume_step=trainer.step,
+                           wandb_run=_wandb(cfg)) if env.master else None
         summary = trainer.fit(logger)
         if env.world > 1:
             dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts

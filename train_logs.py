@@ -2,7 +2,8 @@
 
 Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically):
 
-    logs/losses/NAME.pkl   dict: "run", "step", "train_loss", "lr", "grad_norm" (one entry per step),
+    logs/losses/NAME.pkl   dict: "run", "meta" (the resolved config, "params", "active_params"),
+                           "step", "train_loss", "lr", "grad_norm" (one entry per step),
                            "stats" (dict of per-step lists: whatever the model/trainer reports),
                            "val" (dict: "step", "loss", "ppl", "bpb", one entry per evaluation, and
                            "stats": dict of per-eval lists of the model's statistics, e.g. MoE load)
@@ -47,12 +48,12 @@ def _load(path: Path) -> dict:
 class RunLogger:
     """Collects per-step and per-eval numbers and writes the pickles, the CSV and (optionally) W&B."""
 
-    def __init__(self, run: str, log_dir: str | Path, resume_step: int = 0, wandb_run=None):
+    def __init__(self, run: str, log_dir: str | Path, meta: dict, resume_step: int = 0, wandb_run=None):
         self.run, self.wandb = run, wandb_run
         self.paths = dict(zip(("losses", "times", "csv"), run_log_paths(run, log_dir)))
         for p in self.paths.values():
             p.parent.mkdir(parents=True, exist_ok=True)
-        self.losses = {"run": run, "step": [], "train_loss": [], "lr": [], "grad_norm": [], "stats": {},
+        self.losses = {"run": run, "meta": meta, "step": [], "train_loss": [], "lr": [], "grad_norm": [], "stats": {},
                        "val": {"step": [], "loss": [], "ppl": [], "bpb": [], "stats": {}}}
         self.times = {"run": run, "step": [], "step_time": [], "tokens_per_s": [], "elapsed": [],
                       "total_elapsed": 0.0}

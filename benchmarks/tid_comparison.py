@@ -9,34 +9,22 @@ scoring time per step over the median step time of the baseline. Writes JSON to 
 """
 
 import argparse
-import json
 import math
 import statistics
-from pathlib import Path
 
-import torch
-
-from experiment_config import load_config
-from generic_runner import train
-from train_logs import load_losses, load_times
+from benchmarks.common import WARMUP_STEPS, device_name, train_variant, write_results
 
 METHODS = ("none", "random", "entropy", "gradient_norm", "attention_mass")
-WARMUP_STEPS = 5  # first steps carry allocator and thread-pool warm-up; left out of the medians
 
 
 def run_method(args, method: str) -> dict:
     sets = [*args.set, f"tid.method={method}", f"device={args.device}"]
-    cfg = load_config(["configs/tid.yaml", *args.config], sets)
-    cfg.run_name = f"tidcmp-{method}"
-    summary = train(cfg, force=True)
-    times = load_times(cfg.run_name, cfg.log_dir)
-    stats = load_losses(cfg.run_name, cfg.log_dir)["stats"]
-    step_times = times["step_time"][WARMUP_STEPS:]
+    r = train_variant(["configs/tid.yaml", *args.config], sets, f"tidcmp-{method}")
+    stats, tid = r["losses"]["stats"], r["cfg"].tid
     score = statistics.median(stats["tid_score_time"][WARMUP_STEPS:]) if method != "none" else 0.0
-    return {"method": method, "drop": cfg.tid.drop, "ratio": cfg.tid.p_start if method != "none" else 0.0,
-            "val_loss": summary["val_loss"], "val_ppl": summary["val_ppl"], "val_bpb": summary["val_bpb"],
-            "wall_s": summary["wall_s"], "step_s": statistics.median(step_times), "score_s": score,
-            "tokens_per_s": summary["tokens_per_s"]}
+    return {"method": method, "drop": tid.drop, "ratio": tid.p_start if method != "none" else 0.0,
+            "val_loss": r["val_loss"], "val_ppl": r["val_ppl"], "val_bpb": r["val_bpb"],
+            "wall_s": r["wall_s"], "step_s": r["step_s"], "score_s": score, "tokens_per_s": r["tokens_per_s"]}
 
 
 def main(argv=None) -> None:
@@ -53,7 +41,7 @@ def main(argv=None) -> None:
     base = next((r for r in rows if r["method"] == "none"), None)
     for r in rows:
         r["overhead"] = r["score_s"] / base["step_s"] if base else math.nan
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    device = device_name(args.device)
     print(f"\nTID comparison on {device}; overlays {args.config}; overrides {args.set}")
     print(f"{'method':15s} {'drop':>5s} {'ratio':>5s} {'val loss':>9s} {'val ppl':>8s} {'bits/byte':>9s} "
           f"{'wall s':>7s} {'step ms':>8s} {'score ms':>9s} {'overhead':>9s}")
@@ -61,12 +49,9 @@ def main(argv=None) -> None:
         print(f"{r['method']:15s} {r['drop']:>5s} {r['ratio']:>5.2f} {r['val_loss']:>9.4f} {r['val_ppl']:>8.3f} "
               f"{r['val_bpb']:>9.4f} {r['wall_s']:>7.1f} {1e3 * r['step_s']:>8.1f} {1e3 * r['score_s']:>9.1f} "
               f"{r['overhead']:>9.2f}")
-    out = Path(args.out or f"benchmarks/results/tid_comparison_{'cuda' if device != 'cpu' else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "tid_comparison", "device": device, "torch": torch.__version__,
-                               "configs": ["configs/tid.yaml", *args.config], "set": args.set, "results": rows},
-                              indent=2))
-    print(f"wrote {out}")
+    out = args.out or f"benchmarks/results/tid_comparison_{'cpu' if device == 'cpu' else 'cuda'}.json"
+    write_results(out, {"benchmark": "tid_comparison", "device": device,
+                        "configs": ["configs/tid.yaml", *args.config], "set": args.set, "results": rows})
 
 
 if __name__ == "__main__":
