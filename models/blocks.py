@@ -76,6 +76,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.key_dim = cfg.head_dim  # width of the keys `project` returns (what a KV cache stores)
         # True: softmax(QK^T/sqrt(d) + mask) written out; same output as SDPA, for tests and analysis
         self.explicit = False
 
@@ -93,7 +95,7 @@ class CausalSelfAttention(nn.Module):
         """Attention probabilities (B, H, Tq, Tk); mask is boolean, True = may attend."""
         if mask is None:
             mask = causal_mask(q.size(-2), k.size(-2), device=q.device)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))                   # (B, H, Tq, Tk)
+        scores = (q @ k.transpose(-2, -1)) * self.scale                               # (B, H, Tq, Tk)
         scores = scores.float().masked_fill(~mask, float("-inf"))
         return scores.softmax(dim=-1).type_as(q)
 
@@ -103,23 +105,28 @@ class CausalSelfAttention(nn.Module):
         mask: boolean, broadcastable to (B, H, Tq, Tk), True = may attend. None means causal, with
         the queries taken as the last Tq positions of the keys (a cache holding an earlier prefix).
         """
-        B, H, Tq, hd = q.shape
+        B, H, Tq, _ = q.shape
         p = self.dropout if self.training else 0.0
         if self.explicit:
             att = F.dropout(self.attention_weights(q, k, mask), p=p, training=self.training)
             y = att @ v                                                              # (B, H, Tq, hd)
         elif mask is None and Tq == k.size(-2):
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.scale)
         else:
             # is_causal aligns the mask top-left, wrong once keys outnumber queries
             if mask is None:
                 mask = causal_mask(Tq, k.size(-2), device=q.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return y.transpose(1, 2).reshape(B, Tq, H * hd)                               # (B, Tq, C)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
+        return y.transpose(1, 2).reshape(B, Tq, H * v.size(-1))                      # (B, Tq, C)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache=None, start_pos=0):
+        """Self-attention of x (B, T, C); with a KV cache (inference), x sits at start_pos.. after the cached prefix."""
         q, k, v = self.project(x, rope)
-        return self.wo(self.attend(q, k, v))                                         # (B, T, C)
+        mask = None
+        if cache is not None:
+            k, v, mask = cache.update(start_pos, k, v)
+        return self.wo(self.attend(q, k, v, mask))                                   # (B, T, C)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,8 +180,10 @@ class Block(nn.Module):
         self.mlp = mlp if mlp is not None else MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)  # residual dropout; identity at p=0 or in eval
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
-        a, attn_stats = _split_stats(self.attn(self.norm1(x), rope))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache=None, start_pos=0):
+        """x (B, T, C) -> (x, stats); `cache` and `start_pos` are the attention's KV cache (inference only)."""
+        a, attn_stats = _split_stats(self.attn(self.norm1(x), rope, cache, start_pos))
         x = x + self.drop(a)                                                         # (B, T, C)
         m, mlp_stats = _split_stats(self.mlp(self.norm2(x)))
         x = x + self.drop(m)

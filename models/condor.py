@@ -12,7 +12,6 @@ All three keep the project / attend split, so a KV cache slots between them (`mo
                       s beside k (rotated at its own position under rotary), v stays (B, H, T, hd)
 """
 
-import math
 
 import torch
 import torch.nn as nn
@@ -47,14 +46,15 @@ class SelfScoreAttention(CausalSelfAttention):
     [k | s], (B, H, T, 2*hd): one dot product then gives q·k + s·s, SDPA needs no (T, T) float
     mask (scale 1/√hd, is_causal), and callers that read attention from (q, k) alone, like
     tid.attention_mass_scores, see both terms. On GPUs the flash kernel wants q, k and v equally
-    wide, so SDPA picks the memory-efficient kernel here.
+    wide, so SDPA picks the memory-efficient kernel here. The base class's `attend` serves as is:
+    it passes the scale 1/√hd and merges heads at v's width.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         # d_x = hd per head, so both terms share the 1/√hd scale and start at the same magnitude
         self.wx = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.key_dim = 2 * cfg.head_dim  # keys are [k | s]; the base scale 1/√hd stays (not 1/√(2hd))
 
     def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
         """[q | s], [k | s], each (B, H, T, 2*hd), and v (B, H, T, hd), from x (B, T, C)."""
@@ -74,24 +74,6 @@ class SelfScoreAttention(CausalSelfAttention):
         scores = (q @ k.transpose(-2, -1) + s_q @ s_k.transpose(-2, -1)) * self.scale  # (B, H, Tq, Tk)
         scores = scores.float().masked_fill(~mask, float("-inf"))
         return scores.softmax(dim=-1).type_as(q)
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None):
-        """Heads merged back to (B, Tq, C) before the output projection; mask as in the base class."""
-        B, H, Tq, _ = q.shape
-        p = self.dropout if self.training else 0.0
-        if self.explicit:
-            att = F.dropout(self.attention_weights(q, k, mask), p=p, training=self.training)
-            y = att @ v                                                              # (B, H, Tq, hd)
-        else:
-            # is_causal aligns the mask top-left, right only while queries and keys are the same positions
-            is_causal = mask is None and Tq == k.size(-2)
-            if mask is None and not is_causal:
-                mask = causal_mask(Tq, k.size(-2), device=q.device)
-            # SDPA's default scale would be 1/√(2*hd), from the widened q and k; the scores want 1/√hd
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal,
-                                               scale=self.scale)                     # (B, H, Tq, hd)
-        # v is hd wide, so the heads merge back to C = H * hd although q and k are 2*hd wide
-        return y.transpose(1, 2).reshape(B, Tq, H * self.head_dim)                   # (B, Tq, C)
 
 
 ATTENTION: dict[str, type[CausalSelfAttention]] = {

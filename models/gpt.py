@@ -83,34 +83,48 @@ class GPT(nn.Module):
         self.tok_emb.weight.copy_(vectors.to(self.tok_emb.weight))
         self.tok_emb.weight.requires_grad_(not freeze)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                drop_mask: torch.Tensor | None = None):
-        """(logits (B, T, V), loss or None, stats) from tokens (B, T); see the design page, sections 3-4.
+    def embed(self, tokens: torch.Tensor, drop_mask: torch.Tensor | None = None, start_pos=0):
+        """Input of the first block, x (B, T, C), and the rotary (cos, sin) for positions start_pos...
 
         drop_mask (B, T) bool: True zeroes that position's token embedding (token-importance
-        dropout) before positions are added; the loss still covers every target != -100.
+        dropout) before positions are added. start_pos (int, or a 0-d tensor for a compiled decode
+        step) is where these tokens sit after a cached prefix; training always starts at 0.
         """
         B, T = tokens.shape
-        if T > self.cfg.context:
-            raise ValueError(f"sequence length {T} exceeds model.context={self.cfg.context}; "
+        if isinstance(start_pos, int) and start_pos + T > self.cfg.context:
+            raise ValueError(f"positions up to {start_pos + T} exceed model.context={self.cfg.context}; "
                              "crop the input or raise model.context")
         x = self.tok_emb(tokens)                                                     # (B, T, C)
         if drop_mask is not None:
             x = x.masked_fill(drop_mask.unsqueeze(-1), 0.0)
+        positions = start_pos + torch.arange(T, device=tokens.device)                # (T,)
         rope = None
         if self.cfg.position == "learned":
-            x = x + self.pos_emb.weight[:T]                                          # (T, C) broadcast
+            x = x + self.pos_emb(positions)                                          # (T, C) broadcast
         elif self.cfg.position == "sinusoidal":
-            x = x + self.pos_table[:T].to(x.dtype)
+            x = x + self.pos_table[positions].to(x.dtype)
         else:
-            rope = (self.rope_cos[:T], self.rope_sin[:T])                            # 2 x (T, hd)
-        x = self.drop(x)
+            rope = (self.rope_cos[positions], self.rope_sin[positions])              # 2 x (T, hd)
+        return self.drop(x), rope
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) from the last block's output."""
+        return self.lm_head(self.norm_f(x))
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
+                drop_mask: torch.Tensor | None = None):
+        """(logits (B, T, V), loss or None, stats) from tokens (B, T); see the design page, sections 3-4.
+
+        drop_mask (B, T) bool: token-importance dropout (see `embed`); the loss still covers every
+        target != -100.
+        """
+        B, T = tokens.shape
+        x, rope = self.embed(tokens, drop_mask)
         stats = {}
         for block in self.blocks:
             x, block_stats = block(x, rope)
             stats = merge_stats(stats, block_stats)
-        logits = self.lm_head(self.norm_f(x))                                        # (B, T, V)
+        logits = self.head(x)                                                        # (B, T, V)
 
         loss = None
         if targets is not None:
