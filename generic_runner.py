@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
+from models.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
@@ -34,7 +35,6 @@ from experiment_config import ConfigError, RunConfig, load_config, to_dict
 from tid import TokenImportanceDropout
 from train_logs import RunLogger, run_log_paths
 
-CHECKPOINT_FORMAT = 1
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense bf16
 
 
@@ -61,7 +61,7 @@ def main(default_config: str, argv: list[str] | None = None) -> None:
         train(cfg, resume=args.resume, force=args.force)
     except ConfigError as e:
         _exit(f"error: {e}", 2)
-    except (DataError, TrainingError, FileNotFoundError) as e:
+    except (DataError, TrainingError, CheckpointError, FileNotFoundError) as e:
         _exit(f"error: {e}", 1)
     except KeyboardInterrupt:
         _exit("interrupted: last.pt saved; continue with --resume", 130)
@@ -189,27 +189,6 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint written by the trainer (weights_only: no code runs on load)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path} is not a checkpoint of this trainer (format {ckpt.get('format')})")
-    return ckpt
-
-
 def _accumulate(total: dict, new: dict, n_micro: int) -> dict:
     """Combine per-micro-batch statistics: times add up, everything else is averaged."""
     out = dict(total)
@@ -218,6 +197,8 @@ def _accumulate(total: dict, new: dict, n_micro: int) -> dict:
         out[k] = out[k] + share if k in out else share
     return out
 
+
+# ----------------------------------------------------------------------------- the trainer
 
 class Trainer:
     """State of one training run; `fit` runs the loop."""

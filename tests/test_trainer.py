@@ -10,7 +10,8 @@ import torch
 
 import generic_runner
 from conftest import REPO, tiny_run_config
-from generic_runner import Trainer, TrainingError, load_checkpoint, train
+from generic_runner import Trainer, TrainingError, train
+from models.checkpoint import load_checkpoint
 from train_logs import load_losses, load_times
 
 

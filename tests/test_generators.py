@@ -1,0 +1,151 @@
+"""Generation: cached == uncached greedy, beam search, samplers, EOS handling, streaming, the CLI."""
+
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REPO, tiny_run_config
+from generators import Generator, beam_search
+from generators.sampling import filter_top_k, next_token, sample_top_p
+from generic_runner import train
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gen")
+    train(tiny_run_config(tmp, ["train.max_steps=30", "train.lr=3e-3", "train.batch_size=8"]))
+    return str(tmp / "checkpoints/tiny/last.pt")
+
+
+@pytest.fixture(scope="module")
+def gen(ckpt):
+    return Generator.build(ckpt, max_batch_size=10, device="cpu")
+
+
+PROMPTS = ["Once upon a time", "Tom and his dog went to the", "Lily"]
+
+
+def test_greedy_with_cache_equals_without_for_unequal_prompts(gen):
+    encoded = [gen.prompt_tokens(p) for p in PROMPTS]
+    assert len({len(e) for e in encoded}) == 3
+    cached, _ = gen.generate(encoded, max_gen_len=20, temperature=0)
+    uncached, _ = gen.generate(encoded, max_gen_len=20, temperature=0, use_cache=False)
+    assert cached == uncached and all(len(c) > 0 for c in cached)
+    # each row equals that prompt decoded alone: batching changes nothing
+    for e, row in zip(encoded, cached):
+        assert gen.generate([e], max_gen_len=20, temperature=0)[0][0] == row
+
+
+def test_logprobs_and_echo(gen):
+    prompt = gen.prompt_tokens(PROMPTS[1])
+    tokens, lps = gen.generate([prompt], max_gen_len=8, temperature=0, logprobs=True, echo=True)
+    seq = torch.tensor([tokens[0]])
+    assert tokens[0][:len(prompt)] == prompt
+    with torch.no_grad():
+        logp = F.log_softmax(gen.model.forward_full(seq)[0].float(), dim=-1)
+    expected = [logp[t - 1, seq[0, t]].item() for t in range(1, seq.size(1))]
+    assert lps[0][1:] == pytest.approx(expected, abs=1e-4)
+
+
+def test_beam_of_one_is_greedy_and_scores_are_sorted_sums(gen):
+    prompt = gen.prompt_tokens(PROMPTS[0])
+    greedy = gen.generate([prompt], max_gen_len=15, temperature=0)[0][0]
+    (one,) = beam_search(gen, prompt, beam_size=1, max_gen_len=15)
+    assert one.tokens == greedy
+    hyps = beam_search(gen, prompt, beam_size=5, max_gen_len=15, length_penalty=0.7)
+    assert len(hyps) == 5 and [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    eos = gen.tokenizer.eos_id
+    for h in hyps:
+        gen_tokens = h.tokens + ([eos] if h.finished else [])
+        seq = torch.tensor([prompt + gen_tokens])
+        with torch.no_grad():
+            logp = F.log_softmax(gen.model.forward_full(seq)[0].float(), dim=-1)
+        total = sum(logp[len(prompt) + i - 1, t].item() for i, t in enumerate(gen_tokens))
+        assert h.logprob == pytest.approx(total, abs=1e-3)
+        assert h.score == pytest.approx(total / len(gen_tokens) ** 0.7, abs=1e-3)
+
+
+def test_samplers_stay_inside_the_allowed_set():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]]).repeat(2000, 1)
+    drawn = sample_top_p(probs, 0.75, g).flatten()
+    assert set(drawn.tolist()) == {0, 1}                  # 0.5 + 0.3 reaches 0.75; the rest never
+    assert set(sample_top_p(probs, 0.4, g).flatten().tolist()) == {0}   # the top token is always kept
+    logits = torch.log(probs)
+    assert set(next_token(filter_top_k(logits, 3), 1.0, 1.0, None, g).tolist()) == {0, 1, 2}
+    assert set(next_token(logits, 1.0, 1.0, 2, g).tolist()) == {0, 1}
+    assert (next_token(logits, 0.0) == 0).all()
+
+
+class CountingModel(torch.nn.Module):
+    """Stub with the modelskv interface: always predicts (previous token + 1) mod V."""
+    max_batch, max_seq_len, V = 4, 32, 10
+
+    def forward(self, tokens, start_pos=0):
+        return F.one_hot((tokens + 1) % self.V, self.V).float() * 10.0
+
+    def forward_full(self, tokens):
+        return self.forward(tokens)
+
+
+def test_eos_stops_one_sequence_while_others_continue():
+    tok = SimpleNamespace(eos_id=7, pad_id=0, bos_id=None)
+    gen = Generator(CountingModel(), tok, torch.device("cpu"))
+    tokens, _ = gen.generate([[5], [1, 2]], max_gen_len=6, temperature=0)
+    assert tokens[0] == [6]                    # 6 then EOS (7): stops, EOS not returned
+    assert tokens[1] == [3, 4, 5, 6]           # the other row continues to its own EOS
+    tokens, _ = gen.generate([[8]], max_gen_len=4, temperature=0)
+    assert tokens[0] == [9, 0, 1, 2]           # no EOS: max_gen_len tokens
+
+
+def test_sampling_is_reproducible_with_a_seed_and_stream_matches(gen):
+    a = gen.text_completion(PROMPTS, temperature=0.8, top_p=0.9, max_gen_len=12, seed=3)
+    b = gen.text_completion(PROMPTS, temperature=0.8, top_p=0.9, max_gen_len=12, seed=3)
+    assert a == b
+    greedy = gen.text_completion([PROMPTS[0]], temperature=0, max_gen_len=12)[0]["generation"]
+    assert "".join(gen.stream(PROMPTS[0], temperature=0, max_gen_len=12)) == greedy
+
+
+def test_too_many_prompts_or_too_long_is_a_clear_error(gen):
+    with pytest.raises(ValueError, match="max_batch_size"):
+        gen.generate([[1]] * 11, max_gen_len=2)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        gen.generate([[1] * 40], max_gen_len=2)
+
+
+def test_generate_cli(ckpt):
+    base = [sys.executable, "-m", "generators.generate", "--ckpt", ckpt, "--max-new-tokens", "8", "--device", "cpu"]
+    r = subprocess.run(base + ["--prompt", "Once upon", "--prompt", "Tom", "--temperature", "0"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Once upon") and "tokens/s" in r.stderr
+    r = subprocess.run(base + ["--prompt", "Once upon", "--beam", "3"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.count("[beam ") == 3
+    r = subprocess.run(base[:3] + ["--ckpt", "nope.pt", "--prompt", "x"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and "not found" in r.stderr
+
+
+def test_attention_heatmaps(gen, tmp_path):
+    from generators.attention import attention_maps, save_heatmaps
+    ids = gen.prompt_tokens("Tom saw a big dog")
+    maps = attention_maps(gen.model, torch.tensor([ids]))
+    assert len(maps) == gen.model.cfg.n_layers and maps[0].shape == (gen.model.cfg.n_heads, len(ids), len(ids))
+    assert torch.allclose(maps[0].sum(-1), torch.ones(gen.model.cfg.n_heads, len(ids)), atol=1e-5)
+    assert torch.triu(maps[1], diagonal=1).abs().max() == 0          # causal
+    paths = save_heatmaps(maps, [str(i) for i in ids], tmp_path)
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_bench_cli_runs_tiny(ckpt, tmp_path):
+    out = tmp_path / "gen.json"
+    r = subprocess.run([sys.executable, "-m", "generators.bench", "--ckpt", ckpt, "--device", "cpu",
+                        "--batch-sizes", "1,4", "--new-tokens", "6", "--repeats", "1", "--rows", "4",
+                        "--beams", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "KV cache speed-up at batch 4" in r.stdout and out.is_file()
