@@ -4,7 +4,8 @@
     python -m generators.bench --ckpt PATH --device cuda --dtype bf16 --batch-sizes 1,32 --compile
 
 Speed: new tokens/s of greedy decoding (EOS ignored, so every run makes the same number of
-tokens), median of `--repeats` runs after one warm-up. Quality: held-out rows of the checkpoint's
+tokens), median of `--repeats` runs after one warm-up, with and without the KV cache, and the same
+weights in Hugging Face `transformers` `generate` when it is installed and the family converts. Quality: held-out rows of the checkpoint's
 data are cut into a prompt (the first `--prompt-words` words) and a reference (the rest); each
 decoder's continuation is scored with corpus BLEU (sacrebleu). Prints a table, writes JSON.
 """
@@ -49,6 +50,31 @@ def speed_rows(gen: Generator, batch_sizes: list[int], new_tokens: int, repeats:
             seconds = _timed(run, gen.device, repeats)
             rows.append({"decoder": "greedy", "kv_cache": use_cache, "batch": batch, "new_tokens": new_tokens,
                          "seconds": seconds, "tokens_per_s": batch * new_tokens / seconds})
+    return rows
+
+
+def hf_rows(ckpt_path: str, gen: Generator, batch_sizes: list[int], new_tokens: int, repeats: int,
+            prompt_len: int) -> list[dict]:
+    """The same weights in Hugging Face `transformers` `generate` (greedy, its default dynamic cache)."""
+    try:
+        from models.convert import ConversionError, to_hf_model
+        hf = to_hf_model(load_checkpoint(ckpt_path)).to(device=gen.device, dtype=gen.model.tok_emb.weight.dtype)
+    except ImportError:
+        print("skip Hugging Face reference: pip install transformers")
+        return []
+    except ConversionError as e:
+        print(f"skip Hugging Face reference: {e}")
+        return []
+    prompt = gen.prompt_tokens("Once upon a time there was")[:prompt_len]
+    rows = []
+    for batch in batch_sizes:
+        ids = torch.tensor([prompt] * batch, device=gen.device)
+        run = lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  pad_token_id=gen.tokenizer.pad_id)
+        seconds = _timed(run, gen.device, repeats)
+        rows.append({"decoder": "HF generate", "kv_cache": True, "batch": batch, "new_tokens": new_tokens,
+                     "seconds": seconds, "tokens_per_s": batch * new_tokens / seconds})
     return rows
 
 
@@ -111,6 +137,7 @@ def main(argv=None) -> None:
         for row in speed_rows(gen, batch_sizes, args.new_tokens, args.repeats, args.prompt_len):
             if row["kv_cache"]:
                 speed.append({**row, "decoder": "greedy compiled", "compile_s": compile_s})
+    speed += hf_rows(args.ckpt, gen, batch_sizes, args.new_tokens, args.repeats, args.prompt_len)
     heldout = prepare_data(from_dict(load_checkpoint(args.ckpt)["config"]), log=lambda *a: None).rows("heldout")
     quality = quality_rows(gen, heldout[:args.rows], args.prompt_words, args.new_tokens, beams)
 
@@ -124,7 +151,9 @@ def main(argv=None) -> None:
     for batch in batch_sizes:
         cached = next(r for r in speed if r["batch"] == batch and r["kv_cache"] and r["decoder"] == "greedy")
         plain = next(r for r in speed if r["batch"] == batch and not r["kv_cache"])
-        print(f"KV cache speed-up at batch {batch}: {cached['tokens_per_s'] / plain['tokens_per_s']:.2f}x")
+        hf = next((r for r in speed if r["batch"] == batch and r["decoder"] == "HF generate"), None)
+        print(f"batch {batch}: KV cache speed-up {cached['tokens_per_s'] / plain['tokens_per_s']:.2f}x"
+              + (f", vs HF generate {cached['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf else ""))
     print(f"\n{'decoder':18s} {'prompts':>7s} {'BLEU':>6s} {'new tokens/s':>13s}")
     for r in quality:
         print(f"{r['decoder']:18s} {r['prompts']:>7d} {r['bleu']:>6.2f} {r['tokens_per_s']:>13,.1f}")

@@ -1,0 +1,70 @@
+"""Export to Hugging Face: transformers computes the same logits and the same greedy tokens."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from conftest import REPO, tiny_run_config
+from generic_runner import train
+from models import ModelConfig
+from models.convert import ConversionError, hf_architecture, to_hf_model
+
+transformers = pytest.importorskip("transformers")
+
+
+def _ckpt(preset, **extra):
+    cfg = ModelConfig.from_preset(preset, vocab_size=97, context=32, d_model=32, n_layers=2, n_heads=4, d_ff=64, **extra)
+    torch.manual_seed(0)
+    model = models.build(cfg).eval()
+    spec = {"kind": "stub"}
+    return model, {"model": model.state_dict(), "config": {"model": cfg.__dict__}, "tokenizer": spec}
+
+
+@pytest.fixture(autouse=True)
+def _no_tokenizer_files(monkeypatch):
+    import models.convert
+    monkeypatch.setattr(models.convert, "_special_ids", lambda spec: (1, 2))
+
+
+@pytest.mark.parametrize("preset,arch", [("baseline", "gpt2"), ("gpt2_125m", "llama"), ("llama", "llama")])
+def test_exported_model_has_the_same_logits(preset, arch):
+    model, ckpt = _ckpt(preset)
+    assert hf_architecture(model.cfg) == arch
+    hf = to_hf_model(ckpt)
+    x = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-5, rtol=0)
+        model.blocks[0].attn.wo.weight.add_(0.1 * torch.randn_like(model.blocks[0].attn.wo.weight))  # can fail
+        assert (hf(x).logits - model(x)[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("preset,extra", [("falcon", {}), ("condor", {}), ("baseline", {"mlp": "swiglu"})])
+def test_families_without_an_hf_equivalent_are_refused(preset, extra):
+    _, ckpt = _ckpt(preset, **extra)
+    with pytest.raises(ConversionError, match="no Hugging Face"):
+        to_hf_model(ckpt)
+
+
+def test_cli_export_loads_with_automodel_and_generates_our_greedy_tokens(tmp_path, monkeypatch):
+    from generators import Generator
+    train(tiny_run_config(tmp_path, ["train.max_steps=20", "train.lr=3e-3"]))
+    ckpt = tmp_path / "checkpoints/tiny/last.pt"
+    out = tmp_path / "hf"
+    r = subprocess.run([sys.executable, "-m", "models.convert", "--ckpt", str(ckpt), "--to", "hf", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    gen = Generator.build(str(ckpt), max_batch_size=1, device="cpu")
+    prompt = gen.prompt_tokens("Once upon a time")
+    ours = gen.generate([prompt], max_gen_len=12, temperature=0, stop_at_eos=False)[0][0]
+    ids = torch.tensor([prompt])
+    theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                         min_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
+    assert theirs == ours
+    sf = tmp_path / "w.safetensors"
+    r = subprocess.run([sys.executable, "-m", "models.convert", "--ckpt", str(ckpt), "--to", "safetensors",
+                        "--out", str(sf)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and sf.stat().st_size > 10_000
