@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
-from models.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from dataset_definitions.tokenization import load_word_vectors
 from experiment_config import ConfigError, RunConfig, load_config, to_dict
+from models.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from tid import TokenImportanceDropout
 from train_logs import RunLogger, run_log_paths
 
@@ -107,7 +107,7 @@ class Env:
 
 
 def setup_env(cfg: RunConfig) -> Env:
-    """Read torchrun's environment, pick device and precision, seed, enable TF32."""
+    """Read torchrun's environment, join the process group, pick device and precision, enable TF32."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if cfg.device == "auto":
@@ -127,7 +127,7 @@ def setup_env(cfg: RunConfig) -> Env:
     precision = cfg.train.precision
     if precision == "auto":
         precision = "fp32" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    if precision in ("bf16", "fp16") and device.type == "cpu" and precision == "fp16":
+    if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return Env(rank, local_rank, world, device, dtype)
@@ -165,10 +165,11 @@ def build_model(cfg: RunConfig, tokenizer, env: Env) -> torch.nn.Module:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, env: Env) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and embeddings (dim >= 2) only, not on norms and biases."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    """AdamW; weight decay on matrices and embeddings only, not on norms and biases (MoE biases are 2-D)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight comes once
+    decay = [p for n, p in params if p.dim() >= 2 and not n.endswith("bias")]
+    no_decay = [p for n, p in params if p.dim() < 2 or n.endswith("bias")]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
                              fused=env.device.type == "cuda")
 
@@ -275,7 +276,7 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict) -> None:
-        self.raw_model.load_state_dict(ckpt["model"])
+        load_weights(self.raw_model, ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.sampler.load_state_dict(ckpt["sampler"])
