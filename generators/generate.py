@@ -33,6 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
     parser.add_argument("--compile", action="store_true", help="compile the decode step")
+    parser.add_argument("--quantize", choices=("int8",), default=None, help="weight-only int8 linear layers")
     args = parser.parse_args(argv)
 
     prompts = list(args.prompt)
@@ -48,7 +49,7 @@ def main(argv=None) -> None:
         sys.exit("error: --beam and --stream take one prompt")
     try:
         generator = Generator.build(args.ckpt, max_batch_size=max(len(prompts), args.beam, 1), device=args.device,
-                                    dtype=args.dtype, compile=args.compile)
+                                    dtype=args.dtype, compile=args.compile, quantize=args.quantize)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
     if args.seed is not None:

@@ -20,6 +20,7 @@ import modelskv
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
 from generators.sampling import next_token
 from models.checkpoint import load_checkpoint, load_weights, model_config
+from modelskv.quantize import quantize_int8
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,7 +48,7 @@ class Generator:
 
     @staticmethod
     def build(ckpt: str, max_seq_len: int | None = None, max_batch_size: int = 8, device: str = "auto",
-              dtype: str = "auto", compile: bool = False) -> "Generator":
+              dtype: str = "auto", compile: bool = False, quantize: str | None = None) -> "Generator":
         """Load a training checkpoint into its inference model.
 
         Args:
@@ -57,6 +58,7 @@ class Generator:
             device: "auto", "cpu", "cuda", ...
             dtype: "auto" (bf16 on GPUs, fp32 on CPU), "fp32", "bf16" or "fp16".
             compile: torch.compile the one-token decode step (CUDA graphs on GPUs).
+            quantize: None, or "int8" for weight-only int8 linear layers (modelskv/quantize.py).
         Returns:
             A Generator.
         """
@@ -67,6 +69,10 @@ class Generator:
         model = modelskv.build(cfg, max_batch_size, max_seq_len)
         load_weights(model, checkpoint)
         model.to(device=dev, dtype=torch_dtype)
+        if quantize == "int8":
+            quantize_int8(model)
+        elif quantize is not None:
+            raise ValueError(f"quantize: {quantize!r} is not one of [None, 'int8']")
         model.setup_caches(max_batch_size, max_seq_len or cfg.context, torch_dtype)
         generator = Generator(model, load_tokenizer(checkpoint["tokenizer"]), dev)
         if compile:

@@ -1,0 +1,50 @@
+"""Weight-only int8: per-channel rounding error bounded, and a trained model's perplexity within 2%."""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import tiny_run_config
+from dataset_definitions.prepare import prepare_data
+from generators import Generator
+from generic_runner import train
+from modelskv.quantize import Int8Linear, quantize_int8
+
+
+def test_int8_linear_error_is_within_half_a_step_per_weight():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    q = Int8Linear(linear)
+    assert q.weight.dtype == torch.int8
+    dequant = q.weight.float() * q.scale[:, None]
+    assert ((dequant - linear.weight).abs() <= q.scale[:, None] / 2 + 1e-7).all()
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(q(x), F.linear(x, dequant, linear.bias))
+
+
+def test_int8_perplexity_within_two_percent(tmp_path):
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=60", "train.lr=3e-3", "train.batch_size=16"])
+    train(cfg)
+    ckpt = str(tmp_path / "checkpoints/tiny/last.pt")
+    x, y = prepare_data(cfg, log=lambda *a: None).blocks("val", cfg.model.context).batch(np.arange(64))
+
+    def perplexity(gen):
+        with torch.inference_mode():
+            logits = gen.model.forward_full(x)
+        return math.exp(F.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
+
+    fp32 = perplexity(Generator.build(ckpt, device="cpu"))
+    int8_gen = Generator.build(ckpt, device="cpu", quantize="int8")
+    assert any(isinstance(m, Int8Linear) for m in int8_gen.model.modules())
+    assert abs(perplexity(int8_gen) / fp32 - 1) < 0.02
+    assert int8_gen.text_completion(["Once upon a time"], temperature=0, max_gen_len=5)[0]["tokens"]
+
+
+def test_quantize_skips_the_router():
+    from models import ModelConfig, build
+    model = build(ModelConfig.from_preset("falcon", vocab_size=50, context=8, d_model=16, n_layers=1, n_heads=2, d_ff=32))
+    quantize_int8(model)
+    assert isinstance(model.blocks[0].mlp.router, nn.Linear) and isinstance(model.blocks[0].attn.wqkv, Int8Linear)
