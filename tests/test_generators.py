@@ -149,3 +149,11 @@ def test_bench_cli_runs_tiny(ckpt, tmp_path):
                         "--beams", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "batch 4: KV cache speed-up" in r.stdout and out.is_file()
+
+
+def test_compiled_decode_step_gives_the_same_greedy_tokens(ckpt):
+    gen = Generator.build(ckpt, max_batch_size=2, device="cpu")
+    prompts = [gen.prompt_tokens(p) for p in PROMPTS[:2]]
+    eager = gen.generate(prompts, 12, temperature=0)[0]
+    gen.compile_decode()          # one graph for every step: the position is a tensor, shapes are static
+    assert gen.generate(prompts, 12, temperature=0)[0] == eager
