@@ -133,4 +133,6 @@ class GPT(nn.Module):
             if "aux_loss" in stats:  # e.g. MoE balance and z-loss, already weighted by the family
                 stats["ce_loss"] = loss.detach()
                 loss = loss + stats["aux_loss"]
+        if "aux_loss" in stats:  # reported for the logs; its gradient travels through `loss` only
+            stats["aux_loss"] = stats["aux_loss"].detach()
         return logits, loss, stats

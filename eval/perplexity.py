@@ -1,0 +1,459 @@
+"""Perplexity and bits per byte of a checkpoint: held-out rows, another text file, the packed val stream.
+
+    python perplexity-runners/run_perplexity.py --ckpt checkpoints/<run>/best.pt [--rows 10000] [--stride S]
+    python perplexity-runners/run_perplexity.py --ckpt PATH --split val --packed   # = the trainer's val loss
+    python perplexity-runners/run_text_perplexity.py --ckpt PATH --text-file other.txt [--delimiter D]
+    python perplexity-runners/run_perplexity.py --compare RUN1 RUN2 ...
+
+Definitions (DESIGN section 6), each made once here:
+- A row is encoded as training documents are, [bos] + ids + [eos] (tokenizers without BOS, such
+  as GPT-2's, start with EOS, the token that precedes a document in the packed stream). BOS is
+  context, never a target; every other token is, EOS included: ending the document is part of
+  modelling it, and the trainer's loss scores EOS too. A row of L tokens has L - 1 targets.
+- Rows longer than the context are scored with a sliding window (`window_plan`): windows of up to
+  `context` inputs start every `stride` tokens; each scores only the targets that no earlier window
+  scored, so every target is scored exactly once, with as much left context as its window gives.
+- Per-row perplexity = exp(row NLL / row targets); the runner saves the list (pickle, in row
+  order) and prints its mean (the seed's aggregate) and median, the corpus perplexity
+  exp(total NLL / total targets), and bits per byte = total NLL / ln 2 / UTF-8 bytes of the rows'
+  text (bytes of the text only: BOS/EOS have none, but EOS's NLL counts, as in the trainer).
+- `--packed` scores a split's token stream exactly as `Trainer.evaluate` does: blocks of
+  context + 1 tokens at stride = context, total NLL / target tokens, the training model class in
+  eval mode, batches of train.batch_size; bits per byte = loss / ln 2 / (bytes / token of the split).
+
+Outputs: logs/perplexity-losses/<name>.pkl (list of per-row perplexities) and <name>.json (summary).
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import pickle
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import models
+import modelskv
+from dataset_definitions.config import DataConfig
+from dataset_definitions.prepare import PreparedData, prepare_data
+from dataset_definitions.sources import DataError, iter_rows
+from dataset_definitions.tokenization import Tokenizer, load_tokenizer
+from experiment_config import ConfigError, RunConfig, from_dict
+from generators.generation import resolve_device, resolve_dtype
+from models.checkpoint import CheckpointError, load_checkpoint, load_weights, model_config
+
+IGNORE = -100                   # target id that cross_entropy skips (padding, already-scored targets)
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, V)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def encode_rows(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Each text as [bos] + ids + [eos] (EOS in place of a missing BOS), as the data pipeline writes documents."""
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    return [[start, *ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(list(texts))]
+
+
+def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows over a row of n_tokens: (begin, end, n_new) per window.
+
+    The window's inputs are tokens[begin:end] (end - begin <= context), its targets tokens[begin+1:end+1];
+    only the last n_new targets are scored (the ones no earlier window scored). Windows start every
+    `stride` tokens until the last target is covered; stride == context gives non-overlapping chunks.
+    """
+    if not 1 <= stride <= context:
+        raise ValueError(f"stride must be between 1 and the context ({context}), got {stride}")
+    plan, begin, scored_end, last = [], 0, 0, n_tokens - 1
+    while scored_end < last:
+        end = min(begin + context, last)
+        plan.append((begin, end, end - scored_end))
+        scored_end = end
+        begin += stride
+    return plan
+
+
+@dataclass
+class Scores:
+    """Per-row totals of one scoring pass (a row is a document, or a block in packed mode)."""
+    nll: np.ndarray         # (N,) float64: summed NLL of the row's scored targets, in nats
+    tokens: np.ndarray      # (N,) int64: scored targets of the row
+    bytes: np.ndarray       # (N,) float64: UTF-8 bytes of the row's text (packed: targets x bytes/token)
+    seconds: float = 0.0    # wall time of the forward passes
+
+    def perplexities(self) -> list[float]:
+        """exp(mean NLL) of each row, in row order."""
+        return [math.exp(n / t) if t else math.nan for n, t in zip(self.nll.tolist(), self.tokens.tolist())]
+
+    def summary(self) -> dict:
+        """rows, tokens, bytes, mean/median per-row perplexity, loss, corpus_ppl, bpb, speed."""
+        ppl = self.perplexities()
+        total_nll, total_tokens, total_bytes = float(self.nll.sum()), int(self.tokens.sum()), float(self.bytes.sum())
+        loss = total_nll / total_tokens if total_tokens else math.nan
+        return {
+            "rows": len(ppl), "tokens": total_tokens, "bytes": round(total_bytes),
+            "mean": statistics.fmean(ppl) if ppl else math.nan,
+            "median": statistics.median(ppl) if ppl else math.nan,
+            "loss": loss, "corpus_ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
+            "bpb": total_nll / math.log(2) / total_bytes if total_bytes else math.nan,
+            "seconds": self.seconds,
+            "rows_per_s": len(ppl) / self.seconds if self.seconds > 0 else math.nan,
+            "tokens_per_s": total_tokens / self.seconds if self.seconds > 0 else math.nan,
+        }
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to dtype as the trainer does (weights stay fp32); fp32 = plain."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def score_rows(logits_fn: LogitsFn, rows: Sequence[Sequence[int]], context: int, stride: int | None = None,
+               batch_size: int = 16, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               pad_id: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and scored-target count of each row of token ids, windows batched across rows.
+
+    Args:
+        logits_fn: tokens (B, T) -> logits (B, T, V), causal (right padding must not change earlier logits).
+        rows: token ids per row, already [bos] + ids + [eos].
+        context: most inputs per window (the model's context).
+        stride: distance between window starts (default: context // 2); see `window_plan`.
+        batch_size: windows per forward pass.
+        device, dtype: where to run and the autocast dtype (float32 = none).
+        pad_id: input id of padding positions (their targets are ignored).
+        progress: show a tqdm bar over windows.
+    Returns:
+        (nll, count): float64 (N,) summed NLL in nats and int64 (N,) scored targets (= len(row) - 1).
+    """
+    stride = stride or max(1, context // 2)
+    device = torch.device(device)
+    windows = [(i, *w) for i, row in enumerate(rows) for w in window_plan(len(row), context, stride)]
+    windows.sort(key=lambda w: w[2] - w[1], reverse=True)  # similar lengths together: little padding
+    nll, count = np.zeros(len(rows)), np.zeros(len(rows), dtype=np.int64)
+    with tqdm(total=len(windows), desc=f"scoring {len(rows):,} rows", unit=" windows", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start:start + batch_size]
+            T = batch[0][2] - batch[0][1]
+            x = torch.full((len(batch), T), pad_id, dtype=torch.long)
+            y = torch.full((len(batch), T), IGNORE, dtype=torch.long)
+            for b, (i, begin, end, n_new) in enumerate(batch):
+                n = end - begin
+                x[b, :n] = torch.as_tensor(rows[i][begin:end])
+                y[b, n - n_new:n] = torch.as_tensor(rows[i][end - n_new + 1:end + 1])
+            x, y = x.to(device), y.to(device)
+            with _autocast(device, dtype):
+                logits = logits_fn(x)                                                # (B, T, V)
+            token_nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE,
+                                        reduction="none")                            # (B, T), 0 where ignored
+            row_ids = np.array([w[0] for w in batch])
+            np.add.at(nll, row_ids, token_nll.sum(1).double().cpu().numpy())
+            np.add.at(count, row_ids, (y != IGNORE).sum(1).cpu().numpy())
+            bar.update(len(batch))
+    return nll, count
+
+
+def score_texts(logits_fn: LogitsFn, tokenizer: Tokenizer, texts: Sequence[str], context: int,
+                stride: int | None = None, batch_size: int = 16, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, progress: bool = False) -> Scores:
+    """Score each text as one row ([bos] + ids + [eos]); see `score_rows` for the arguments."""
+    rows = encode_rows(tokenizer, texts)
+    t0 = time.perf_counter()
+    nll, count = score_rows(logits_fn, rows, context, stride, batch_size, device, dtype, tokenizer.pad_id, progress)
+    seconds = time.perf_counter() - t0
+    n_bytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
+    return Scores(nll, count, n_bytes, seconds)
+
+
+@torch.inference_mode()
+def score_packed(logits_fn: LogitsFn, tokens: np.ndarray, context: int, bytes_per_token: float,
+                 batch_size: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 progress: bool = False) -> Scores:
+    """Score a packed token stream exactly as `Trainer.evaluate` does, one Scores row per block.
+
+    Blocks of context + 1 tokens start every `context` tokens (the incomplete tail is left out, as in
+    training); batches take consecutive blocks. A block's bytes are its targets x bytes_per_token, so
+    the summary's bpb is the trainer's loss / ln 2 / bytes_per_token.
+    """
+    device = torch.device(device)
+    n_blocks = max(0, (len(tokens) - context - 1) // context + 1)
+    nll, count = np.zeros(n_blocks), np.full(n_blocks, context, dtype=np.int64)
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, n_blocks, batch_size), desc=f"scoring {n_blocks:,} blocks", unit=" batches",
+                      disable=not progress, dynamic_ncols=True):
+        index = np.arange(start, min(start + batch_size, n_blocks))
+        chunk = torch.from_numpy(tokens[index[:, None] * context + np.arange(context + 1)].astype(np.int64))
+        x, y = chunk[:, :-1].to(device), chunk[:, 1:].to(device)                     # (B, T) each
+        with _autocast(device, dtype):
+            logits = logits_fn(x)
+        token_nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
+        nll[index] = token_nll.sum(1).double().cpu().numpy()
+    seconds = time.perf_counter() - t0
+    return Scores(nll, count, count * float(bytes_per_token), seconds)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+@dataclass
+class Scorer:
+    """A checkpoint ready to score: its logits function, run config, tokenizer, device and dtype."""
+    logits_fn: LogitsFn
+    cfg: RunConfig
+    tokenizer: Tokenizer
+    device: torch.device
+    dtype: torch.dtype
+    step: int
+
+    @property
+    def context(self) -> int:
+        return self.cfg.model.context
+
+
+def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", training_model: bool = False) -> Scorer:
+    """Load a checkpoint for scoring.
+
+    Args:
+        ckpt: path of a checkpoint written by the trainer.
+        device: "auto", "cpu", "cuda", ...
+        dtype: "auto" (bf16 autocast on GPUs, fp32 on CPU), "fp32", "bf16" or "fp16".
+        training_model: use the training class in eval mode (what `Trainer.evaluate` runs; for Falcon
+            its eval capacity may drop tokens depending on the batch) instead of the inference model,
+            whose mixture-of-experts layers drop nothing, so padding and batching change no score.
+    Returns:
+        A Scorer.
+    """
+    checkpoint = load_checkpoint(ckpt)
+    cfg = from_dict(checkpoint["config"])
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available (use --device cpu)")
+    torch_dtype = resolve_dtype(dtype, dev)
+    mcfg = model_config(checkpoint)
+    if training_model:
+        model = models.build(mcfg)
+        logits_fn = lambda x: model(x)[0]  # noqa: E731  (logits, loss, stats)
+    else:
+        model = modelskv.build(mcfg, max_batch=1, max_seq_len=1)  # the cache is unused: forward_full
+        logits_fn = model.forward_full
+    load_weights(model, checkpoint)
+    model.to(dev).eval()
+    tokenizer = load_tokenizer(checkpoint["tokenizer"])
+    return Scorer(logits_fn, cfg, tokenizer, dev, torch_dtype, int(checkpoint.get("step", 0)))
+
+
+def prepared_data(scorer: Scorer, log=None) -> PreparedData:
+    """The checkpoint's prepared data (built if missing), checked to use the checkpoint's tokenizer."""
+    data = prepare_data(scorer.cfg, log=log or (lambda *a: None))
+    mine, theirs = scorer.tokenizer.spec(), data.meta["tokenizer"]
+    if any(mine.get(k) != theirs.get(k) for k in ("kind", "sha256", "vocab_size")):
+        raise DataError(f"the data cache {data.dir} was encoded with another tokenizer than the checkpoint's "
+                        f"({theirs.get('kind')} {str(theirs.get('sha256'))[:12]} vs {mine.get('kind')} "
+                        f"{str(mine.get('sha256'))[:12]}): rebuild it with the checkpoint's tokenizer.path")
+    return data
+
+
+# ----------------------------------------------------------------------------- results
+
+def results_dir(log_dir: str | Path) -> Path:
+    return Path(log_dir) / "perplexity-losses"
+
+
+def save_results(name: str, scores: Scores, info: dict, log_dir: str | Path = "logs") -> dict:
+    """Write <log_dir>/perplexity-losses/<name>.pkl (per-row perplexities) and <name>.json (summary)."""
+    out = results_dir(log_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**scores.summary(), **info, "name": name}
+    previous = out / f"{name}.json"
+    if previous.is_file():  # never silently replace another checkpoint's numbers
+        try:
+            old = json.loads(previous.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("ckpt") != info.get("ckpt") or old.get("source") != info.get("source"):
+            print(f"note: replacing {previous} (was {old.get('ckpt')}, {old.get('source')}); "
+                  "use --out-name to keep both", file=sys.stderr)
+    _atomic_write(out / f"{name}.pkl", pickle.dumps(scores.perplexities()))
+    _atomic_write(out / f"{name}.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def load_result(name: str, log_dir: str | Path = "logs") -> dict:
+    """A saved summary; for a pickle without JSON (the seed's logs) the numbers its list gives."""
+    out = results_dir(log_dir)
+    if (out / f"{name}.json").is_file():
+        return json.loads((out / f"{name}.json").read_text())
+    if (out / f"{name}.pkl").is_file():
+        with open(out / f"{name}.pkl", "rb") as f:
+            ppl = [float(p) for p in pickle.load(f)]
+        return {"name": name, "rows": len(ppl), "mean": statistics.fmean(ppl) if ppl else math.nan,
+                "median": statistics.median(ppl) if ppl else math.nan, "source": "pkl only"}
+    raise FileNotFoundError(f"no perplexity results named {name!r} in {out} (run run_perplexity.py first)")
+
+
+def compare_table(names: Sequence[str], log_dir: str | Path = "logs") -> str:
+    """A table of several saved results, one line each."""
+    header = f"{'name':24s} {'source':16s} {'rows':>7s} {'tokens':>10s} {'mean ppl':>9s} {'median':>9s} " \
+             f"{'corpus ppl':>10s} {'bpb':>7s} {'rows/s':>8s}"
+    lines = [header, "-" * len(header)]
+    for name in names:
+        r = load_result(name, log_dir)
+        lines.append(f"{name:24s} {str(r.get('source', '-'))[:16]:16s} {r['rows']:>7,} {_num(r.get('tokens'), ',d'):>10s} "
+                     f"{_num(r['mean'], '.3f'):>9s} {_num(r['median'], '.3f'):>9s} "
+                     f"{_num(r.get('corpus_ppl'), '.3f'):>10s} {_num(r.get('bpb'), '.4f'):>7s} "
+                     f"{_num(r.get('rows_per_s'), ',.1f'):>8s}")
+    return "\n".join(lines)
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def report(summary: dict) -> str:
+    """The printed summary of one scoring pass."""
+    unit = "block" if summary.get("packed") else "row"
+    seed = "" if summary.get("packed") else "   (the seed's aggregate)"
+    return "\n".join([
+        f"{summary['source']} of {summary['run']} (step {summary['step']}): {summary['rows']:,} {unit}s, "
+        f"{summary['tokens']:,} scored tokens, {summary['bytes']:,} bytes",
+        f"  {f'mean per-{unit} ppl':22s}{summary['mean']:12.3f}{seed}",
+        f"  {f'median per-{unit} ppl':22s}{summary['median']:12.3f}",
+        f"  {'corpus ppl':22s}{summary['corpus_ppl']:12.3f}   exp(total NLL / total tokens) = exp({summary['loss']:.4f})",
+        f"  {'bits per byte':22s}{summary['bpb']:12.4f}",
+        f"  {summary['rows']:,} {unit}s in {summary['seconds']:.2f}s: {summary['rows_per_s']:,.1f} {unit}s/s, "
+        f"{summary['tokens_per_s']:,.0f} tokens/s on {summary['device']} ({summary['dtype']})",
+    ])
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- command lines
+
+def _parser(text_file: bool) -> argparse.ArgumentParser:
+    what = "a text file" if text_file else "the held-out rows (or the packed val stream) of its data config"
+    p = argparse.ArgumentParser(description=f"Perplexity of a checkpoint on {what}.")
+    p.add_argument("--ckpt", help="checkpoint path (checkpoints/<run>/best.pt)")
+    if text_file:
+        p.add_argument("--text-file", required=True, help="UTF-8 text, one row per line or split by --delimiter")
+        p.add_argument("--delimiter", help="row separator, e.g. '<|endoftext|>' or '\\n\\n' (default: newline)")
+    else:
+        p.add_argument("--split", choices=("heldout", "val"), default="heldout",
+                       help="rows saved by the data pipeline (never training rows)")
+        p.add_argument("--packed", action="store_true",
+                       help="score the split's token stream as Trainer.evaluate does (reproduces the val loss)")
+        p.add_argument("--compare", nargs="+", metavar="NAME", help="print a table of saved results and exit")
+    p.add_argument("--rows", type=int, default=10_000, help="first N rows (default 10000)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per forward pass (default 16; packed: the run's train.batch_size)")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: context // 2)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, fp32 on CPU) | fp32 | bf16 | fp16")
+    p.add_argument("--log-dir", default="logs", help="results go to LOG_DIR/perplexity-losses/")
+    p.add_argument("--out-name", help="name of the result files (default: the run name, + a suffix)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """run_perplexity.py: held-out (or val) rows of the checkpoint's data, or the packed stream."""
+    args = _parser(text_file=False).parse_args(argv)
+    if args.compare:
+        _guard(lambda: print(compare_table(args.compare, args.log_dir)))
+        return
+    _guard(lambda: _run(args, text_file=False))
+
+
+def main_text(argv: list[str] | None = None) -> None:
+    """run_text_perplexity.py: rows of another text file."""
+    args = _parser(text_file=True).parse_args(argv)
+    _guard(lambda: _run(args, text_file=True))
+
+
+def _guard(fn) -> None:
+    """User errors become one line on stderr and exit status 1."""
+    try:
+        fn()
+    except (CheckpointError, DataError, ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _run(args, text_file: bool) -> None:
+    if not args.ckpt:
+        raise ValueError("--ckpt PATH is required (or --compare NAME ...)")
+    if args.rows <= 0 or (args.batch_size is not None and args.batch_size <= 0):
+        raise ValueError("--rows and --batch-size must be positive")
+    texts, skipped = _read_text_file(args.text_file, args.delimiter, args.rows) if text_file else (None, None)
+    packed = not text_file and args.packed
+    scorer = load_scorer(args.ckpt, args.device, args.dtype, training_model=packed)
+    context = scorer.context
+    stride = context if packed else args.stride or max(1, context // 2)
+    if not 1 <= stride <= context:
+        raise ValueError(f"--stride must be between 1 and the context ({context}), got {stride}")
+    batch = args.batch_size or (scorer.cfg.train.batch_size if packed else 16)
+    run = scorer.cfg.run_name or Path(args.ckpt).parent.name
+    info = {"run": run, "ckpt": str(args.ckpt), "step": scorer.step, "device": str(scorer.device),
+            "dtype": str(scorer.dtype).removeprefix("torch."), "context": context, "stride": stride,
+            "batch_size": batch, "packed": packed, "eos_scored": True}
+    progress = not args.quiet
+    if packed:
+        data = prepared_data(scorer)
+        name = args.out_name or f"{run}-{args.split}-packed"
+        info.update(split=args.split, source=f"{args.split} packed", data_dir=str(data.dir))
+        scores = score_packed(scorer.logits_fn, data.tokens(args.split), context, data.bytes_per_token(args.split),
+                              batch, scorer.device, scorer.dtype, progress)
+    else:
+        if text_file:
+            name = args.out_name or f"{run}-{Path(args.text_file).stem}"
+            info.update(split="text", source=str(args.text_file), skipped=dict(skipped))
+        else:
+            data = prepared_data(scorer)
+            texts = _split_rows(data, args.split, args.rows)
+            name = args.out_name or (run if args.split == "heldout" else f"{run}-{args.split}")
+            info.update(split=args.split, source=f"{args.split} rows", data_dir=str(data.dir))
+        scores = score_texts(scorer.logits_fn, scorer.tokenizer, texts, context, stride, batch,
+                             scorer.device, scorer.dtype, progress)
+    summary = save_results(name, scores, info, args.log_dir)
+    print(report(summary))
+    print(f"wrote {results_dir(args.log_dir) / name}.pkl and .json")
+
+
+def _split_rows(data: PreparedData, split: str, limit: int) -> list[str]:
+    texts = data.rows(split)
+    if not texts:
+        raise DataError(f"the {split} split of {data.dir} has no rows (data.{split}_rows is 0)")
+    if len(texts) < limit:
+        print(f"note: the {split} split has {len(texts):,} rows (fewer than --rows {limit:,}); scoring all",
+              file=sys.stderr)
+    return texts[:limit]
+
+
+def _read_text_file(path: str, delimiter: str | None, limit: int) -> tuple[list[str], Counter]:
+    """Rows of a text file (empty and non-UTF-8 rows skipped and counted); one-line errors for bad files."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--text-file {path} not found")
+    if delimiter is not None:  # let a shell user type '\n\n' or '\t'
+        delimiter = delimiter.replace("\\n", "\n").replace("\\t", "\t")
+        if not delimiter:
+            raise ValueError("--delimiter is empty")
+    skipped: Counter = Counter()
+    texts = list(iter_rows(DataConfig(source="text", path=path, delimiter=delimiter), skipped, limit))
+    if not texts:
+        raise DataError(f"--text-file {path} has no non-empty UTF-8 rows"
+                        + (f" (skipped: {dict(skipped)})" if skipped else ""))
+    return texts, skipped

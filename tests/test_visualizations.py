@@ -1,0 +1,197 @@
+"""visualizations: each figure from small synthetic logs, the CLI, missing runs warned about, and both
+notebooks executed headless on the logs of tiny training runs (from the repo root and from visualizations/)."""
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_run_config
+from train_logs import RunLogger
+from visualizations import plots
+from visualizations.plots import MissingLogWarning
+
+
+def _fake_run(log_dir, run, steps=40, tid=False, moe=False, seed=0):
+    """A run's logs written by the trainer's own RunLogger: decaying loss, cosine lr, TID / MoE stats."""
+    rng = np.random.default_rng(seed)
+    meta = {"config": {"train": {"batch_size": 4, "grad_accum": 2, "grad_clip": 1.0}, "model": {"context": 32}},
+            "params": 1000, "active_params": 1000}
+    log = RunLogger(run, log_dir, meta)
+    log.log_eval(0, 6.0, 4.5)
+    for step in range(1, steps + 1):
+        stats = {}
+        if tid:
+            stats = {"tid_target_ratio": 0.2, "tid_drop_ratio": 0.2 + 0.02 * rng.standard_normal(),
+                     "tid_score_time": 0.003, "tid_step_time_without_scoring": 0.01, "tid_method": "entropy"}
+        if moe:
+            load = rng.dirichlet(np.ones(4), size=2) * 2  # (layers, experts), sums to top_k = 2
+            stats.update({f"moe_load_l{l}_e{e}": load[l, e] for l in range(2) for e in range(4)}, moe_dropped=0.01)
+        loss = 2 + 4 * math.exp(-step / 15) + 0.1 * rng.standard_normal()
+        log.log_step(step, loss, 1e-3 * math.cos(step / steps), 1 + rng.random(), 0.013, 256, 0.013 * step, stats)
+        if step % 10 == 0:
+            log.log_eval(step, 2 + 4 * math.exp(-step / 15), 2.0)
+    log.save()
+
+
+def _fake_perplexity(log_dir, run, seed=0):
+    ppl = np.exp(np.random.default_rng(seed).normal(3, 0.5, 200))
+    (log_dir / "perplexity-losses").mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "perplexity-losses" / f"{run}.pkl", "wb") as f:
+        pickle.dump(ppl.tolist(), f)
+    summary = {"rows": 200, "mean": ppl.mean(), "median": float(np.median(ppl)), "corpus_ppl": 21.0, "bpb": 1.1}
+    (log_dir / "perplexity-losses" / f"{run}.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def logs(tmp_path):
+    log_dir = tmp_path / "logs"
+    _fake_run(log_dir, "dense")
+    _fake_run(log_dir, "tid", tid=True, seed=1)
+    _fake_run(log_dir, "moe", moe=True, seed=2)
+    for i, run in enumerate(("dense", "tid")):
+        _fake_perplexity(log_dir, run, seed=i)
+    speed = [{"decoder": "greedy", "kv_cache": c, "batch": b, "new_tokens": 16, "seconds": 1.0,
+              "tokens_per_s": b * (100 if c else 30)} for b in (1, 8) for c in (True, False)]
+    quality = [{"decoder": d, "prompts": 10, "bleu": 3.0 + k, "seconds": 1.0, "tokens_per_s": 100 / (k + 1)}
+               for k, d in enumerate(("greedy", "beam 5", "beam 10"))]
+    (tmp_path / "generation_cpu.json").write_text(json.dumps(
+        {"speed": speed, "quality": quality, "device": "cpu", "dtype": "float32"}))
+    results = [{"method": m, "val_loss": 3.0, "val_ppl": 20.1, "val_bpb": 1.1, "wall_s": 9.0, "step_s": 0.01,
+                "score_s": s, "overhead": s / 0.01} for m, s in (("none", 0.0), ("entropy", 0.003))]
+    (tmp_path / "tid_comparison_cpu.json").write_text(json.dumps({"results": results}))
+    return log_dir
+
+
+def _assert_png(paths, name):
+    assert [p.name for p in paths] == [f"{name}.png"]
+    data = paths[0].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+RUNS = ["dense", "tid", "moe"]
+FIGURES = {
+    "loss": lambda d, out: plots.loss_curves(RUNS, d, ema=0.8, log_scale=True, out_dir=out),
+    "lr_grad_norm": lambda d, out: plots.lr_grad_norm(RUNS, d, out_dir=out),
+    "tid": lambda d, out: plots.tid_overhead(RUNS, d, out_dir=out),
+    "moe_load": lambda d, out: plots.moe_load(RUNS, d, out_dir=out),
+    "perplexity": lambda d, out: plots.perplexity(RUNS[:2], d, out_dir=out),
+    "training_time": lambda d, out: plots.training_time(RUNS, d, out_dir=out),
+    "generation_cpu": lambda d, out: plots.generation_speed(d.parent / "generation_cpu.json", out_dir=out),
+    "tid_comparison_cpu": lambda d, out: plots.tid_comparison(d.parent / "tid_comparison_cpu.json", out_dir=out),
+}
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_each_figure_writes_a_png(logs, tmp_path, name):
+    _assert_png(FIGURES[name](logs, tmp_path / "out"), name)
+
+
+def test_figure_without_out_dir_is_returned_and_svg_on_request(logs, tmp_path):
+    fig = plots.loss_curves(["dense"], logs)
+    assert len(fig.axes) == 3 and fig.axes[2].get_xlabel() == "tokens seen"
+    # tokens axis: batch 4 x accum 2 x context 32 = 256 tokens per step, from the times log
+    assert fig.axes[2].lines[0].get_xdata()[-1] == 40 * 256
+    paths = plots.training_time(["dense"], logs, out_dir=tmp_path / "f", formats=("png", "svg"))
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_relative_log_dir_falls_back_to_the_repo_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as a notebook started in visualizations/ asks for "logs"
+    assert plots._dir("visualizations") == REPO / "visualizations"
+    (tmp_path / "visualizations").mkdir()
+    assert plots._dir("visualizations") == Path("visualizations")  # found here: used as given
+
+
+def test_smooth_is_a_debiased_ema_that_skips_nans():
+    assert np.allclose(plots.smooth([1.0, 1.0, 1.0], 0.9), 1.0)      # no pull towards the zero start
+    assert np.allclose(plots.smooth([0.0, 10.0], 0.5), [0.0, 5 / 0.75])
+    out = plots.smooth([math.nan, 2.0, math.nan, 2.0], 0.9)
+    assert math.isnan(out[0]) and np.allclose(out[1:], 2.0)
+    assert np.array_equal(plots.smooth([3.0, 1.0], 0.0), [3.0, 1.0])
+    with pytest.raises(ValueError):
+        plots.smooth([1.0], 1.0)
+
+
+def test_missing_run_warns_and_the_others_still_plot(logs, tmp_path):
+    with pytest.warns(MissingLogWarning, match="'ghost'"):
+        fig = plots.loss_curves(["ghost", "dense", "tid"], logs)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:2] == ["dense", "tid"]
+    (logs / "times" / "tid.pkl").unlink()  # no times log: no wall-time curve, the rest still drawn
+    with pytest.warns(MissingLogWarning) as record:
+        saved = plots.plot_all(["dense", "ghost", "tid"], logs, tmp_path / "out", bench=[tmp_path / "nope.json"])
+    messages = " ".join(str(w.message) for w in record)
+    assert "'ghost'" in messages and "tid.pkl" in messages and "nope.json" in messages
+    assert set(saved) == {"loss", "lr_grad_norm", "tid", "perplexity", "training_time"}  # no MoE run: no figure
+    for name, paths in saved.items():
+        _assert_png(paths, name)
+
+
+def test_cli_writes_every_figure_and_fails_only_with_nothing_to_draw(logs, tmp_path, capsys):
+    out = tmp_path / "figures"
+    bench = [str(logs.parent / "generation_cpu.json"), str(logs.parent / "tid_comparison_cpu.json")]
+    rc = plots.main(["--runs", *RUNS, "ghost", "--log-dir", str(logs), "--out", str(out), "--svg", "--bench", *bench])
+    assert rc == 0
+    names = {"loss", "lr_grad_norm", "tid", "moe_load", "perplexity", "training_time", "generation_cpu",
+             "tid_comparison_cpu"}
+    assert {p.name for p in out.iterdir()} == {f"{n}.{ext}" for n in names for ext in ("png", "svg")}
+    assert "warning: run 'ghost' left out" in capsys.readouterr().err
+    assert plots.main(["--runs", "ghost", "--log-dir", str(logs), "--out", str(out), "--bench"]) == 1
+
+
+# ----------------------------------------------------------------------------- notebooks on a real (tiny) run
+
+@pytest.fixture(scope="module")
+def quickstart_logs(tmp_path_factory):
+    """Logs of tiny baseline, TID and Falcon runs named like the quickstart runs, plus perplexities."""
+    from generic_runner import train
+
+    tmp = tmp_path_factory.mktemp("quickstart")
+    for run, sets in (("baseline-quickstart", []), ("tid-quickstart", ["tid.method=entropy", "tid.p_start=0.2"]),
+                      ("falcon-quickstart", ["model.preset=falcon", "model.n_experts=4", "model.top_k=2"])):
+        train(tiny_run_config(tmp, [f"run_name={run}", *sets]))
+    _fake_perplexity(tmp / "logs", "baseline-quickstart")  # the perplexity runner's output format
+    return tmp / "logs"
+
+
+def _execute(notebook, cwd, monkeypatch, **params):
+    """Run a notebook top to bottom in `cwd`, with a cell setting `params` after its parameters cell."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline, as in Jupyter
+    nb = nbformat.read(REPO / "visualizations" / notebook, as_version=4)
+    i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(i + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items())))
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
+
+def _images(outputs):
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+@pytest.mark.parametrize("cwd", [".", "visualizations"])
+def test_viz_notebook_runs_on_a_tiny_run(quickstart_logs, monkeypatch, cwd):
+    outputs = _execute("viz.ipynb", REPO / cwd, monkeypatch, LOG_DIR=str(quickstart_logs))  # RUNS: its default
+    assert _images(outputs) == 2  # loss curves, lr and gradient norm
+
+
+def test_compare_runs_notebook_shows_every_figure(quickstart_logs, monkeypatch):
+    runs = ["baseline-quickstart", "tid-quickstart", "falcon-quickstart"]
+    outputs = _execute("compare_runs.ipynb", REPO / "visualizations", monkeypatch, RUNS=runs,
+                       LOG_DIR=str(quickstart_logs))
+    assert _images(outputs) == 6  # loss, lr/grad norm, TID, MoE load, perplexity, training time
+
+
+def test_compare_runs_notebook_saves_figures_from_the_repo_root(quickstart_logs, monkeypatch, tmp_path):
+    _execute("compare_runs.ipynb", REPO, monkeypatch, LOG_DIR=str(quickstart_logs), OUT_DIR=str(tmp_path))
+    assert {p.name for p in tmp_path.glob("*.png")} == {"loss.png", "lr_grad_norm.png", "perplexity.png",
+                                                        "training_time.png"}
