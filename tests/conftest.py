@@ -54,3 +54,20 @@ def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
         "train.eval_batches=2", "train.save_every=5", "train.precision=fp32", "run_name=tiny",
     ]
     return load_config([REPO / "configs" / "baseline.yaml"], [*base, *sets])
+
+
+def assert_causal(model, tokens, t: int = 7) -> dict:
+    """Changing tokens at positions >= t leaves logits before t unchanged (and changes later ones).
+
+    Returns the model's stats on the original tokens.
+    """
+    import torch
+
+    changed = tokens.clone()
+    changed[:, t:] = (changed[:, t:] + 1) % model.cfg.vocab_size
+    with torch.no_grad():
+        a, _, stats = model(tokens)
+        b, _, _ = model(changed)
+    torch.testing.assert_close(a[:, :t], b[:, :t], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, t:], b[:, t:])
+    return stats
