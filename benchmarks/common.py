@@ -32,6 +32,9 @@ def device_name(device: str) -> str:
 
 
 def write_results(path: str | Path, payload: dict) -> None:
+    """Write the JSON; overrides of output directories are left out (they are local paths, not settings)."""
+    if "set" in payload:
+        payload = {**payload, "set": [s for s in payload["set"] if not s.split("=")[0].endswith("_dir")]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**payload, "torch": torch.__version__}, indent=2))
