@@ -52,6 +52,7 @@ from dataset_definitions.tokenization import Tokenizer, load_tokenizer
 from experiment_config import ConfigError, RunConfig, from_dict
 from generators.generation import resolve_device, resolve_dtype
 from models.checkpoint import CheckpointError, load_checkpoint, load_weights, model_config
+from modelskv.quantize import quantize_int8
 
 IGNORE = -100                   # target id that cross_entropy skips (padding, already-scored targets)
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, V)
@@ -221,7 +222,8 @@ class Scorer:
         return self.cfg.model.context
 
 
-def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", training_model: bool = False) -> Scorer:
+def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", training_model: bool = False,
+                quantize: str | None = None) -> Scorer:
     """Load a checkpoint for scoring.
 
     Args:
@@ -231,6 +233,7 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
         training_model: use the training class in eval mode (what `Trainer.evaluate` runs; for Falcon
             its eval capacity may drop tokens depending on the batch) instead of the inference model,
             whose mixture-of-experts layers drop nothing, so padding and batching change no score.
+        quantize: None, or "int8" for weight-only int8 linear layers (modelskv/quantize.py).
     Returns:
         A Scorer.
     """
@@ -249,6 +252,10 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
         logits_fn = model.forward_full
     load_weights(model, checkpoint)
     model.to(dev).eval()
+    if quantize == "int8":
+        quantize_int8(model)
+    elif quantize is not None:
+        raise ValueError(f"--quantize {quantize!r} is not one of ['int8']")
     tokenizer = load_tokenizer(checkpoint["tokenizer"])
     return Scorer(logits_fn, cfg, tokenizer, dev, torch_dtype, int(checkpoint.get("step", 0)))
 
@@ -363,6 +370,7 @@ def _parser(text_file: bool) -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: context // 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, fp32 on CPU) | fp32 | bf16 | fp16")
+    p.add_argument("--quantize", choices=("int8",), default=None, help="weight-only int8 linear layers")
     p.add_argument("--log-dir", default="logs", help="results go to LOG_DIR/perplexity-losses/")
     p.add_argument("--out-name", help="name of the result files (default: the run name, + a suffix)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -400,7 +408,7 @@ def _run(args, text_file: bool) -> None:
         raise ValueError("--rows and --batch-size must be positive")
     texts, skipped = _read_text_file(args.text_file, args.delimiter, args.rows) if text_file else (None, None)
     packed = not text_file and args.packed
-    scorer = load_scorer(args.ckpt, args.device, args.dtype, training_model=packed)
+    scorer = load_scorer(args.ckpt, args.device, args.dtype, training_model=packed, quantize=args.quantize)
     context = scorer.context
     stride = context if packed else args.stride or max(1, context // 2)
     if not 1 <= stride <= context:
@@ -409,7 +417,7 @@ def _run(args, text_file: bool) -> None:
     run = scorer.cfg.run_name or Path(args.ckpt).parent.name
     info = {"run": run, "ckpt": str(args.ckpt), "step": scorer.step, "device": str(scorer.device),
             "dtype": str(scorer.dtype).removeprefix("torch."), "context": context, "stride": stride,
-            "batch_size": batch, "packed": packed, "eos_scored": True}
+            "batch_size": batch, "packed": packed, "eos_scored": True, "quantize": args.quantize}
     progress = not args.quiet
     if packed:
         data = prepared_data(scorer)
@@ -428,6 +436,8 @@ def _run(args, text_file: bool) -> None:
             info.update(split=args.split, source=f"{args.split} rows", data_dir=str(data.dir))
         scores = score_texts(scorer.logits_fn, scorer.tokenizer, texts, context, stride, batch,
                              scorer.device, scorer.dtype, progress)
+    if args.quantize and not args.out_name:  # keep the full-precision result beside it
+        name = f"{name}-{args.quantize}"
     summary = save_results(name, scores, info, args.log_dir)
     print(report(summary))
     print(f"wrote {results_dir(args.log_dir) / name}.pkl and .json")

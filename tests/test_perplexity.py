@@ -223,3 +223,13 @@ def test_bad_input_is_one_line_and_nonzero(run, tmp_path, capsys):
 def test_scores_summary_of_nothing_is_nan_not_a_crash():
     s = Scores(np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0)).summary()
     assert s["rows"] == 0 and math.isnan(s["corpus_ppl"])
+
+
+def test_int8_runner_keeps_the_fp32_result_and_stays_close(run, capsys):
+    logs = run["tmp"] / "logs-int8"
+    for extra in ([], ["--quantize", "int8"]):
+        main(["--ckpt", run["ckpt"], "--rows", "20", "--device", "cpu", "--log-dir", str(logs), "--quiet", *extra])
+    fp32 = json.loads((logs / "perplexity-losses/tiny.json").read_text())
+    int8 = json.loads((logs / "perplexity-losses/tiny-int8.json").read_text())
+    assert int8["quantize"] == "int8" and fp32["quantize"] is None
+    assert abs(int8["corpus_ppl"] / fp32["corpus_ppl"] - 1) < 0.02
