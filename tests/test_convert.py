@@ -16,7 +16,8 @@ transformers = pytest.importorskip("transformers")
 
 
 def _ckpt(preset, **extra):
-    cfg = ModelConfig.from_preset(preset, vocab_size=97, context=32, d_model=32, n_layers=2, n_heads=4, d_ff=64, **extra)
+    sizes = dict(vocab_size=97, context=32, d_model=32, n_layers=2, n_heads=4, d_ff=64)
+    cfg = ModelConfig.from_preset(preset, **{**sizes, **extra})
     torch.manual_seed(0)
     model = models.build(cfg).eval()
     spec = {"kind": "stub"}
@@ -68,3 +69,49 @@ def test_cli_export_loads_with_automodel_and_generates_our_greedy_tokens(tmp_pat
     r = subprocess.run([sys.executable, "-m", "models.convert", "--ckpt", str(ckpt), "--to", "safetensors",
                         "--out", str(sf)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and sf.stat().st_size > 10_000
+
+
+def _interleaved_rope(x, theta=10000.0):
+    """Meta's reference rotary: consecutive pairs (2i, 2i+1) rotated as complex numbers. x (T, H, hd)."""
+    T, H, hd = x.shape
+    freqs = theta ** (-torch.arange(0, hd, 2).float() / hd)
+    angles = torch.outer(torch.arange(T).float(), freqs)                         # (T, hd/2)
+    z = torch.view_as_complex(x.float().reshape(T, H, hd // 2, 2))
+    return torch.view_as_real(z * torch.polar(torch.ones_like(angles), angles)[:, None]).reshape(T, H, hd)
+
+
+def test_meta_export_gives_the_same_attention_scores_under_metas_rotary(tmp_path):
+    from models.blocks import apply_rotary, rotary_table
+    from models.convert import to_meta
+    model, ckpt = _ckpt("llama")
+    params, meta = to_meta(model.cfg, ckpt["model"])
+    assert params["dim"] == 32 and int(params["multiple_of"] * ((int(params["ffn_dim_multiplier"] * int(8 * 32 / 3))
+                                                                   + params["multiple_of"] - 1) // params["multiple_of"])) == 64
+    x = torch.randn(10, 32)
+    H, hd = 4, 8
+    wq, wk, _ = ckpt["model"]["blocks.0.attn.wqkv.weight"].split(32)
+    cos, sin = rotary_table(hd, 10)
+    ours = lambda w: apply_rotary((x @ w.T).view(10, H, hd).transpose(0, 1), cos, sin)   # (H, T, hd)
+    theirs = lambda w: _interleaved_rope((x @ w.T).view(10, H, hd)).transpose(0, 1)
+    q_m, k_m = meta["layers.0.attention.wq.weight"], meta["layers.0.attention.wk.weight"]
+    torch.testing.assert_close(theirs(q_m) @ theirs(k_m).transpose(1, 2), ours(wq) @ ours(wk).transpose(1, 2),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(meta["layers.0.feed_forward.w1.weight"], ckpt["model"]["blocks.0.mlp.up.weight"][:64])
+
+
+def test_hf_import_then_export_round_trips(tmp_path, monkeypatch):
+    from models.checkpoint import load_checkpoint
+    from models.convert import main as convert_main
+    from conftest import SHARED_DATA
+    tok = SHARED_DATA / "tokenizers/llama/tokenizer.model"
+    if not tok.is_file():
+        pytest.skip("the Llama tokenizer.model of ../shared/data is missing")
+    model, ckpt = _ckpt("llama", vocab_size=32000)
+    hf_dir = tmp_path / "hf_llama"
+    to_hf_model(ckpt).save_pretrained(hf_dir)
+    convert_main(["--from", "hf", str(hf_dir), "--tokenizer", str(tok), "--out", str(tmp_path / "imported.pt")])
+    imported = load_checkpoint(tmp_path / "imported.pt")
+    assert imported["tokenizer"]["kind"] == "llama" and imported["config"]["model"]["n_layers"] == 2
+    assert imported["model"].keys() == ckpt["model"].keys()
+    for k, v in ckpt["model"].items():
+        assert torch.equal(imported["model"][k], v), k
