@@ -18,6 +18,7 @@ import yaml
 
 from dataset_definitions.config import DataConfig, TokenizerConfig
 from models.config import ModelConfig
+from models.lora import LoRAConfig
 from tid import TIDConfig
 
 
@@ -75,11 +76,13 @@ class RunConfig:
     tokenizer_dir: str = "tokenizers"  # trained tokenizer files
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "logs"
+    init_from: str | None = None    # a checkpoint to start from (its model and tokenizer; fresh optimizer)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tid: TIDConfig = field(default_factory=TIDConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

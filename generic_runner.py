@@ -26,12 +26,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
+from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from dataset_definitions.tokenization import load_word_vectors
 from experiment_config import ConfigError, RunConfig, load_config, to_dict
-from models.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights, model_config,
+                               save_checkpoint)
+from models.lora import apply_lora, merged_state_dict
 from tid import TokenImportanceDropout
 from train_logs import RunLogger, run_log_paths
 
@@ -76,7 +79,7 @@ def default_run_name(config_paths: list[str], sets: list[str]) -> str:
     """E.g. configs/tid.yaml + configs/quickstart.yaml + tid.method=entropy -> tid-quickstart-method=entropy."""
     # where outputs go and which device runs it do not name the experiment
     sets = [s for s in sets if not s.split("=")[0].endswith("_dir") and not s.startswith("device=")]
-    parts = [Path(p).stem for p in config_paths] + [s.split(".")[-1] for s in sets]
+    parts = [Path(p).stem for p in config_paths] + [f"{k.split('.')[-1]}={v}" for k, _, v in (s.partition("=") for s in sets)]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
 
 
@@ -164,6 +167,17 @@ def build_model(cfg: RunConfig, tokenizer, env: Env) -> torch.nn.Module:
     return model.to(env.device)
 
 
+def adopt_init_checkpoint(cfg: RunConfig, env: Env) -> dict:
+    """Fine-tuning: the model and tokenizer come from cfg.init_from (model.* keys in the configs are ignored)."""
+    ckpt = load_checkpoint(cfg.init_from)
+    spec = ckpt["tokenizer"]
+    cfg.model = model_config(ckpt)
+    cfg.tokenizer = TokenizerConfig(kind=spec["kind"], path=spec["path"], vocab_size=spec["vocab_size"])
+    env.log(f"init from {cfg.init_from} (step {ckpt.get('step', 0)}): its {cfg.model.preset} model and "
+            f"{spec['kind']} tokenizer")
+    return ckpt
+
+
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, env: Env) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and embeddings only, not on norms and biases (MoE biases are 2-D)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight comes once
@@ -206,6 +220,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, env: Env, resume: bool):
         self.cfg, self.env = cfg, env
+        init = adopt_init_checkpoint(cfg, env) if cfg.init_from else None
         data = prepare_data(cfg, log=env.log) if env.master else None
         if env.world > 1:
             dist.barrier()  # rank 0 builds the cache; the others then find it
@@ -214,9 +229,18 @@ class Trainer:
         cfg.model = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
         self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride)
         self.val_blocks = data.blocks("val", cfg.model.context)
+        if len(self.val_blocks) == 0:
+            raise TrainingError(f"the validation split has {len(data.tokens('val'))} tokens, fewer than one block of "
+                                f"model.context + 1 = {cfg.model.context + 1}: raise data.val_rows")
         self.sampler = BlockSampler(len(self.train_blocks), cfg.train.batch_size, cfg.seed, env.rank, env.world)
 
         self.raw_model = build_model(cfg, data.tokenizer, env)
+        if init is not None:
+            load_weights(self.raw_model, init)
+        if cfg.lora.rank:
+            n_trainable = apply_lora(self.raw_model, cfg.lora)
+            env.log(f"LoRA rank {cfg.lora.rank} on {cfg.lora.targets}: {n_trainable:,} trainable parameters "
+                    f"of {self.raw_model.num_params():,}")
         tok = data.tokenizer
         self.tid = TokenImportanceDropout(cfg.tid, cfg.train.max_steps, (tok.bos_id, tok.pad_id), cfg.model.n_layers)
         self.optimizer = make_optimizer(self.raw_model, cfg, env)
@@ -262,7 +286,9 @@ class Trainer:
             rngs = [rng]
         return {
             "format": CHECKPOINT_FORMAT,
-            "model": self.raw_model.state_dict(),
+            # LoRA: the merged weights for every downstream tool, the adapters apart for --resume
+            "model": merged_state_dict(self.raw_model) if self.cfg.lora.rank else self.raw_model.state_dict(),
+            **({"lora_model": self.raw_model.state_dict()} if self.cfg.lora.rank else {}),
             "config": to_dict(self.cfg),
             "tokenizer": self.data.tokenizer.spec(),
             "step": self.step,
@@ -276,7 +302,10 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict) -> None:
-        load_weights(self.raw_model, ckpt)
+        if self.cfg.lora.rank:
+            self.raw_model.load_state_dict(ckpt["lora_model"])
+        else:
+            load_weights(self.raw_model, ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.sampler.load_state_dict(ckpt["sampler"])

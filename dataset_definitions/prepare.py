@@ -42,7 +42,10 @@ class PreparedData:
     tokenizer: Tokenizer
 
     def tokens(self, split: str) -> np.ndarray:
-        return np.memmap(self.dir / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
+        path = self.dir / f"{split}.bin"
+        if path.stat().st_size == 0:  # an empty split (e.g. data.heldout_rows=0): mmap refuses empty files
+            return np.zeros(0, dtype=self.meta["dtype"])
+        return np.memmap(path, dtype=self.meta["dtype"], mode="r")
 
     def blocks(self, split: str, context: int, stride: int | None = None) -> TokenBlocks:
         return TokenBlocks(self.tokens(split), context, stride)

@@ -281,3 +281,9 @@ def test_hh_rlhf_dialogues(tmp_path):
     with pytest.raises(DataError, match="chosen"):
         list(iter_dialogues(DataConfig(source="jsonl", path=str(tmp_path / "x.jsonl"))) if
              (tmp_path / "x.jsonl").write_text('{"text": "a"}\n') else [])
+
+
+def test_an_empty_heldout_split_is_allowed(tmp_path):
+    prepared = prepare_data(tiny_run_config(tmp_path, ["data.heldout_rows=0"]), log=_quiet)
+    assert len(prepared.tokens("heldout")) == 0 and prepared.rows("heldout") == []
+    assert len(prepared.blocks("heldout", 32)) == 0
