@@ -17,9 +17,10 @@ Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically
 
 import csv
 import math
-import os
 import pickle
 from pathlib import Path
+
+from dataset_definitions.files import atomic_write
 
 CSV_FIELDS = ["step", "train_loss", "lr", "grad_norm", "step_time", "tokens_per_s", "elapsed",
               "val_loss", "val_ppl", "val_bpb"]
@@ -153,7 +154,4 @@ class RunLogger:
         """Write the pickles atomically and the pending CSV row."""
         self._flush_row()
         for name, obj in (("losses", self.losses), ("times", self.times)):
-            tmp = self.paths[name].with_suffix(".pkl.tmp")
-            with open(tmp, "wb") as f:
-                pickle.dump(obj, f)
-            os.replace(tmp, self.paths[name])
+            atomic_write(self.paths[name], pickle.dumps(obj))

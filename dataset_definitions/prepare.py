@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset_definitions.datasets import TokenBlocks
+from dataset_definitions.files import atomic_write, sha256_file
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
 
@@ -66,7 +67,7 @@ def data_key(cfg) -> str:
     data = {k: v for k, v in asdict(cfg.data).items() if k != "stride"}
     tok = asdict(cfg.tokenizer)
     if tok["path"] and Path(tok["path"]).is_file():
-        tok["sha256"] = _sha256(Path(tok["path"]))
+        tok["sha256"] = sha256_file(Path(tok["path"]))
     if tok["kind"] in ("gpt2", "llama"):
         tok.pop("vocab_size")  # fixed by the file, not trained
     blob = json.dumps({"format": FORMAT_VERSION, "data": data, "tokenizer": tok}, sort_keys=True)
@@ -122,9 +123,9 @@ def _build(cfg, key: str, out: Path, log) -> tuple[dict, Tokenizer]:
         "splits": splits,
         "skipped": dict(skipped),
         "build_seconds": round(time.time() - t0, 2),
-        "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(out.iterdir())},
+        "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(out.iterdir())},
     }
-    _atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    atomic_write(out / "meta.json", json.dumps(meta, indent=2))
     return meta, tokenizer
 
 
@@ -211,7 +212,7 @@ def _check_files(d: Path, meta: dict, full: bool) -> None:
         p = d / name
         if not p.is_file() or p.stat().st_size != info["bytes"]:
             raise DataError(f"data cache {d} is incomplete or corrupted ({name} size differs): rebuild with --force")
-        if full and _sha256(p) != info["sha256"]:
+        if full and sha256_file(p) != info["sha256"]:
             raise DataError(f"data cache {d} is corrupted ({name} SHA-256 differs from meta.json): rebuild with --force")
 
 
@@ -227,20 +228,6 @@ def _summarise(prepared: PreparedData, context: int, log) -> None:
         log("  skipped: " + ", ".join(f"{n:,} {why}" for why, n in meta["skipped"].items()))
     sample = prepared.tokenizer.decode(prepared.tokens("val")[:64].tolist())
     log(f"  first val tokens decoded: {sample!r}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main(argv=None) -> None:

@@ -15,7 +15,6 @@ types saved with data and checkpoints; `load_tokenizer(spec)` rebuilds the token
 and refuses a file whose sha256 changed.
 """
 
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from dataset_definitions.config import TOKENIZER_KINDS, TokenizerConfig
+from dataset_definitions.files import atomic_write, sha256_file
 
 BPE_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")   # ids 0..3, also used for sentencepiece
 WORD_SPECIALS = ("<sos>", "<eos>", "<pad>", "<unk>")  # ids 0..3
@@ -59,7 +59,7 @@ class Tokenizer:
 
     def __init__(self, path: str | None):
         self.path = path  # the file or folder this was loaded from; None for a download
-        self.sha256 = _sha256(path) if path is not None and Path(path).is_file() else None
+        self.sha256 = sha256_file(path) if path is not None and Path(path).is_file() else None
 
     def encode(self, text: str) -> list[int]:
         """Text to ids, no specials added."""
@@ -249,9 +249,9 @@ def load_tokenizer(spec: dict) -> Tokenizer:
         The same tokenizer. Raises ValueError if the file's sha256 or the vocab size differ.
     """
     path, sha = spec.get("path"), spec.get("sha256")
-    if sha is not None and path is not None and Path(path).is_file() and _sha256(path) != sha:
+    if sha is not None and path is not None and Path(path).is_file() and sha256_file(path) != sha:
         raise ValueError(f"tokenizer file {path} changed since this data/checkpoint was made "
-                         f"(sha256 {sha[:12]}... is now {_sha256(path)[:12]}...)")
+                         f"(sha256 {sha[:12]}... is now {sha256_file(path)[:12]}...)")
     tok = _load(spec["kind"], path)
     if spec.get("vocab_size") is not None and tok.vocab_size != spec["vocab_size"]:
         raise ValueError(f"tokenizer {path or spec['kind']} has vocab_size {tok.vocab_size}, "
@@ -282,10 +282,7 @@ def build_tokenizer(cfg: TokenizerConfig, train_texts: Callable[[], Iterable[str
     path.parent.mkdir(parents=True, exist_ok=True)
     train = {"bpe": _train_bpe, "sentencepiece": _train_sentencepiece, "word": _train_word}[cfg.kind]
     data = train(_NonEmpty(train_texts()), cfg.vocab_size)
-    # Write then rename, so an interrupted run never leaves a half file that later runs would load.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)  # an interrupted run never leaves a half file that later runs would load
     tok = _load(cfg.kind, str(path))
     print(f"tokenizer: trained {cfg.kind} with vocab {tok.vocab_size}, saved {path}")
     return tok
@@ -399,7 +396,7 @@ def _gpt2_from_folder(folder: str):
     # tiktoken caches files by path; passing the hashes makes it re-read a file that changed.
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json,
-        vocab_bpe_hash=_sha256(vocab_bpe), encoder_json_hash=_sha256(encoder_json))
+        vocab_bpe_hash=sha256_file(vocab_bpe), encoder_json_hash=sha256_file(encoder_json))
     return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": GPT2_EOT}, explicit_n_vocab=GPT2_EOT + 1)
 
@@ -463,14 +460,6 @@ def load_word_vectors(path: str | Path, tokenizer: Tokenizer) -> tuple[np.ndarra
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _num_threads() -> int:
     # The cores this process may use (containers and taskset limit them), not the machine's.

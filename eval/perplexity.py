@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import pickle
 import statistics
 import sys
@@ -46,6 +45,7 @@ from tqdm import tqdm
 import models
 import modelskv
 from dataset_definitions.config import DataConfig
+from dataset_definitions.files import atomic_write
 from dataset_definitions.prepare import PreparedData, prepare_data
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
@@ -291,8 +291,8 @@ def save_results(name: str, scores: Scores, info: dict, log_dir: str | Path = "l
         if old.get("ckpt") != info.get("ckpt") or old.get("source") != info.get("source"):
             print(f"note: replacing {previous} (was {old.get('ckpt')}, {old.get('source')}); "
                   "use --out-name to keep both", file=sys.stderr)
-    _atomic_write(out / f"{name}.pkl", pickle.dumps(scores.perplexities()))
-    _atomic_write(out / f"{name}.json", json.dumps(summary, indent=2).encode())
+    atomic_write(out / f"{name}.pkl", pickle.dumps(scores.perplexities()))
+    atomic_write(out / f"{name}.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -341,12 +341,6 @@ def report(summary: dict) -> str:
         f"  {summary['rows']:,} {unit}s in {summary['seconds']:.2f}s: {summary['rows_per_s']:,.1f} {unit}s/s, "
         f"{summary['tokens_per_s']:,.0f} tokens/s on {summary['device']} ({summary['dtype']})",
     ])
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- command lines

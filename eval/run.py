@@ -21,7 +21,6 @@ new tokens/s. With --batch-size B > 1 a batch's time is shared evenly by its pro
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataset_definitions.files import atomic_write
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from eval import tasks as task_defs
@@ -173,9 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     doc = {"ckpt": str(args.ckpt), "run": run, "step": int(checkpoint.get("step", 0)), "settings": settings,
            "tasks": results}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(doc, indent=2, ensure_ascii=False))
     print(table(results))
     print(f"wrote {out}")
 
