@@ -71,3 +71,24 @@ def assert_causal(model, tokens, t: int = 7) -> dict:
     torch.testing.assert_close(a[:, :t], b[:, :t], atol=1e-6, rtol=0)
     assert not torch.allclose(a[:, t:], b[:, t:])
     return stats
+
+
+def random_tokens(cfg, B: int = 2, T: int | None = None, seed: int = 1):
+    """Reproducible random token ids (B, T or cfg.context) below cfg.vocab_size."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (B, T or cfg.context), generator=g)
+
+
+def assert_initial_loss_is_uniform(model, tol: float = 0.1) -> None:
+    """An untrained model predicts nearly uniformly: loss on random targets within tol of ln(vocab)."""
+    import math
+
+    import torch
+
+    tokens = random_tokens(model.cfg, B=4)
+    targets = random_tokens(model.cfg, B=4, seed=2)
+    with torch.no_grad():
+        _, loss, _ = model(tokens, targets=targets)
+    assert abs(loss.item() - math.log(model.cfg.vocab_size)) < tol

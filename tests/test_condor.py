@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import tid
-from conftest import assert_causal
+from conftest import assert_causal, assert_initial_loss_is_uniform, random_tokens
 from models import FAMILIES, ModelConfig, build
 from models.blocks import apply_rotary, causal_mask, rotary_table
 from models.condor import Condor, HeadMLPAttention, SelfScoreAttention
@@ -19,11 +19,6 @@ TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, vocab_size=97, context=1
 def tiny_model(attention: str, seed: int = 0, **overrides) -> Condor:
     torch.manual_seed(seed)
     return build(ModelConfig.from_preset("condor", **{**TINY, "attention": attention, **overrides})).eval()
-
-
-def random_tokens(cfg: ModelConfig, B: int = 2, T: int | None = None, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, cfg.vocab_size, (B, T or cfg.context), generator=g)
 
 
 @pytest.mark.parametrize("attention", VARIANTS)
@@ -73,11 +68,7 @@ def test_attend_with_cached_prefix_matches_full(attention, explicit):
 @pytest.mark.parametrize("attention", VARIANTS)
 def test_initial_loss_near_uniform(attention):
     model = tiny_model(attention, vocab_size=512)
-    tokens = random_tokens(model.cfg, B=4)
-    targets = random_tokens(model.cfg, B=4, seed=2)
-    with torch.no_grad():
-        _, loss, _ = model(tokens, targets=targets)
-    assert abs(loss.item() - math.log(512)) < 0.1
+    assert_initial_loss_is_uniform(model)
 
 
 def test_head_mlp_is_one_linear_silu_shared_by_heads():

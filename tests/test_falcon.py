@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_causal
+from conftest import assert_causal, random_tokens
 from models import FAMILIES, build, ModelConfig
 from models.falcon import MoE, Falcon, route
 
@@ -26,11 +26,6 @@ def tiny_model(seed: int = 0, **overrides) -> Falcon:
 def tiny_moe(seed: int = 0, **overrides) -> MoE:
     torch.manual_seed(seed)
     return Falcon(tiny(**overrides)).blocks[0].mlp   # initialised as in the model
-
-
-def random_tokens(cfg: ModelConfig, B: int = 2, T: int | None = None, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, cfg.vocab_size, (B, T or cfg.context), generator=g)
 
 
 def dense_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_causal
+from conftest import assert_causal, assert_initial_loss_is_uniform, random_tokens
 from models import FAMILIES, GPT, ModelConfig, build, flops_per_token
 from models.blocks import CausalSelfAttention, apply_rotary, rotary_table
 
@@ -22,11 +22,6 @@ def tiny(name: str, **overrides) -> ModelConfig:
 def tiny_model(name: str, seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     return build(tiny(name, **overrides)).eval()
-
-
-def random_tokens(cfg: ModelConfig, B: int = 2, T: int | None = None, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, cfg.vocab_size, (B, T or cfg.context), generator=g)
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -92,11 +87,7 @@ def test_rotary_is_relative():
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_initial_loss_near_uniform(name):
     model = tiny_model(name, vocab_size=512)
-    tokens = random_tokens(model.cfg, B=4)
-    targets = random_tokens(model.cfg, B=4, seed=2)
-    with torch.no_grad():
-        _, loss, _ = model(tokens, targets=targets)
-    assert abs(loss.item() - math.log(512)) < 0.1
+    assert_initial_loss_is_uniform(model)
 
 
 def test_tied_and_untied_weights():
