@@ -213,18 +213,75 @@ def _accumulate(total: dict, new: dict, n_micro: int) -> dict:
     return out
 
 
+class Stopwatch:
+    """Times a region without stalling the host: CUDA events on GPUs (read when the numbers are
+    fetched), perf_counter elsewhere. Stopwatches add up: `a + b` reads as the sum of both."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.parts = [self]
+
+    def __enter__(self) -> "Stopwatch":
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.end.record()
+        else:
+            self.elapsed = time.perf_counter() - self.t0
+
+    def __add__(self, other: "Stopwatch") -> "Stopwatch":
+        total = Stopwatch.__new__(Stopwatch)
+        total.parts = self.parts + other.parts
+        return total
+
+    def seconds(self) -> float:
+        """Elapsed seconds (waits for the region's end on the GPU)."""
+        if self.parts != [self]:
+            return sum(p.seconds() for p in self.parts)
+        if self.cuda:
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1e3
+        return self.elapsed
+
+
+def _fetch(values: list) -> list:
+    """Numbers from a mix of floats, device tensors and Stopwatches, with one device-to-host copy."""
+    tensors = [v.detach().float().reshape(()) for v in values if isinstance(v, torch.Tensor)]
+    fetched = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
+    return [next(fetched) if isinstance(v, torch.Tensor) else v.seconds() if isinstance(v, Stopwatch) else v
+            for v in values]
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step's results, still on the device until `Trainer.read_back`."""
+    step: int
+    lr: float
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    stats: dict
+    clock: Stopwatch
+
+
 # ----------------------------------------------------------------------------- the trainer
 
 class Trainer:
     """State of one training run; `fit` runs the loop."""
 
-    def __init__(self, cfg: RunConfig, env: Env, resume: bool):
+    def __init__(self, cfg: RunConfig, env: Env, resume: bool, data=None):
         self.cfg, self.env = cfg, env
         init = adopt_init_checkpoint(cfg, env) if cfg.init_from else None
-        data = prepare_data(cfg, log=env.log) if env.master else None
-        if env.world > 1:
-            dist.barrier()  # rank 0 builds the cache; the others then find it
-            data = data or prepare_data(cfg, log=lambda *a: None)
+        if data is None:
+            data = prepare_data(cfg, log=env.log) if env.master else None
+            if env.world > 1:
+                dist.barrier()  # rank 0 builds the cache; the others then find it
+                data = data or prepare_data(cfg, log=lambda *a: None)
         self.data = data
         cfg.model = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
         self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride)
@@ -326,8 +383,12 @@ class Trainer:
             save_checkpoint(path, state)
 
     # -- one optimizer step
-    def train_step(self) -> tuple[float, float, dict]:
-        """Forward/backward over grad_accum micro-batches, clip, step. Returns loss, grad norm, stats."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Forward/backward over grad_accum micro-batches, clip, step.
+
+        Returns loss and grad norm as 0-d device tensors and the statistics (tensors, floats,
+        Stopwatches): nothing here waits for the GPU; `read_back` fetches the numbers in groups.
+        """
         cfg, env = self.cfg, self.env
         total = torch.zeros((), device=env.device)
         stats: dict = {}
@@ -336,8 +397,9 @@ class Trainer:
             last = micro == cfg.train.grad_accum - 1
             drop_mask, tid_stats = None, {}
             if self.tid.enabled:
-                with env.autocast():  # score in the training precision, on the plain model
-                    drop_mask, tid_stats = self.tid.mask(self.raw_model, x, y, self.step, sync=self._sync)
+                with env.autocast(), Stopwatch(env.device) as clock:  # score in the training precision
+                    drop_mask, tid_stats = self.tid.mask(self.raw_model, x, y, self.step)
+                tid_stats["tid_score_time"] = clock
             # skip the gradient all-reduce on all but the last micro-batch
             sync = self.model.no_sync() if env.world > 1 and not last else contextlib.nullcontext()
             with sync, env.autocast():
@@ -356,11 +418,26 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if env.world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        return total.item(), float(grad_norm), {k: float(v) for k, v in stats.items()}
+        return total, grad_norm, stats
 
-    def _sync(self) -> None:
-        if self.env.device.type == "cuda":
-            torch.cuda.synchronize(self.env.device)
+    def read_back(self, records: list[StepRecord]) -> list[dict]:
+        """The numbers of `records` on the host (one copy); stops at the first non-finite loss."""
+        keys = [sorted(r.stats) for r in records]
+        flat = [v for r, ks in zip(records, keys) for v in (r.loss, r.grad_norm, r.clock, *(r.stats[k] for k in ks))]
+        values = iter(_fetch(flat))
+        rows = []
+        for r, ks in zip(records, keys):
+            loss, grad_norm, dt = next(values), next(values), next(values)
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss} at step {r.step}; stopped. The last good checkpoint "
+                    f"({run_paths(self.cfg)['last']}) is kept: lower train.lr, raise train.warmup_steps or use fp32")
+            stats = {k: next(values) for k in ks}
+            if self.tid.enabled:  # the overhead of TID, readable off the logs
+                stats["tid_step_time_without_scoring"] = dt - stats["tid_score_time"]
+                stats["tid_method"] = self.cfg.tid.method
+            rows.append({"step": r.step, "lr": r.lr, "loss": loss, "grad_norm": grad_norm, "dt": dt, "stats": stats})
+        return rows
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
         if self.env.device.type == "cuda":
@@ -405,35 +482,26 @@ class Trainer:
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=cfg.run_name, unit="step",
                    disable=not env.master, dynamic_ncols=True)
         stop_reason = "max_steps"
+        pending: list[StepRecord] = []
         try:
             while self.step < cfg.train.max_steps:
                 lr = lr_at(self.step, cfg)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                t0 = time.time()
-                loss, grad_norm, stats = self.train_step()
-                if env.device.type == "cuda":
-                    torch.cuda.synchronize()
-                dt = time.time() - t0
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss} at step {self.step + 1}; stopped. The last good checkpoint "
-                        f"({paths['last']}) is kept: lower train.lr, raise train.warmup_steps or use fp32")
+                with Stopwatch(env.device) as clock:
+                    loss, grad_norm, stats = self.train_step()
                 self.step += 1
                 tokens_done += self.tokens_per_step
-                if self.tid.enabled:  # the overhead of TID, readable off the logs
-                    stats["tid_step_time_without_scoring"] = dt - stats["tid_score_time"]
-                    stats["tid_method"] = cfg.tid.method
-                if logger:
-                    logger.log_step(self.step, loss, lr, grad_norm, dt, self.tokens_per_step,
-                                    time.time() - t_start, stats)
-                if self.step % cfg.train.log_every == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.tokens_per_step / dt:,.0f}", refresh=False)
+                pending.append(StepRecord(self.step, lr, loss, grad_norm, stats, clock))
                 bar.update(1)
+                if self.step % cfg.train.log_every == 0 or self._eval_or_save_due():
+                    self._log(self.read_back(pending), logger, bar, t_start)
+                    pending = []
                 if self._eval_and_checkpoint(logger, paths):
                     stop_reason = f"early stop (no improvement in {cfg.train.patience} evals)"
                     break
         except KeyboardInterrupt:
+            self._log(self.read_back(pending), logger, bar, t_start)
             self.save(paths["last"])
             if logger:
                 logger.save()
@@ -447,6 +515,23 @@ class Trainer:
         wall = time.time() - t_start
         return {"steps": self.step, "stop": stop_reason, "wall_s": wall,
                 "tokens_per_s": tokens_done / wall if wall > 0 else math.nan}
+
+    def _log(self, rows: list[dict], logger: RunLogger | None, bar: tqdm, t_start: float) -> None:
+        if logger:
+            later = sum(r["dt"] for r in rows)  # elapsed at each step: now, less the steps after it
+            for r in rows:
+                later -= r["dt"]
+                logger.log_step(r["step"], r["loss"], r["lr"], r["grad_norm"], r["dt"], self.tokens_per_step,
+                                time.time() - t_start - later, r["stats"])
+        if rows:
+            last = rows[-1]
+            bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{self.tokens_per_step / last['dt']:,.0f}")
+
+    def _eval_or_save_due(self) -> bool:
+        """Whether `_eval_and_checkpoint` acts after this step (the losses are checked before a save)."""
+        step, t = self.step, self.cfg.train
+        return (step % t.eval_every == 0 or step == t.max_steps or step % t.save_every == 0
+                or bool(t.keep_every and step % t.keep_every == 0))
 
     def _eval_and_checkpoint(self, logger: RunLogger | None, paths: dict) -> bool:
         """Evaluate / save on their schedules. Returns True when early stopping says stop."""

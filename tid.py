@@ -18,7 +18,6 @@ positions, and bos/pad tokens.
 """
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -186,21 +185,11 @@ class TokenImportanceDropout:
         finally:
             model.train(was_training)
 
-    def mask(self, model, tokens: torch.Tensor, targets: torch.Tensor, step: int, sync=None):
-        """(drop_mask (B, T) bool, stats). `model` is the plain model (no DDP/compile wrapper).
-
-        `sync` (e.g. torch.cuda.synchronize) is called around scoring so its time is real.
-        """
+    def mask(self, model, tokens: torch.Tensor, targets: torch.Tensor, step: int):
+        """(drop_mask (B, T) bool, stats). `model` is the plain model (no DDP/compile wrapper)."""
         ratio = drop_ratio(self.cfg, step, self.max_steps)
-        if sync:
-            sync()
-        t0 = time.perf_counter()
         scores = self.scores(model, tokens, targets)
         droppable = droppable_mask(tokens, self.cfg.protect_first, self.special_ids)
         drop = select_drops(scores, droppable, ratio, self.cfg.drop == "high")
-        if sync:
-            sync()
-        stats = {"tid_target_ratio": ratio,
-                 "tid_drop_ratio": drop.sum() / droppable.sum().clamp(min=1),
-                 "tid_score_time": time.perf_counter() - t0}
+        stats = {"tid_target_ratio": ratio, "tid_drop_ratio": drop.sum() / droppable.sum().clamp(min=1)}
         return drop, stats

@@ -1,7 +1,9 @@
-"""Helpers shared by the training benchmarks: train one variant, write results as JSON."""
+"""Helpers shared by the benchmarks: timing, device description, training one variant, JSON output."""
 
 import json
 import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,6 +13,44 @@ from generic_runner import train
 from train_logs import load_losses, load_times
 
 WARMUP_STEPS = 5  # first steps carry allocator and thread-pool warm-up; left out of the medians
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall time of fn() over `repeats` runs after `warmup` runs, synchronised on GPUs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def device_info(device: torch.device) -> dict:
+    """What the numbers were measured on: device name, torch and CUDA versions, CPU threads."""
+    info = {"device": device_name(str(device)), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def train_variant(configs: list[str], sets: list[str], run_name: str) -> dict:
@@ -39,3 +79,7 @@ def write_results(path: str | Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**payload, "torch": torch.__version__}, indent=2))
     print(f"wrote {path}")
+
+
+def default_out(name: str, device: torch.device) -> str:
+    return f"benchmarks/results/{name}_{'cuda' if device.type == 'cuda' else 'cpu'}.json"

@@ -104,6 +104,34 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["step"] == 5
 
 
+def test_losses_read_back_in_groups_equal_step_by_step(tmp_path):
+    # train.log_every only sets how often numbers leave the device: every step is logged, unchanged
+    runs = {}
+    for every in (1, 7):
+        cfg = tiny_run_config(tmp_path, ["train.max_steps=16", "train.eval_every=8", f"train.log_every={every}",
+                                         f"run_name=every{every}"])
+        train(cfg)
+        runs[every] = cfg
+    a, b = _losses(runs[1]), _losses(runs[7])
+    assert b["step"] == list(range(1, 17))
+    assert a["train_loss"] == b["train_loss"] and a["grad_norm"] == b["grad_norm"] and a["val"] == b["val"]
+    times = load_times("every7", runs[7].log_dir)
+    assert all(t > 0 for t in times["step_time"]) and times["elapsed"] == sorted(times["elapsed"])
+
+
+def test_nan_is_caught_before_a_save_even_between_read_backs(tmp_path, monkeypatch):
+    real = Trainer.train_step
+
+    def train_step(self):
+        loss, norm, stats = real(self)
+        return (loss * math.nan if self.step == 3 else loss), norm, stats
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=10", "train.save_every=5", "train.log_every=100"])
+    with pytest.raises(TrainingError, match="loss is nan at step 4"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints/tiny/last.pt").exists()   # step 5's save never happened
+
+
 def test_early_stopping(tmp_path):
     # a learning rate of ~0 cannot improve the validation loss by much; patience 1 stops at the 2nd eval
     cfg = tiny_run_config(tmp_path, ["train.max_steps=30", "train.eval_every=5", "train.lr=1e-9",
