@@ -42,6 +42,7 @@ class TrainConfig:
     eval_batches: int | None = None  # validation micro-batches per pass; None = the whole split
     save_every: int = 500           # steps between last.pt writes (and at the end)
     keep_every: int = 0             # also keep step_<n>.pt every this many steps; 0 = off
+    checkpoints: bool = True        # False: write no checkpoint files (speed benchmarks, throwaway sweeps)
     patience: int = 0               # early stopping: evals without improvement; 0 = off
     log_every: int = 10             # steps between reading losses back from the device (bar, logs, NaN check)
     precision: str = "auto"         # auto (bf16 on capable GPUs, fp16 on others, fp32 on CPU) | fp32 | bf16 | fp16

@@ -299,7 +299,8 @@ class Trainer:
             env.log(f"LoRA rank {cfg.lora.rank} on {cfg.lora.targets}: {n_trainable:,} trainable parameters "
                     f"of {self.raw_model.num_params():,}")
         tok = data.tokenizer
-        self.tid = TokenImportanceDropout(cfg.tid, cfg.train.max_steps, (tok.bos_id, tok.pad_id), cfg.model.n_layers)
+        self.tid = TokenImportanceDropout(cfg.tid, cfg.train.max_steps, (tok.bos_id, tok.pad_id), cfg.model.n_layers,
+                                          compile=cfg.train.compile)
         self.optimizer = make_optimizer(self.raw_model, cfg, env)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
         self.step, self.best_val, self.evals_since_best = 0, math.inf, 0
@@ -378,6 +379,8 @@ class Trainer:
         self.env.log(f"resumed from step {self.step} (best val loss {self.best_val:.4f})")
 
     def save(self, path: Path) -> None:
+        if not self.cfg.train.checkpoints:
+            return
         state = self.state()  # every rank joins the RNG gather
         if self.env.master:
             save_checkpoint(path, state)
@@ -560,8 +563,12 @@ class Trainer:
         return stop
 
 
-def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict:
-    """Train `cfg` (a RunConfig with run_name set) and return the run summary."""
+def train(cfg: RunConfig, resume: bool = False, force: bool = False, data=None) -> dict:
+    """Train `cfg` (a RunConfig with run_name set) and return the run summary.
+
+    `data` replaces the prepared data of cfg.data (anything with PreparedData's tokenizer, blocks,
+    tokens and bytes_per_token; e.g. the random tokens of the speed benchmarks).
+    """
     if not cfg.run_name:
         raise ConfigError("run_name is not set (pass --run-name NAME)")
     env = setup_env(cfg)
@@ -570,7 +577,7 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict:
     if env.world > 1:
         dist.barrier()
     try:
-        trainer = Trainer(cfg, env, resume)
+        trainer = Trainer(cfg, env, resume, data)
         env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")
         meta = {"config": to_dict(cfg), **trainer.param_counts}
         logger = RunLogger(cfg.run_name, cfg.log_dir, meta, resume_step=trainer.step,

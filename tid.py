@@ -10,13 +10,14 @@ Scores (`tid.method`), all (B, T), higher = more of the named quantity:
     entropy         H(softmax(logits[t-1])): the model's uncertainty about token t (no-grad pass)
     gradient_norm   ||d loss / d embedding_t||_2 (forward + backward to the embeddings only)
     attention_mass  attention token t receives in layer `tid.layer`, summed over heads and queries
-                    (the pass stops after that layer's attention weights)
+                    (the pass stops at that layer)
 `tid.drop=high` drops the highest scores (for entropy: the least confident tokens, as the TID
 study did), `tid.drop=low` the lowest (for entropy: EntroDrop's most confident tokens).
 Never dropped: position 0 (BOS or a cut-off document start), the first `tid.protect_first`
 positions, and bos/pad tokens.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -87,51 +88,46 @@ def entropy_scores(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_norm_scores(model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """score[:, t] = L2 norm of d loss / d (token embedding at t); no parameter gradients are made."""
-    captured = []
+    """score[:, t] = L2 norm of d loss / d (token embedding at t).
 
-    def keep_output(module, inputs, output):
-        output = output if output.requires_grad else output.detach().requires_grad_()
-        captured.append(output)
-        return output
-
-    handle = model.tok_emb.register_forward_hook(keep_output)
-    try:
-        with torch.enable_grad():
-            _, loss, _ = model(tokens, targets)
-            (grad,) = torch.autograd.grad(loss, captured[0])                        # (B, T, C)
-    finally:
-        handle.remove()
+    Only the embeddings' gradient is asked for: with the parameters frozen (as `scores` does) the
+    backward pass skips every weight gradient.
+    """
+    embeddings = model.tok_emb(tokens).detach().requires_grad_()                   # (B, T, C)
+    with torch.enable_grad():
+        _, loss, _ = model(tokens, targets, token_embeddings=embeddings)
+        (grad,) = torch.autograd.grad(loss, embeddings)                            # (B, T, C)
     return grad.float().norm(dim=-1)
-
-
-class _StopForward(Exception):
-    """Raised by the attention hook: the layers after the scored one are not needed."""
 
 
 @torch.no_grad()
 def attention_mass_scores(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
     """score[:, t] = attention that token t receives in block `layer`, summed over heads and queries.
 
-    SDPA returns no weights, so this layer's weights are computed explicitly from its own q and k.
+    The pass stops at that block; SDPA returns no weights, so they are computed explicitly from
+    the block's own q and k.
     """
-    attn = model.blocks[layer].attn
-    captured = {}
+    x, rope = model.embed(tokens)
+    layer = layer % len(model.blocks)
+    for block in model.blocks[:layer]:
+        x, _ = block(x, rope)
+    block = model.blocks[layer]
+    q, k, _ = block.attn.project(block.norm1(x), rope)
+    weights = block.attn.attention_weights(q, k)                                   # (B, H, Tq, Tk)
+    return weights.float().sum(dim=(1, 2))                                         # (B, Tk)
 
-    def read_weights(module, args):
-        x, rope = args[0], args[1] if len(args) > 1 else None
-        q, k, _ = module.project(x, rope)
-        captured["w"] = module.attention_weights(q, k)                              # (B, H, Tq, Tk)
-        raise _StopForward
 
-    handle = attn.register_forward_pre_hook(read_weights)
+@contextlib.contextmanager
+def frozen(model):
+    """Parameters without gradients for the duration (restored after)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
     try:
-        model(tokens)
-    except _StopForward:
-        pass
+        yield
     finally:
-        handle.remove()
-    return captured["w"].float().sum(dim=(1, 2))                                   # (B, Tk)
+        for p in params:
+            p.requires_grad_(True)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -158,12 +154,19 @@ def select_drops(scores: torch.Tensor, droppable: torch.Tensor, ratio: float, dr
 
 
 class TokenImportanceDropout:
-    """Builds the drop mask for a training batch and reports what it did."""
+    """Builds the drop mask for a training batch and reports what it did.
 
-    def __init__(self, cfg: TIDConfig, max_steps: int, special_ids: tuple, n_layers: int):
+    compile=True compiles each scoring pass (with its softmax or norm) as one graph.
+    """
+
+    def __init__(self, cfg: TIDConfig, max_steps: int, special_ids: tuple, n_layers: int, compile: bool = False):
         self.cfg, self.max_steps, self.special_ids = cfg, max_steps, special_ids
         if cfg.method == "attention_mass" and not -n_layers <= cfg.layer < n_layers:
             raise ValueError(f"tid.layer={cfg.layer} is outside the model's {n_layers} layers")
+        self.score_fns = {"entropy": entropy_scores, "gradient_norm": gradient_norm_scores,
+                          "attention_mass": attention_mass_scores}
+        if compile:
+            self.score_fns = {name: torch.compile(fn) for name, fn in self.score_fns.items()}
 
     @property
     def enabled(self) -> bool:
@@ -177,11 +180,13 @@ class TokenImportanceDropout:
         was_training = model.training
         model.eval()
         try:
+            score = self.score_fns[method]
             if method == "entropy":
-                return entropy_scores(model, tokens)
+                return score(model, tokens)
             if method == "gradient_norm":
-                return gradient_norm_scores(model, tokens, targets)
-            return attention_mass_scores(model, tokens, self.cfg.layer)
+                with frozen(model):
+                    return score(model, tokens, targets)
+            return score(model, tokens, self.cfg.layer)
         finally:
             model.train(was_training)
 

@@ -83,18 +83,21 @@ class GPT(nn.Module):
         self.tok_emb.weight.copy_(vectors.to(self.tok_emb.weight))
         self.tok_emb.weight.requires_grad_(not freeze)
 
-    def embed(self, tokens: torch.Tensor, drop_mask: torch.Tensor | None = None, start_pos=0):
+    def embed(self, tokens: torch.Tensor, drop_mask: torch.Tensor | None = None, start_pos=0,
+              token_embeddings: torch.Tensor | None = None):
         """Input of the first block, x (B, T, C), and the rotary (cos, sin) for positions start_pos...
 
         drop_mask (B, T) bool: True zeroes that position's token embedding (token-importance
         dropout) before positions are added. start_pos (int, or a 0-d tensor for a compiled decode
         step) is where these tokens sit after a cached prefix; training always starts at 0.
+        token_embeddings (B, T, C): use these instead of looking the tokens up (a tensor to
+        differentiate with respect to, as gradient-norm scoring does).
         """
         B, T = tokens.shape
         if isinstance(start_pos, int) and start_pos + T > self.cfg.context:
             raise ValueError(f"positions up to {start_pos + T} exceed model.context={self.cfg.context}; "
                              "crop the input or raise model.context")
-        x = self.tok_emb(tokens)                                                     # (B, T, C)
+        x = self.tok_emb(tokens) if token_embeddings is None else token_embeddings   # (B, T, C)
         if drop_mask is not None:
             x = x.masked_fill(drop_mask.unsqueeze(-1), 0.0)
         positions = start_pos + torch.arange(T, device=tokens.device)                # (T,)
@@ -112,14 +115,14 @@ class GPT(nn.Module):
         return self.lm_head(self.norm_f(x))
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                drop_mask: torch.Tensor | None = None):
+                drop_mask: torch.Tensor | None = None, token_embeddings: torch.Tensor | None = None):
         """(logits (B, T, V), loss or None, stats) from tokens (B, T); see the design page, sections 3-4.
 
         drop_mask (B, T) bool: token-importance dropout (see `embed`); the loss still covers every
-        target != -100.
+        target != -100. token_embeddings: see `embed`.
         """
         B, T = tokens.shape
-        x, rope = self.embed(tokens, drop_mask)
+        x, rope = self.embed(tokens, drop_mask, token_embeddings=token_embeddings)
         stats = {}
         for block in self.blocks:
             x, block_stats = block(x, rope)

@@ -124,3 +124,17 @@ def test_every_method_trains_and_logs_its_overhead(tmp_path, method):
     assert all(abs(r - 0.25) < 0.02 for r in stats["tid_drop_ratio"])
     assert all(t > 0 for t in stats["tid_score_time"])
     assert all(t > 0 for t in stats["tid_step_time_without_scoring"])
+
+
+def test_compiled_scoring_equals_eager_and_leaves_parameters_trainable():
+    model = tiny_model(position="rotary", norm="rmsnorm", mlp="swiglu", bias=False).train()
+    tokens = torch.randint(0, V, (2, 16))
+    cfg = TIDConfig(method="entropy", layer=-1)
+    eager = TokenImportanceDropout(cfg, 10, (None,), n_layers=2)
+    compiled = TokenImportanceDropout(cfg, 10, (None,), n_layers=2, compile=True)
+    for method in ("entropy", "gradient_norm", "attention_mass"):
+        eager.cfg.method = compiled.cfg.method = method
+        expected = eager.scores(model, tokens, tokens)
+        assert torch.allclose(compiled.scores(model, tokens, tokens), expected, rtol=1e-4, atol=1e-5), method
+    assert model.training and all(p.requires_grad for p in model.parameters()) and all(
+        p.grad is None for p in model.parameters())

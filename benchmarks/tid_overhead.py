@@ -1,0 +1,64 @@
+"""Cost of token-importance dropout: each scoring method's training step over the plain step.
+
+    python -m benchmarks.tid_overhead --device cuda          # GPT-2 124M shape, T=128 B=128, bf16, compiled
+    python -m benchmarks.tid_overhead --device cpu --quick   # tiny sizes: a smoke run
+
+Every variant is the real `generic_runner` step on random tokens (see benchmarks/train_speed.py);
+overhead = median step time with TID / median step time without - 1. The scoring pass runs on the
+training model, compiled when the step is (see tid.py).
+"""
+
+import argparse
+
+from benchmarks.common import default_out, device_info, resolve_device, write_results
+from benchmarks.train_speed import model_sets, train_on_random_tokens
+
+METHODS = ("none", "random", "entropy", "attention_mass", "gradient_norm")
+LIMITS = {"random": 0.02, "entropy": 0.35, "attention_mass": 0.40, "gradient_norm": 0.80}  # the issue's targets
+
+
+def run(device: str = "auto", quick: bool = False, steps: int | None = None) -> dict:
+    """Train every method for `steps` steps, print the table, return the JSON payload."""
+    dev = resolve_device(device)
+    arch, context, batch, vocab = ("tiny", 32, 4, 512) if quick else ("gpt2_shape", 128, 128, 50304)
+    steps = steps or (8 if quick else 30)
+    compiled = dev.type == "cuda"
+    sets = model_sets(arch, context, vocab) + [
+        f"train.batch_size={batch}", f"train.compile={compiled}",
+        f"train.precision={'bf16' if dev.type == 'cuda' else 'fp32'}", "tid.p_start=0.1", "tid.p_end=0.1"]
+    rows = []
+    for method in METHODS:
+        r = train_on_random_tokens(dev, sets + [f"tid.method={method}"], steps, f"tid-overhead-{method}")
+        rows.append({"method": method, **r})
+    base = rows[0]["step_s"]
+    for r in rows:
+        r["overhead"] = r["step_s"] / base - 1.0
+        r["limit"] = LIMITS.get(r["method"])
+        r["met"] = None if r["limit"] is None else r["overhead"] <= r["limit"]
+    print(f"\nTID overhead on {device_info(dev)['device']}: {arch}, T={context} B={batch}, "
+          f"{'compiled' if compiled else 'eager'}, drop ratio 0.1")
+    print(f"{'method':15s} {'step ms':>8s} {'tokens/s':>11s} {'overhead':>9s} {'target':>7s}")
+    for r in rows:
+        target = "-" if r["limit"] is None else f"{r['limit']:.2f}"
+        verdict = "" if r["met"] is None or dev.type != "cuda" else ("met" if r["met"] else "not met")
+        print(f"{r['method']:15s} {1e3 * r['step_s']:>8.2f} {r['tokens_per_s']:>11,.0f} {r['overhead']:>9.3f} "
+              f"{target:>7s} {verdict}")
+    goals = [{"target": f"{r['method']} overhead <= {r['limit']:.2f}", "value": r["overhead"], "met": r["met"]}
+             for r in rows if r["limit"] is not None and dev.type == "cuda"]
+    return {"benchmark": "tid_overhead", **device_info(dev), "model": arch, "context": context, "batch": batch,
+            "compile": compiled, "steps": steps, "rows": rows, "targets": goals}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke run)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    payload = run(args.device, args.quick, args.steps)
+    write_results(args.out or default_out("tid_overhead", resolve_device(args.device)), payload)
+
+
+if __name__ == "__main__":
+    main()
