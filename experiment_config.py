@@ -47,6 +47,7 @@ class TrainConfig:
     log_every: int = 10             # steps between reading losses back from the device (bar, logs, NaN check)
     precision: str = "auto"         # auto (bf16 on capable GPUs, fp16 on others, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False           # torch.compile the model
+    loss_chunk: int = 0             # > 0: head + cross-entropy fused, this many tokens at a time (no full logits)
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -54,6 +55,8 @@ class TrainConfig:
         for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.loss_chunk < 0:
+            raise ConfigError(f"train.loss_chunk must be >= 0 (0 = plain cross-entropy), got {self.loss_chunk}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"train.lr and train.min_lr need 0 <= min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
 

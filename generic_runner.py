@@ -308,12 +308,13 @@ class Trainer:
             self._restore(load_checkpoint(run_paths(cfg)["last"], map_location=env.device))
         else:
             torch.manual_seed(cfg.seed + env.rank)  # the training stream (dropout, TID) differs per rank
+        self.raw_model.loss_chunk = cfg.train.loss_chunk
         model = self.raw_model
-        if cfg.train.compile:
-            model = torch.compile(model)
         if env.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+        if cfg.train.compile:  # after DDP: the compiler splits the graph at its buckets, so all-reduce overlaps
+            model = torch.compile(model)
         self.model = model
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context * env.world
         n_params = self.raw_model.num_params()

@@ -43,13 +43,15 @@ class Case:
     context: int
     batch: int
     compile: bool
+    loss_chunk: int = 0  # train.loss_chunk: > 0 fuses head and cross-entropy in chunks of this many tokens
     vocab: int = VOCAB
 
 
 FULL = [Case("gpt2_125m", 1024, 16, True), Case("gpt2_125m", 1024, 16, False),
-        Case("gpt2_shape", 1024, 16, True), Case("gpt2_shape", 128, 128, True)]
+        Case("gpt2_shape", 1024, 16, True), Case("gpt2_shape", 1024, 16, True, loss_chunk=8192),
+        Case("gpt2_shape", 128, 128, True)]
 FULL_HF = [("GPT2LMHeadModel", 1024, 16), ("LlamaForCausalLM", 1024, 16), ("GPT2LMHeadModel", 128, 128)]
-QUICK = [Case("tiny", 32, 4, False, vocab=512)]
+QUICK = [Case("tiny", 32, 4, False, vocab=512), Case("tiny", 32, 4, False, loss_chunk=64, vocab=512)]
 QUICK_HF = [("GPT2LMHeadModel", 32, 4), ("LlamaForCausalLM", 32, 4)]
 
 
@@ -89,10 +91,11 @@ def ours(case: Case, device: torch.device, steps: int) -> dict:
     sets = model_sets(case.arch, case.context, case.vocab)
     precision = "bf16" if device.type == "cuda" else "fp32"
     r = train_on_random_tokens(device, sets + [f"train.batch_size={case.batch}", f"train.compile={case.compile}",
-                                               f"train.precision={precision}"],
+                                               f"train.precision={precision}", f"train.loss_chunk={case.loss_chunk}"],
                                steps, f"speed-{case.arch}-{case.context}")
-    return {"model": f"ours {case.arch}", "context": case.context, "batch": case.batch, "compile": case.compile,
-            "flops_per_token": flops_per_token(sets), **r}
+    label = f"ours {case.arch}" + (f" chunk {case.loss_chunk}" if case.loss_chunk else "")
+    return {"model": label, "arch": case.arch, "context": case.context, "batch": case.batch, "compile": case.compile,
+            "loss_chunk": case.loss_chunk, "flops_per_token": flops_per_token(sets), **r}
 
 
 def hf_model(kind: str, context: int, vocab: int, small: bool):
@@ -147,23 +150,23 @@ def hf(kind: str, context: int, batch: int, device: torch.device, steps: int, sm
 
 def targets(rows: list[dict]) -> list[dict]:
     """The issue's goals, as ratios to the references or absolute figures, each met or not."""
-    def find(model, context):
-        return next((r for r in rows if r["model"] == model and r["context"] == context and
-                     (r["compile"] or model.startswith("HF"))), None)
+    def best_ours(arch, context):  # the fastest compiled variant of ours
+        mine = [r for r in rows if r.get("arch") == arch and r["context"] == context and r["compile"]]
+        return max(mine, key=lambda r: r["tokens_per_s"], default=None)
     out = []
     for arch, context, goal in (("gpt2_shape", 1024, 550e3), ("gpt2_shape", 128, 590e3), ("gpt2_125m", 1024, 550e3)):
-        r = find(f"ours {arch}", context)
+        r = best_ours(arch, context)
         if r:
-            out.append({"target": f"ours {arch} T={context} >= {goal / 1e3:.0f}k tokens/s",
+            out.append({"target": f"{r['model']} T={context} >= {goal / 1e3:.0f}k tokens/s",
                         "value": r["tokens_per_s"], "met": r["tokens_per_s"] >= goal})
     for context in (1024, 128):
-        r = find("ours gpt2_shape", context)
+        r = best_ours("gpt2_shape", context)
         refs = [x for x in rows if x["model"].startswith("HF") and x["context"] == context]
         if r and refs:
             best = max(x["tokens_per_s"] for x in refs)
-            out.append({"target": f"ours T={context} ahead of every HF model", "value": r["tokens_per_s"] / best,
-                        "met": r["tokens_per_s"] > best})
-    r = find("ours gpt2_shape", 1024)
+            out.append({"target": f"ours T={context} ahead of every HF model (ratio to the fastest)",
+                        "value": r["tokens_per_s"] / best, "met": r["tokens_per_s"] > best})
+    r = best_ours("gpt2_shape", 1024)
     if r:
         out.append({"target": "MFU >= 0.45 at T=1024", "value": r["mfu"], "met": r["mfu"] >= 0.45})
     return out

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from .blocks import Block, make_norm, merge_stats, rotary_table, sinusoidal_table
 from .config import ModelConfig
+from .loss import linear_cross_entropy
 
 
 class GPT(nn.Module):
@@ -20,6 +21,7 @@ class GPT(nn.Module):
         if cfg.position == "learned":
             self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
+        self.loss_chunk = 0  # > 0: tokens per chunk of the fused head + cross-entropy (set by the trainer)
         self.blocks = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layers))
         self.norm_f = make_norm(cfg, cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -119,7 +121,8 @@ class GPT(nn.Module):
         """(logits (B, T, V), loss or None, stats) from tokens (B, T); see the design page, sections 3-4.
 
         drop_mask (B, T) bool: token-importance dropout (see `embed`); the loss still covers every
-        target != -100. token_embeddings: see `embed`.
+        target != -100. token_embeddings: see `embed`. With `loss_chunk` > 0 and targets given, the
+        loss comes from the fused chunked head and logits is None.
         """
         B, T = tokens.shape
         x, rope = self.embed(tokens, drop_mask, token_embeddings=token_embeddings)
@@ -127,15 +130,19 @@ class GPT(nn.Module):
         for block in self.blocks:
             x, block_stats = block(x, rope)
             stats = merge_stats(stats, block_stats)
-        logits = self.head(x)                                                        # (B, T, V)
-
-        loss = None
-        if targets is not None:
-            # fp32 log-softmax: under bf16 autocast the large-vocab sum loses precision
-            loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
-            if "aux_loss" in stats:  # e.g. MoE balance and z-loss, already weighted by the family
-                stats["ce_loss"] = loss.detach()
-                loss = loss + stats["aux_loss"]
+        logits, loss = None, None
+        if targets is not None and self.loss_chunk and isinstance(self.lm_head, nn.Linear):
+            # head and loss fused in chunks: the (B, T, V) logits are never made (models/loss.py)
+            loss = linear_cross_entropy(self.norm_f(x).view(B * T, -1), self.lm_head.weight,
+                                        targets.reshape(B * T), self.loss_chunk)
+        else:
+            logits = self.head(x)                                                    # (B, T, V)
+            if targets is not None:
+                # fp32 log-softmax: under bf16 autocast the large-vocab sum loses precision
+                loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
+        if loss is not None and "aux_loss" in stats:  # e.g. MoE balance and z-loss, already weighted by the family
+            stats["ce_loss"] = loss.detach()
+            loss = loss + stats["aux_loss"]
         if "aux_loss" in stats:  # reported for the logs; its gradient travels through `loss` only
             stats["aux_loss"] = stats["aux_loss"].detach()
         return logits, loss, stats

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import assert_causal, assert_initial_loss_is_uniform, random_tokens
 from models import FAMILIES, GPT, ModelConfig, build, flops_per_token
 from models.blocks import CausalSelfAttention, apply_rotary, rotary_table
+from models.loss import linear_cross_entropy
 
 PRESET_NAMES = ["baseline", "gpt2_125m", "llama"]
 TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, vocab_size=97, context=16)
@@ -217,3 +218,29 @@ def test_registry():
     assert set(FAMILIES) >= set(PRESET_NAMES)
     for name in PRESET_NAMES:
         assert isinstance(build(tiny(name)), FAMILIES[name])
+
+
+def test_linear_cross_entropy_equals_the_plain_loss_and_gradients():
+    torch.manual_seed(0)
+    x, w = torch.randn(37, 16, requires_grad=True), torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    targets[[3, 10]] = -100
+    plain = F.cross_entropy(x @ w.T, targets)
+    fused = linear_cross_entropy(x, w, targets, chunk_rows=8)                # 37 rows: a ragged last chunk
+    assert torch.allclose(fused, plain, rtol=1e-6)
+    for a, b in zip(torch.autograd.grad(2 * fused, (x, w)), torch.autograd.grad(2 * plain, (x, w))):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["baseline", "llama", "falcon"])
+def test_model_with_chunked_loss_equals_plain(name):
+    torch.manual_seed(0)
+    model = build(tiny(name, tie_embeddings=name == "baseline")).train()
+    tokens, targets = random_tokens(model.cfg, B=2, T=16), random_tokens(model.cfg, B=2, T=16, seed=2)
+    _, plain, _ = model(tokens, targets)
+    grads = torch.autograd.grad(plain, list(model.parameters()))
+    model.loss_chunk = 5
+    logits, fused, _ = model(tokens, targets)
+    assert logits is None and torch.allclose(fused, plain, rtol=1e-6)
+    for a, b in zip(torch.autograd.grad(fused, list(model.parameters())), grads):
+        assert torch.allclose(a, b, atol=1e-6)
