@@ -7,8 +7,9 @@ Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically
                            "stats" (dict of per-step lists: whatever the model/trainer reports),
                            "val" (dict: "step", "loss", "ppl", "bpb", one entry per evaluation, and
                            "stats": dict of per-eval lists of the model's statistics, e.g. MoE load)
-    logs/times/NAME.pkl    dict: "run", "step", "step_time" (s), "tokens_per_s", "elapsed" (s since
-                           start, summed over resumed segments), "total_elapsed"
+    logs/times/NAME.pkl    dict: "run", "step", "step_time" (s; on GPUs from CUDA events, so the
+                           device time of the step), "tokens_per_s", "elapsed" (s since start,
+                           summed over resumed segments), "total_elapsed"
     logs/csv/NAME.csv      one row per step: the numbers above, val_* columns filled on eval steps
 
     losses = load_losses("quickstart")      # -> dict as above
