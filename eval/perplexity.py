@@ -25,22 +25,17 @@ Outputs: logs/perplexity-losses/<name>.pkl (list of per-row perplexities) and <n
 """
 
 import argparse
-import contextlib
 import json
 import math
 import pickle
 import statistics
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 import models
 import modelskv
@@ -49,173 +44,30 @@ from dataset_definitions.files import atomic_write
 from dataset_definitions.prepare import PreparedData, prepare_data
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
+from eval.scoring import (IGNORE, LogitsFn, NllFn, Scores, encode_rows, score_packed, score_rows, score_texts,
+                          token_nll, window_plan)
 from experiment_config import ConfigError, RunConfig, from_dict
 from generators.generation import resolve_device, resolve_dtype
 from models.checkpoint import CheckpointError, load_checkpoint, load_weights, model_config
 from modelskv.quantize import quantize_int8
 
-IGNORE = -100                   # target id that cross_entropy skips (padding, already-scored targets)
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # tokens (B, T) -> logits (B, T, V)
-
-
-# ----------------------------------------------------------------------------- scoring
-
-def encode_rows(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Each text as [bos] + ids + [eos] (EOS in place of a missing BOS), as the data pipeline writes documents."""
-    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    return [[start, *ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(list(texts))]
-
-
-def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-    """Windows over a row of n_tokens: (begin, end, n_new) per window.
-
-    The window's inputs are tokens[begin:end] (end - begin <= context), its targets tokens[begin+1:end+1];
-    only the last n_new targets are scored (the ones no earlier window scored). Windows start every
-    `stride` tokens until the last target is covered; stride == context gives non-overlapping chunks.
-    """
-    if not 1 <= stride <= context:
-        raise ValueError(f"stride must be between 1 and the context ({context}), got {stride}")
-    plan, begin, scored_end, last = [], 0, 0, n_tokens - 1
-    while scored_end < last:
-        end = min(begin + context, last)
-        plan.append((begin, end, end - scored_end))
-        scored_end = end
-        begin += stride
-    return plan
-
-
-@dataclass
-class Scores:
-    """Per-row totals of one scoring pass (a row is a document, or a block in packed mode)."""
-    nll: np.ndarray         # (N,) float64: summed NLL of the row's scored targets, in nats
-    tokens: np.ndarray      # (N,) int64: scored targets of the row
-    bytes: np.ndarray       # (N,) float64: UTF-8 bytes of the row's text (packed: targets x bytes/token)
-    seconds: float = 0.0    # wall time of the forward passes
-
-    def perplexities(self) -> list[float]:
-        """exp(mean NLL) of each row, in row order."""
-        return [math.exp(n / t) if t else math.nan for n, t in zip(self.nll.tolist(), self.tokens.tolist())]
-
-    def summary(self) -> dict:
-        """rows, tokens, bytes, mean/median per-row perplexity, loss, corpus_ppl, bpb, speed."""
-        ppl = self.perplexities()
-        total_nll, total_tokens, total_bytes = float(self.nll.sum()), int(self.tokens.sum()), float(self.bytes.sum())
-        loss = total_nll / total_tokens if total_tokens else math.nan
-        return {
-            "rows": len(ppl), "tokens": total_tokens, "bytes": round(total_bytes),
-            "mean": statistics.fmean(ppl) if ppl else math.nan,
-            "median": statistics.median(ppl) if ppl else math.nan,
-            "loss": loss, "corpus_ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
-            "bpb": total_nll / math.log(2) / total_bytes if total_bytes else math.nan,
-            "seconds": self.seconds,
-            "rows_per_s": len(ppl) / self.seconds if self.seconds > 0 else math.nan,
-            "tokens_per_s": total_tokens / self.seconds if self.seconds > 0 else math.nan,
-        }
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast to dtype as the trainer does (weights stay fp32); fp32 = plain."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-@torch.inference_mode()
-def score_rows(logits_fn: LogitsFn, rows: Sequence[Sequence[int]], context: int, stride: int | None = None,
-               batch_size: int = 16, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               pad_id: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Summed NLL and scored-target count of each row of token ids, windows batched across rows.
-
-    Args:
-        logits_fn: tokens (B, T) -> logits (B, T, V), causal (right padding must not change earlier logits).
-        rows: token ids per row, already [bos] + ids + [eos].
-        context: most inputs per window (the model's context).
-        stride: distance between window starts (default: context // 2); see `window_plan`.
-        batch_size: windows per forward pass.
-        device, dtype: where to run and the autocast dtype (float32 = none).
-        pad_id: input id of padding positions (their targets are ignored).
-        progress: show a tqdm bar over windows.
-    Returns:
-        (nll, count): float64 (N,) summed NLL in nats and int64 (N,) scored targets (= len(row) - 1).
-    """
-    stride = stride or max(1, context // 2)
-    device = torch.device(device)
-    windows = [(i, *w) for i, row in enumerate(rows) for w in window_plan(len(row), context, stride)]
-    windows.sort(key=lambda w: w[2] - w[1], reverse=True)  # similar lengths together: little padding
-    nll, count = np.zeros(len(rows)), np.zeros(len(rows), dtype=np.int64)
-    with tqdm(total=len(windows), desc=f"scoring {len(rows):,} rows", unit=" windows", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for start in range(0, len(windows), batch_size):
-            batch = windows[start:start + batch_size]
-            T = batch[0][2] - batch[0][1]
-            x = torch.full((len(batch), T), pad_id, dtype=torch.long)
-            y = torch.full((len(batch), T), IGNORE, dtype=torch.long)
-            for b, (i, begin, end, n_new) in enumerate(batch):
-                n = end - begin
-                x[b, :n] = torch.as_tensor(rows[i][begin:end])
-                y[b, n - n_new:n] = torch.as_tensor(rows[i][end - n_new + 1:end + 1])
-            x, y = x.to(device), y.to(device)
-            with _autocast(device, dtype):
-                logits = logits_fn(x)                                                # (B, T, V)
-            token_nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE,
-                                        reduction="none")                            # (B, T), 0 where ignored
-            row_ids = np.array([w[0] for w in batch])
-            np.add.at(nll, row_ids, token_nll.sum(1).double().cpu().numpy())
-            np.add.at(count, row_ids, (y != IGNORE).sum(1).cpu().numpy())
-            bar.update(len(batch))
-    return nll, count
-
-
-def score_texts(logits_fn: LogitsFn, tokenizer: Tokenizer, texts: Sequence[str], context: int,
-                stride: int | None = None, batch_size: int = 16, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, progress: bool = False) -> Scores:
-    """Score each text as one row ([bos] + ids + [eos]); see `score_rows` for the arguments."""
-    rows = encode_rows(tokenizer, texts)
-    t0 = time.perf_counter()
-    nll, count = score_rows(logits_fn, rows, context, stride, batch_size, device, dtype, tokenizer.pad_id, progress)
-    seconds = time.perf_counter() - t0
-    n_bytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
-    return Scores(nll, count, n_bytes, seconds)
-
-
-@torch.inference_mode()
-def score_packed(logits_fn: LogitsFn, tokens: np.ndarray, context: int, bytes_per_token: float,
-                 batch_size: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 progress: bool = False) -> Scores:
-    """Score a packed token stream exactly as `Trainer.evaluate` does, one Scores row per block.
-
-    Blocks of context + 1 tokens start every `context` tokens (the incomplete tail is left out, as in
-    training); batches take consecutive blocks. A block's bytes are its targets x bytes_per_token, so
-    the summary's bpb is the trainer's loss / ln 2 / bytes_per_token.
-    """
-    device = torch.device(device)
-    n_blocks = max(0, (len(tokens) - context - 1) // context + 1)
-    nll, count = np.zeros(n_blocks), np.full(n_blocks, context, dtype=np.int64)
-    t0 = time.perf_counter()
-    for start in tqdm(range(0, n_blocks, batch_size), desc=f"scoring {n_blocks:,} blocks", unit=" batches",
-                      disable=not progress, dynamic_ncols=True):
-        index = np.arange(start, min(start + batch_size, n_blocks))
-        chunk = torch.from_numpy(tokens[index[:, None] * context + np.arange(context + 1)].astype(np.int64))
-        x, y = chunk[:, :-1].to(device), chunk[:, 1:].to(device)                     # (B, T) each
-        with _autocast(device, dtype):
-            logits = logits_fn(x)
-        token_nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
-        nll[index] = token_nll.sum(1).double().cpu().numpy()
-    seconds = time.perf_counter() - t0
-    return Scores(nll, count, count * float(bytes_per_token), seconds)
-
+__all__ = ["IGNORE", "Scores", "Scorer", "compare_table", "encode_rows", "load_result", "load_scorer", "main",
+           "main_text", "prepared_data", "report", "save_results", "score_packed", "score_rows", "score_texts",
+           "token_nll", "window_plan"]
 
 # ----------------------------------------------------------------------------- checkpoints
 
 @dataclass
 class Scorer:
-    """A checkpoint ready to score: its logits function, run config, tokenizer, device and dtype."""
+    """A checkpoint ready to score: its logits and NLL functions, run config, tokenizer, device and dtype."""
     logits_fn: LogitsFn
+    nll_fn: NllFn               # compiled when load_scorer(compile=True)
     cfg: RunConfig
     tokenizer: Tokenizer
     device: torch.device
     dtype: torch.dtype
     step: int
+    compiled: bool = False
 
     @property
     def context(self) -> int:
@@ -223,7 +75,7 @@ class Scorer:
 
 
 def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", training_model: bool = False,
-                quantize: str | None = None) -> Scorer:
+                quantize: str | None = None, compile: bool = False) -> Scorer:
     """Load a checkpoint for scoring.
 
     Args:
@@ -234,6 +86,8 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
             its eval capacity may drop tokens depending on the batch) instead of the inference model,
             whose mixture-of-experts layers drop nothing, so padding and batching change no score.
         quantize: None, or "int8" for weight-only int8 linear layers (modelskv/quantize.py).
+        compile: torch.compile the forward and its cross-entropy as one graph (score with
+            fixed_shapes=True so it compiles once per window length bucket).
     Returns:
         A Scorer.
     """
@@ -256,8 +110,11 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
         quantize_int8(model)
     elif quantize is not None:
         raise ValueError(f"--quantize {quantize!r} is not one of ['int8']")
+    nll_fn = token_nll(logits_fn)
+    if compile:
+        nll_fn = torch.compile(nll_fn, dynamic=False)
     tokenizer = load_tokenizer(checkpoint["tokenizer"])
-    return Scorer(logits_fn, cfg, tokenizer, dev, torch_dtype, int(checkpoint.get("step", 0)))
+    return Scorer(logits_fn, nll_fn, cfg, tokenizer, dev, torch_dtype, int(checkpoint.get("step", 0)), compile)
 
 
 def prepared_data(scorer: Scorer, log=None) -> PreparedData:
@@ -360,7 +217,9 @@ def _parser(text_file: bool) -> argparse.ArgumentParser:
         p.add_argument("--compare", nargs="+", metavar="NAME", help="print a table of saved results and exit")
     p.add_argument("--rows", type=int, default=10_000, help="first N rows (default 10000)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="windows per forward pass (default 16; packed: the run's train.batch_size)")
+                   help="windows per forward pass (default 128 on a GPU, 16 on CPU; packed: the run's train.batch_size)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the forward + cross-entropy (GPU: faster after ~30 s of compiling)")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: context // 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, fp32 on CPU) | fp32 | bf16 | fp16")
@@ -402,22 +261,24 @@ def _run(args, text_file: bool) -> None:
         raise ValueError("--rows and --batch-size must be positive")
     texts, skipped = _read_text_file(args.text_file, args.delimiter, args.rows) if text_file else (None, None)
     packed = not text_file and args.packed
-    scorer = load_scorer(args.ckpt, args.device, args.dtype, training_model=packed, quantize=args.quantize)
+    scorer = load_scorer(args.ckpt, args.device, args.dtype, training_model=packed, quantize=args.quantize,
+                         compile=args.compile)
     context = scorer.context
     stride = context if packed else args.stride or max(1, context // 2)
     if not 1 <= stride <= context:
         raise ValueError(f"--stride must be between 1 and the context ({context}), got {stride}")
-    batch = args.batch_size or (scorer.cfg.train.batch_size if packed else 16)
+    batch = args.batch_size or (scorer.cfg.train.batch_size if packed else 128 if scorer.device.type == "cuda" else 16)
     run = scorer.cfg.run_name or Path(args.ckpt).parent.name
     info = {"run": run, "ckpt": str(args.ckpt), "step": scorer.step, "device": str(scorer.device),
             "dtype": str(scorer.dtype).removeprefix("torch."), "context": context, "stride": stride,
-            "batch_size": batch, "packed": packed, "eos_scored": True, "quantize": args.quantize}
+            "batch_size": batch, "packed": packed, "eos_scored": True, "quantize": args.quantize,
+            "compiled": args.compile}
     progress = not args.quiet
     if packed:
         data = prepared_data(scorer)
         name = args.out_name or f"{run}-{args.split}-packed"
         info.update(split=args.split, source=f"{args.split} packed", data_dir=str(data.dir))
-        scores = score_packed(scorer.logits_fn, data.tokens(args.split), context, data.bytes_per_token(args.split),
+        scores = score_packed(scorer.nll_fn, data.tokens(args.split), context, data.bytes_per_token(args.split),
                               batch, scorer.device, scorer.dtype, progress)
     else:
         if text_file:
@@ -428,8 +289,8 @@ def _run(args, text_file: bool) -> None:
             texts = _split_rows(data, args.split, args.rows)
             name = args.out_name or (run if args.split == "heldout" else f"{run}-{args.split}")
             info.update(split=args.split, source=f"{args.split} rows", data_dir=str(data.dir))
-        scores = score_texts(scorer.logits_fn, scorer.tokenizer, texts, context, stride, batch,
-                             scorer.device, scorer.dtype, progress)
+        scores = score_texts(scorer.nll_fn, scorer.tokenizer, texts, context, stride, batch,
+                             scorer.device, scorer.dtype, progress, fixed_shapes=scorer.compiled)
     if args.quantize and not args.out_name:  # keep the full-precision result beside it
         name = f"{name}-{args.quantize}"
     summary = save_results(name, scores, info, args.log_dir)

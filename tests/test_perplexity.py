@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from conftest import REPO, tiny_run_config
 from eval.perplexity import (Scores, compare_table, encode_rows, load_scorer, main, main_text, prepared_data,
-                             score_packed, score_rows, score_texts, window_plan)
+                             score_packed, score_rows, score_texts, token_nll, window_plan)
 from experiment_config import from_dict
 from generic_runner import Trainer, setup_env, train
 from models.checkpoint import load_checkpoint
@@ -72,7 +72,7 @@ def test_every_target_is_scored_exactly_once(n_tokens, context, stride):
 def test_uniform_predictor_gives_vocab_perplexity_and_known_bits_per_byte():
     tok = ByteTokenizer()
     for stride, batch in [(16, 1), (5, 3), (16, 64)]:
-        scores = score_texts(uniform(tok.vocab_size), tok, TEXTS, context=16, stride=stride, batch_size=batch)
+        scores = score_texts(token_nll(uniform(tok.vocab_size)), tok, TEXTS, context=16, stride=stride, batch_size=batch)
         rows = encode_rows(tok, TEXTS)
         assert scores.tokens.tolist() == [len(r) - 1 for r in rows]  # every token but BOS, once
         assert scores.perplexities() == pytest.approx([259.0] * len(TEXTS), rel=1e-6)
@@ -91,7 +91,7 @@ def test_rows_start_with_bos_and_end_with_eos_which_is_scored():
         logits = torch.zeros(*x.shape, tok.vocab_size)
         logits[..., 2] = math.log(tok.vocab_size - 1)
         return logits
-    nll, count = score_rows(half_eos, encode_rows(tok, ["ab"]), context=8)
+    nll, count = score_rows(token_nll(half_eos), encode_rows(tok, ["ab"]), context=8)
     assert count.tolist() == [3]
     assert nll[0] == pytest.approx(math.log(2) + 2 * math.log(2 * (tok.vocab_size - 1)))
 
@@ -102,7 +102,7 @@ def test_stride_equal_to_context_equals_scoring_chunks_by_hand(scorer):
     rows = encode_rows(scorer.tokenizer, ["Tom and Lily went to the park. " * 12, "Once upon a time."])
     C = scorer.context
     assert len(rows[0]) > 3 * C
-    nll, count = score_rows(scorer.logits_fn, rows, C, stride=C, batch_size=3)
+    nll, count = score_rows(scorer.nll_fn, rows, C, stride=C, batch_size=3)
     expected = []
     with torch.no_grad():
         for row in rows:
@@ -119,20 +119,31 @@ def test_stride_equal_to_context_equals_scoring_chunks_by_hand(scorer):
 
 def test_batching_and_padding_change_no_score(scorer):
     rows = encode_rows(scorer.tokenizer, ["Tom and Lily went to the park. " * 6, "A dog.", "The sun was warm. " * 3])
-    one = score_rows(scorer.logits_fn, rows, scorer.context, stride=5, batch_size=1)
-    many = score_rows(scorer.logits_fn, rows, scorer.context, stride=5, batch_size=7)
+    one = score_rows(scorer.nll_fn, rows, scorer.context, stride=5, batch_size=1)
+    many = score_rows(scorer.nll_fn, rows, scorer.context, stride=5, batch_size=7)
     assert many[0] == pytest.approx(one[0], rel=1e-5)
     assert many[1].tolist() == one[1].tolist() == [len(r) - 1 for r in rows]
     # a smaller stride gives more left context: different numbers, the same targets
-    wide = score_rows(scorer.logits_fn, rows, scorer.context, stride=scorer.context, batch_size=7)
+    wide = score_rows(scorer.nll_fn, rows, scorer.context, stride=scorer.context, batch_size=7)
     assert wide[1].tolist() == one[1].tolist()
+
+
+def test_fixed_shapes_and_a_compiled_scorer_change_no_score(run, scorer):
+    rows = encode_rows(scorer.tokenizer, ["Tom and Lily went to the park. " * 6, "A dog.", "The sun was warm. " * 3,
+                                          "Once upon a time."])
+    plain = score_rows(scorer.nll_fn, rows, scorer.context, stride=7, batch_size=3)
+    fixed = score_rows(scorer.nll_fn, rows, scorer.context, stride=7, batch_size=3, fixed_shapes=True)
+    compiled = load_scorer(run["ckpt"], device="cpu", compile=True)
+    both = score_rows(compiled.nll_fn, rows, scorer.context, stride=7, batch_size=3, fixed_shapes=True)
+    for nll, count in (fixed, both):
+        assert nll == pytest.approx(plain[0], rel=1e-5) and count.tolist() == plain[1].tolist()
 
 
 def test_packed_val_equals_trainer_evaluate(run, scorer):
     """The runner's packed mode reproduces the run summary's val loss and Trainer.evaluate()."""
     packed_scorer = load_scorer(run["ckpt"], device="cpu", training_model=True)
     data = prepared_data(packed_scorer)
-    scores = score_packed(packed_scorer.logits_fn, data.tokens("val"), scorer.context, data.bytes_per_token("val"),
+    scores = score_packed(packed_scorer.nll_fn, data.tokens("val"), scorer.context, data.bytes_per_token("val"),
                           packed_scorer.cfg.train.batch_size)
     s = scores.summary()
     summary = run["summary"]  # the evaluation at the last step, on the weights saved in last.pt
@@ -162,7 +173,7 @@ def test_run_perplexity_cli_writes_rows_in_order_and_compare_prints_a_table(run,
     summary = json.loads((logs / "perplexity-losses/tiny.json").read_text())
     # the same rows scored one at a time, in the data pipeline's held-out order
     rows = prepared_data(scorer).rows("heldout")[:7]
-    alone = [score_texts(scorer.logits_fn, scorer.tokenizer, [t], scorer.context).perplexities()[0] for t in rows]
+    alone = [score_texts(scorer.nll_fn, scorer.tokenizer, [t], scorer.context).perplexities()[0] for t in rows]
     assert isinstance(ppl, list) and len(ppl) == 7
     assert ppl == pytest.approx(alone, rel=1e-5)
     for key in ("rows", "tokens", "bytes", "mean", "median", "corpus_ppl", "bpb", "seconds", "rows_per_s", "ckpt",

@@ -1,0 +1,195 @@
+"""Scoring token rows: per-row summed NLL with sliding windows, batched for the GPU.
+
+The definitions (which tokens are targets, how windows cover a long row, what perplexity and
+bits per byte mean) are those of eval/perplexity.py's docstring. Scoring functions take an
+`NllFn`, tokens (B, T) and targets (B, T) -> per-token NLL (B, T), 0 where the target is IGNORE,
+so a compiled one fuses the fp32 log-softmax into the head instead of writing fp32 logits;
+`token_nll(logits_fn)` builds one from any logits function. Per-window sums stay on the device
+and come back to the host once, at the end.
+"""
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dataset_definitions.tokenization import Tokenizer
+
+IGNORE = -100                   # target id that cross_entropy skips (padding, already-scored targets)
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]               # tokens (B, T) -> logits (B, T, V)
+NllFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]    # tokens, targets (B, T) -> nll (B, T)
+SHAPE_MULTIPLE = 64             # fixed_shapes: window lengths are padded up to a multiple of this
+
+
+def token_nll(logits_fn: LogitsFn) -> NllFn:
+    """The NllFn of a logits function: fp32 cross-entropy per token, 0 on IGNORE targets."""
+    def nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits_fn(x)                                                        # (B, T, V)
+        return F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE, reduction="none")
+    return nll
+
+
+def encode_rows(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Each text as [bos] + ids + [eos] (EOS in place of a missing BOS), as the data pipeline writes documents."""
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    return [[start, *ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(list(texts))]
+
+
+def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows over a row of n_tokens: (begin, end, n_new) per window.
+
+    The window's inputs are tokens[begin:end] (end - begin <= context), its targets tokens[begin+1:end+1];
+    only the last n_new targets are scored (the ones no earlier window scored). Windows start every
+    `stride` tokens until the last target is covered; stride == context gives non-overlapping chunks.
+    """
+    if not 1 <= stride <= context:
+        raise ValueError(f"stride must be between 1 and the context ({context}), got {stride}")
+    plan, begin, scored_end, last = [], 0, 0, n_tokens - 1
+    while scored_end < last:
+        end = min(begin + context, last)
+        plan.append((begin, end, end - scored_end))
+        scored_end = end
+        begin += stride
+    return plan
+
+
+@dataclass
+class Scores:
+    """Per-row totals of one scoring pass (a row is a document, or a block in packed mode)."""
+    nll: np.ndarray         # (N,) float64: summed NLL of the row's scored targets, in nats
+    tokens: np.ndarray      # (N,) int64: scored targets of the row
+    bytes: np.ndarray       # (N,) float64: UTF-8 bytes of the row's text (packed: targets x bytes/token)
+    seconds: float = 0.0    # wall time of the forward passes
+
+    def perplexities(self) -> list[float]:
+        """exp(mean NLL) of each row, in row order."""
+        return [math.exp(n / t) if t else math.nan for n, t in zip(self.nll.tolist(), self.tokens.tolist())]
+
+    def summary(self) -> dict:
+        """rows, tokens, bytes, mean/median per-row perplexity, loss, corpus_ppl, bpb, speed."""
+        ppl = self.perplexities()
+        total_nll, total_tokens, total_bytes = float(self.nll.sum()), int(self.tokens.sum()), float(self.bytes.sum())
+        loss = total_nll / total_tokens if total_tokens else math.nan
+        return {
+            "rows": len(ppl), "tokens": total_tokens, "bytes": round(total_bytes),
+            "mean": statistics.fmean(ppl) if ppl else math.nan,
+            "median": statistics.median(ppl) if ppl else math.nan,
+            "loss": loss, "corpus_ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
+            "bpb": total_nll / math.log(2) / total_bytes if total_bytes else math.nan,
+            "seconds": self.seconds,
+            "rows_per_s": len(ppl) / self.seconds if self.seconds > 0 else math.nan,
+            "tokens_per_s": total_tokens / self.seconds if self.seconds > 0 else math.nan,
+        }
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to dtype as the trainer does (weights stay fp32); fp32 = plain."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+@torch.inference_mode()
+def score_rows(nll_fn: NllFn, rows: Sequence[Sequence[int]], context: int, stride: int | None = None,
+               batch_size: int = 16, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               pad_id: int = 0, progress: bool = False, fixed_shapes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and scored-target count of each row of token ids, windows batched across rows.
+
+    Args:
+        nll_fn: tokens (B, T), targets (B, T) -> NLL (B, T); causal (right padding must not change
+            earlier positions). `token_nll(logits_fn)` makes one from a logits function.
+        rows: token ids per row, already [bos] + ids + [eos].
+        context: most inputs per window (the model's context).
+        stride: distance between window starts (default: context // 2); see `window_plan`.
+        batch_size: windows per forward pass.
+        device, dtype: where to run and the autocast dtype (float32 = none).
+        pad_id: input id of padding positions (their targets are ignored).
+        progress: show a tqdm bar over windows.
+        fixed_shapes: pad every batch to batch_size windows and its length up to a multiple of
+            SHAPE_MULTIPLE (at most the context): few distinct shapes, so a compiled nll_fn is not
+            recompiled for every batch. The padding is ignored targets; the result is the same.
+    Returns:
+        (nll, count): float64 (N,) summed NLL in nats and int64 (N,) scored targets (= len(row) - 1).
+    """
+    stride = stride or max(1, context // 2)
+    device = torch.device(device)
+    windows = [(i, *w) for i, row in enumerate(rows) for w in window_plan(len(row), context, stride)]
+    windows.sort(key=lambda w: w[2] - w[1], reverse=True)  # similar lengths together: little padding
+    window_nll = torch.zeros(len(windows), device=device, dtype=torch.float64)
+    count = np.zeros(len(rows), dtype=np.int64)
+    with tqdm(total=len(windows), desc=f"scoring {len(rows):,} rows", unit=" windows", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start:start + batch_size]
+            T = batch[0][2] - batch[0][1]
+            n_windows = len(batch)
+            if fixed_shapes:
+                T, n_windows = min(context, -(-T // SHAPE_MULTIPLE) * SHAPE_MULTIPLE), batch_size
+            x = np.full((n_windows, T), pad_id, dtype=np.int64)
+            y = np.full((n_windows, T), IGNORE, dtype=np.int64)
+            for b, (i, begin, end, n_new) in enumerate(batch):
+                n = end - begin
+                x[b, :n] = rows[i][begin:end]
+                y[b, n - n_new:n] = rows[i][end - n_new + 1:end + 1]
+                count[i] += n_new
+            xt, yt = _to_device(torch.from_numpy(x), device), _to_device(torch.from_numpy(y), device)
+            with _autocast(device, dtype):
+                token_nll_ = nll_fn(xt, yt)                                          # (B, T), 0 where ignored
+            window_nll[start:start + len(batch)] = token_nll_[:len(batch)].sum(1).double()
+            bar.update(len(batch))
+    nll = np.zeros(len(rows))
+    np.add.at(nll, np.array([w[0] for w in windows], dtype=np.int64), window_nll.cpu().numpy())
+    return nll, count
+
+
+def score_texts(nll_fn: NllFn, tokenizer: Tokenizer, texts: Sequence[str], context: int,
+                stride: int | None = None, batch_size: int = 16, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, progress: bool = False, fixed_shapes: bool = False) -> Scores:
+    """Score each text as one row ([bos] + ids + [eos]); see `score_rows` for the arguments."""
+    rows = encode_rows(tokenizer, texts)
+    t0 = time.perf_counter()
+    nll, count = score_rows(nll_fn, rows, context, stride, batch_size, device, dtype, tokenizer.pad_id, progress,
+                            fixed_shapes)
+    seconds = time.perf_counter() - t0
+    n_bytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
+    return Scores(nll, count, n_bytes, seconds)
+
+
+@torch.inference_mode()
+def score_packed(nll_fn: NllFn, tokens: np.ndarray, context: int, bytes_per_token: float,
+                 batch_size: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 progress: bool = False) -> Scores:
+    """Score a packed token stream exactly as `Trainer.evaluate` does, one Scores row per block.
+
+    Blocks of context + 1 tokens start every `context` tokens (the incomplete tail is left out, as in
+    training); batches take consecutive blocks. A block's bytes are its targets x bytes_per_token, so
+    the summary's bpb is the trainer's loss / ln 2 / bytes_per_token.
+    """
+    device = torch.device(device)
+    n_blocks = max(0, (len(tokens) - context - 1) // context + 1)
+    block_nll = torch.zeros(n_blocks, device=device, dtype=torch.float64)
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, n_blocks, batch_size), desc=f"scoring {n_blocks:,} blocks", unit=" batches",
+                      disable=not progress, dynamic_ncols=True):
+        index = np.arange(start, min(start + batch_size, n_blocks))
+        chunk = torch.from_numpy(tokens[index[:, None] * context + np.arange(context + 1)].astype(np.int64))
+        x, y = _to_device(chunk[:, :-1], device), _to_device(chunk[:, 1:], device)  # (B, T) each
+        with _autocast(device, dtype):
+            block_nll[index[0]:index[-1] + 1] = nll_fn(x, y).sum(1).double()
+    nll = block_nll.cpu().numpy()
+    seconds = time.perf_counter() - t0
+    count = np.full(n_blocks, context, dtype=np.int64)
+    return Scores(nll, count, count * float(bytes_per_token), seconds)
