@@ -93,14 +93,15 @@ def to_hf_state_dict(cfg: ModelConfig, sd: dict) -> dict:
     return {k: v.clone().contiguous() for k, v in out.items()}  # own copies: the HF model stands alone
 
 
-def to_hf_model(ckpt: dict):
-    """A transformers model (eval mode, fp32) computing the same logits as the checkpoint's model."""
+def to_hf_model(ckpt: dict, special_ids: tuple[int | None, int] | None = None):
+    """A transformers model (eval mode, fp32) computing the same logits as the checkpoint's model.
+
+    special_ids: (bos, eos) for the HF config; default: read off the checkpoint's tokenizer.
+    """
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
     cfg = model_config(ckpt)
-    tok = ckpt["tokenizer"]
-    spec_ids = _special_ids(tok)
-    config = hf_config(cfg, *spec_ids)
+    config = hf_config(cfg, *(special_ids or _special_ids(ckpt["tokenizer"])))
     cls = GPT2LMHeadModel if hf_architecture(cfg) == "gpt2" else LlamaForCausalLM
     model = cls(config)
     missing, unexpected = model.load_state_dict(to_hf_state_dict(cfg, ckpt["model"]), strict=False)
