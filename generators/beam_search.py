@@ -50,8 +50,8 @@ def beam_search(generator, prompt_tokens: list[int], beam_size: int, max_gen_len
     prompt = torch.tensor([prompt_tokens], dtype=torch.long, device=device)
     logp = F.log_softmax(model(prompt, 0)[:, -1].float(), dim=-1)               # (1, V)
     model.reorder_caches(torch.zeros(beam_size, dtype=torch.long, device=device))  # k copies of the prefix
-    beams = torch.empty(1, 0, dtype=torch.long, device=device)                    # (n_alive, generated)
-    beam_logprob = torch.zeros(1, device=device)                                   # (n_alive,)
+    beams = torch.empty(1, 0, dtype=torch.long, device=device)                    # (rows, generated)
+    beam_logprob = torch.zeros(1, device=device)                                   # (rows,)
     finished: list[Hypothesis] = []
     pos = len(prompt_tokens)
     for step in range(max_gen_len):
@@ -61,6 +61,8 @@ def beam_search(generator, prompt_tokens: list[int], beam_size: int, max_gen_len
         parent, token = top_idx // logp.size(1), top_idx % logp.size(1)
         keep_parent, keep_token, keep_lp = [], [], []
         for lp, b, t in zip(top_lp.tolist(), parent.tolist(), token.tolist()):
+            if lp == float("-inf"):  # a padding row's candidate (see below)
+                break
             if t == eos:
                 gen = beams[b].tolist()
                 finished.append(Hypothesis(gen, lp, _score(lp, len(gen) + 1, length_penalty), True))
@@ -75,11 +77,15 @@ def beam_search(generator, prompt_tokens: list[int], beam_size: int, max_gen_len
                     gen = beams[b].tolist() + [t]
                     finished.append(Hypothesis(gen, lp, _score(lp, len(gen), length_penalty), False))
             break
-        index = torch.tensor(keep_parent, device=device)
-        beams = torch.cat([beams[index], torch.tensor(keep_token, device=device)[:, None]], dim=1)
-        beam_logprob = torch.tensor(keep_lp, device=device)
+        # always beam_size rows, so a compiled decode step sees one shape: fewer survivors are padded
+        # with copies of the first, whose log-prob of -inf keeps their candidates out of the ranking
+        pad = beam_size - len(keep_parent)
+        index = torch.tensor(keep_parent + keep_parent[:1] * pad, device=device)
+        next_tokens = torch.tensor(keep_token + keep_token[:1] * pad, device=device)
+        beams = torch.cat([beams[index], next_tokens[:, None]], dim=1)
+        beam_logprob = torch.tensor(keep_lp + [float("-inf")] * pad, device=device)
         model.reorder_caches(index)  # row i of every cache becomes its parent's prefix
-        logits = model(beams[:, -1:], pos)                                          # (n_alive, 1, V)
+        logits = generator.forward(beams[:, -1:], pos)                              # (beam_size, 1, V)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
         pos += 1
     return sorted(finished, key=lambda h: h.score, reverse=True)[:beam_size]

@@ -23,6 +23,7 @@ from models.checkpoint import load_checkpoint, load_weights, model_config
 from modelskv.quantize import quantize_int8
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EOS_CHECK_EVERY = 8  # decode steps between reads of "every row has ended" (each read waits for the GPU)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -83,6 +84,7 @@ class Generator:
         """Compile the one-token step with a tensor position: one graph for every step, CUDA-graph friendly."""
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self._decode = torch.compile(self.model, mode=mode, fullgraph=True)
+        self._position = torch.zeros((), dtype=torch.long, device=self.device)  # the step's start_pos, on the device
 
     # -- token level
     def prompt_tokens(self, text: str) -> list[int]:
@@ -151,7 +153,7 @@ class Generator:
         prev_pos = 0
         for cur_pos in range(min(lengths), total_len):
             if use_cache:
-                logits = self._forward(tokens[:, prev_pos:cur_pos], prev_pos)       # (B, cur-prev, V)
+                logits = self.forward(tokens[:, prev_pos:cur_pos], prev_pos)       # (B, cur-prev, V)
                 scored = prev_pos
             else:
                 logits = model.forward_full(tokens[:, :cur_pos])                    # (B, cur, V)
@@ -167,13 +169,17 @@ class Generator:
             done |= ~in_prompt[:, cur_pos] & (nxt == self.tokenizer.eos_id)
             prev_pos = cur_pos
             yield tokens, token_logprobs, done
-            if stop_at_eos and done.all():
+            # reading `done` waits for the GPU, so it is read every few steps: rows that ended keep
+            # decoding until then, and their tokens after the EOS are cut off by the caller
+            if stop_at_eos and (cur_pos - min(lengths)) % EOS_CHECK_EVERY == EOS_CHECK_EVERY - 1 and done.all():
                 break
 
-    def _forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """Logits (B, T, V) of tokens at start_pos.. after the cached prefix; the compiled step for T = 1."""
         decode = getattr(self, "_decode", None)
         if decode is not None and tokens.size(1) == 1:
-            return decode(tokens, torch.tensor(start_pos, device=self.device))
+            self._position.fill_(start_pos)  # a kernel argument: no host-to-device copy, no wait
+            return decode(tokens, self._position)
         return self.model(tokens, start_pos)
 
     # -- text level

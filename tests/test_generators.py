@@ -151,9 +151,13 @@ def test_bench_cli_runs_tiny(ckpt, tmp_path):
     assert "batch 4: KV cache speed-up" in r.stdout and out.is_file()
 
 
-def test_compiled_decode_step_gives_the_same_greedy_tokens(ckpt):
-    gen = Generator.build(ckpt, max_batch_size=2, device="cpu")
-    prompts = [gen.prompt_tokens(p) for p in PROMPTS[:2]]
+def test_compiled_decode_step_gives_the_same_greedy_tokens_and_beams(ckpt):
+    gen = Generator.build(ckpt, max_batch_size=3, device="cpu")
+    prompts = [gen.prompt_tokens(p) for p in PROMPTS]
     eager = gen.generate(prompts, 12, temperature=0)[0]
+    eager_beams = beam_search(gen, prompts[0], beam_size=3, max_gen_len=10)
     gen.compile_decode()          # one graph for every step: the position is a tensor, shapes are static
     assert gen.generate(prompts, 12, temperature=0)[0] == eager
+    beams = beam_search(gen, prompts[0], beam_size=3, max_gen_len=10)   # 3 rows every step: the same graph
+    assert [b.tokens for b in beams] == [b.tokens for b in eager_beams]
+    assert [b.score for b in beams] == pytest.approx([b.score for b in eager_beams], abs=1e-4)
