@@ -11,6 +11,7 @@ included) is reported apart. MFU counts FLOPs as nanoGPT's estimate_mfu does, ov
 """
 
 import argparse
+import importlib.util
 import math
 import statistics
 import tempfile
@@ -142,7 +143,6 @@ def hf(kind: str, context: int, batch: int, device: torch.device, steps: int, sm
     n = sum(p.numel() for p in model.parameters()) - (model.config.n_positions * model.config.n_embd
                                                      if kind == "GPT2LMHeadModel" else 0)
     flops = 6 * n + 12 * model.config.num_hidden_layers * model.config.hidden_size * context
-    del model, forward, opt
     return {"model": f"HF {kind}", "context": context, "batch": batch, "compile": compiled, "step_s": step_s,
             "tokens_per_s": batch * context / step_s, "first_step_s": first, "peak_gb": peak_memory_gb(device),
             "flops_per_token": flops, "shape_of": arch}
@@ -178,11 +178,9 @@ def run(device: str = "auto", quick: bool = False, steps: int | None = None) -> 
     cases, hf_cases = (QUICK, QUICK_HF) if quick else (FULL, FULL_HF)
     steps = steps or (8 if quick else 40)
     rows = [ours(c, dev, steps) for c in cases]
-    try:
-        import transformers  # noqa: F401
-        vocab = cases[0].vocab
-        rows += [hf(kind, t, b, dev, max(steps // 4, 2), quick, vocab) for kind, t, b in hf_cases]
-    except ImportError:
+    if importlib.util.find_spec("transformers"):
+        rows += [hf(kind, t, b, dev, max(steps // 4, 2), quick, cases[0].vocab) for kind, t, b in hf_cases]
+    else:
         print("skip the Hugging Face references: pip install transformers")
     for r in rows:
         r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / H100_BF16 if dev.type == "cuda" else math.nan
