@@ -22,6 +22,14 @@ def test_run_all_smoke_on_cpu(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["step_s"] > 0 for r in train_rows)
     tid_rows = json.loads((tmp_path / "tid_overhead_cpu.json").read_text())["rows"]
     assert [r["method"] for r in tid_rows][0] == "none" and tid_rows[0]["overhead"] == 0.0
+    ppl = json.loads((tmp_path / "perplexity_speed_cpu.json").read_text())
+    assert ppl["nll_agree"] and ppl["nll_ours"] > 0                  # the timed path computes the real NLL
+    assert {r["scorer"] for r in ppl["results"]} >= {"ours score_rows", "bare forward", "HF GPT2LMHeadModel"}
+    decode = json.loads((tmp_path / "decode_speed_cpu.json").read_text())
+    assert decode["checks"] == {"cache_equals_no_cache": True, "hf_equals_ours": True}
+    decoders = {r["decoder"] for r in decode["results"]}
+    assert {"ours, no cache", "ours, KV cache", "ours, int8", "ours, beam 3", "HF generate"} <= decoders
+    assert all(r["tokens_per_s"] > 0 for r in decode["results"])
     assert json.loads((tmp_path / "run_all_cpu.json").read_text())["seconds"]["total"] > 0
 
 
