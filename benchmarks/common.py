@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: timing, device description, training one variant, JSON output."""
 
+import argparse
 import json
 import statistics
 import time
@@ -83,3 +84,22 @@ def write_results(path: str | Path, payload: dict) -> None:
 
 def default_out(name: str, device: torch.device) -> str:
     return f"benchmarks/results/{name}_{'cuda' if device.type == 'cuda' else 'cpu'}.json"
+
+
+def print_targets(goals: list[dict]) -> None:
+    """One line per target: met or not, and the measured value."""
+    for g in goals:
+        print(f"  {'met    ' if g['met'] else 'not met'}  {g['target']}: {g['value']:,.3f}")
+
+
+def benchmark_cli(name: str, run: Callable[..., dict], description: str, argv=None, steps: bool = False) -> None:
+    """The command line every speed benchmark shares: --device, --quick, [--steps], --out."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the CPU smoke run)")
+    if steps:
+        parser.add_argument("--steps", type=int, default=None, help="optimizer steps per case")
+    parser.add_argument("--out", default=None, help=f"JSON path (default benchmarks/results/{name}_<cuda|cpu>.json)")
+    args = parser.parse_args(argv)
+    payload = run(args.device, args.quick, args.steps) if steps else run(args.device, args.quick)
+    write_results(args.out or default_out(name, resolve_device(args.device)), payload)

@@ -11,14 +11,14 @@ Greedy tokens of the cached decoder are checked against the uncached one (and ag
 Face in fp32, where they must agree token for token).
 """
 
-import argparse
 import copy
 import time
 
 import torch
 
 import modelskv
-from benchmarks.common import default_out, device_info, median_seconds, peak_memory_gb, resolve_device, write_results
+from benchmarks.common import (benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets,
+                               resolve_device)
 from benchmarks.synthetic import IdTokenizer
 from generators.beam_search import beam_search
 from generators.generation import Generator
@@ -179,18 +179,11 @@ def print_table(rows, goals, checks, dev, s, bandwidth) -> None:
         print(f"{r['decoder']:28s} {r['batch']:>5d} {r['tokens_per_s']:>13,.1f} {r['ms_per_step']:>8.2f} {vs_hf:>7s} "
               f"{r['vs_floor']:>8.3f} {comp:>9s}")
     print("checks: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in checks.items()))
-    for g in goals:
-        print(f"  {'met    ' if g['met'] else 'not met'}  {g['target']}: {g['value']:,.2f}")
+    print_targets(goals)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke run)")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    payload = run(args.device, args.quick)
-    write_results(args.out or default_out("decode_speed", resolve_device(args.device)), payload)
+    benchmark_cli("decode_speed", run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

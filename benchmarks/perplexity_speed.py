@@ -10,14 +10,14 @@ no-grad forward over the same tokens (logits only, tokens already on the device)
 compile time apart. The runner's total NLL is checked against the bare forward's.
 """
 
-import argparse
 import time
 
 import torch
 import torch.nn.functional as F
 
 import modelskv
-from benchmarks.common import default_out, device_info, median_seconds, peak_memory_gb, resolve_device, write_results
+from benchmarks.common import (benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets,
+                               resolve_device)
 from eval.scoring import score_rows, token_nll
 from models import ModelConfig
 
@@ -110,8 +110,7 @@ def run(device: str = "auto", quick: bool = False) -> dict:
         comp = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
         print(f"{r['scorer']:28s} {r['seconds']:>8.3f} {r['rows_per_s']:>10,.0f} {r['vs_bare_forward']:>8.2f} {comp:>9s}")
     print(f"total NLL: ours {ours_total:.4f}, bare forward {reference:.4f} ({'agree' if agree else 'DISAGREE'})")
-    for goal in goals:
-        print(f"  {'met    ' if goal['met'] else 'not met'}  {goal['target']}: {goal['value']:.3f}")
+    print_targets(goals)
     return {"benchmark": "perplexity_speed", **device_info(dev), "preset": s["preset"], "rows": s["rows"],
             "row_len": s["row_len"], "batch": s["batch"], "dtype": str(dtype).removeprefix("torch."),
             "peak_gb": peak_memory_gb(dev), "nll_ours": ours_total, "nll_reference": reference,
@@ -119,13 +118,7 @@ def run(device: str = "auto", quick: bool = False) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke run)")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    payload = run(args.device, args.quick)
-    write_results(args.out or default_out("perplexity_speed", resolve_device(args.device)), payload)
+    benchmark_cli("perplexity_speed", run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,8 @@ overhead = median step time with TID / median step time without - 1. The scoring
 training model, compiled when the step is (see tid.py).
 """
 
-import argparse
 
-from benchmarks.common import default_out, device_info, resolve_device, write_results
+from benchmarks.common import benchmark_cli, device_info, resolve_device
 from benchmarks.train_speed import model_sets, train_on_random_tokens
 
 METHODS = ("none", "random", "entropy", "attention_mass", "gradient_norm")
@@ -50,14 +49,7 @@ def run(device: str = "auto", quick: bool = False, steps: int | None = None) -> 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke run)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    payload = run(args.device, args.quick, args.steps)
-    write_results(args.out or default_out("tid_overhead", resolve_device(args.device)), payload)
+    benchmark_cli("tid_overhead", run, __doc__.splitlines()[0], argv, steps=True)
 
 
 if __name__ == "__main__":

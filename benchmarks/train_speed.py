@@ -10,7 +10,6 @@ autocast, tokens already on the device). Medians after warm-up; the first step (
 included) is reported apart. MFU counts FLOPs as nanoGPT's estimate_mfu does, over 989 TFLOP/s.
 """
 
-import argparse
 import importlib.util
 import math
 import statistics
@@ -20,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 import models
-from benchmarks.common import (WARMUP_STEPS, default_out, device_info, median_seconds, peak_memory_gb,
-                               resolve_device, write_results)
+from benchmarks.common import (WARMUP_STEPS, benchmark_cli, device_info, median_seconds, peak_memory_gb,
+                               print_targets, resolve_device)
 from benchmarks.synthetic import RandomTokens
 from experiment_config import load_config
 from generic_runner import PEAK_FLOPS, train
@@ -199,19 +198,11 @@ def print_table(rows: list[dict], goals: list[dict], dev: torch.device) -> None:
         print(f"{r['model']:26s} {r['context']:>5d} {r['batch']:>4d} {'yes' if r['compile'] else 'no':>7s} "
               f"{r['tokens_per_s']:>11,.0f} {1e3 * r['step_s']:>8.2f} {r['mfu']:>6.3f} {peak:>8s} "
               f"{r['first_step_s']:>10.1f}")
-    for g in goals:
-        print(f"  {'met    ' if g['met'] else 'not met'}  {g['target']}: {g['value']:,.3f}")
+    print_targets(goals)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke run)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per case")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    payload = run(args.device, args.quick, args.steps)
-    write_results(args.out or default_out("train_speed", resolve_device(args.device)), payload)
+    benchmark_cli("train_speed", run, __doc__.splitlines()[0], argv, steps=True)
 
 
 if __name__ == "__main__":
