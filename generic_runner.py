@@ -465,8 +465,12 @@ class Trainer:
         for batch in batches:
             x, y = self._to_device(*self.val_blocks.batch(batch.numpy()))
             with env.autocast():
-                logits, _, batch_stats = self.raw_model(x)
-            nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+                if self.raw_model.loss_chunk:  # the fused head: no full logits here either
+                    _, loss, batch_stats = self.raw_model(x, y)
+                    nll += batch_stats.pop("ce_loss", loss).double() * y.numel()
+                else:
+                    logits, _, batch_stats = self.raw_model(x)
+                    nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
             count += y.numel()
             stats = _accumulate(stats, batch_stats, len(batches))
         if env.world > 1:

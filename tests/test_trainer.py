@@ -132,6 +132,17 @@ def test_nan_is_caught_before_a_save_even_between_read_backs(tmp_path, monkeypat
     assert not (tmp_path / "checkpoints/tiny/last.pt").exists()   # step 5's save never happened
 
 
+def test_chunked_loss_trains_and_evaluates_like_the_plain_loss(tmp_path):
+    runs = {}
+    for chunk in (0, 40):
+        cfg = tiny_run_config(tmp_path, ["train.max_steps=6", "train.eval_every=3", f"train.loss_chunk={chunk}",
+                                         f"run_name=chunk{chunk}"])
+        train(cfg)
+        runs[chunk] = _losses(cfg)
+    assert runs[40]["train_loss"] == pytest.approx(runs[0]["train_loss"], rel=1e-5)
+    assert runs[40]["val"]["loss"] == pytest.approx(runs[0]["val"]["loss"], rel=1e-5)
+
+
 def test_early_stopping(tmp_path):
     # a learning rate of ~0 cannot improve the validation loss by much; patience 1 stops at the 2nd eval
     cfg = tiny_run_config(tmp_path, ["train.max_steps=30", "train.eval_every=5", "train.lr=1e-9",
