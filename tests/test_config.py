@@ -42,6 +42,8 @@ def test_round_trip_through_plain_dict():
     (["tokenizer.kind=chars"], "tokenizer.kind"),
     (["train.precision=fp8"], "train.precision"),
     (["data.source=text"], "data.path"),
+    (["train.loss_chunk=-1"], "train.loss_chunk"),
+    (["train.checkpoints=sometimes"], "train.checkpoints"),
 ])
 def test_bad_key_or_value_names_the_key(sets, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
