@@ -104,18 +104,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["step"] == 5
 
 
+def _train_each(tmp_path, key: str, values, sets: list[str]) -> dict:
+    """Train one run per value of `key` (run names key-value); returns value -> its config."""
+    runs = {}
+    for value in values:
+        runs[value] = tiny_run_config(tmp_path, [*sets, f"{key}={value}", f"run_name={key}-{value}"])
+        train(runs[value])
+    return runs
+
+
 def test_losses_read_back_in_groups_equal_step_by_step(tmp_path):
     # train.log_every only sets how often numbers leave the device: every step is logged, unchanged
-    runs = {}
-    for every in (1, 7):
-        cfg = tiny_run_config(tmp_path, ["train.max_steps=16", "train.eval_every=8", f"train.log_every={every}",
-                                         f"run_name=every{every}"])
-        train(cfg)
-        runs[every] = cfg
+    runs = _train_each(tmp_path, "train.log_every", (1, 7), ["train.max_steps=16", "train.eval_every=8"])
     a, b = _losses(runs[1]), _losses(runs[7])
     assert b["step"] == list(range(1, 17))
     assert a["train_loss"] == b["train_loss"] and a["grad_norm"] == b["grad_norm"] and a["val"] == b["val"]
-    times = load_times("every7", runs[7].log_dir)
+    times = load_times(runs[7].run_name, runs[7].log_dir)
     assert all(t > 0 for t in times["step_time"]) and times["elapsed"] == sorted(times["elapsed"])
 
 
@@ -133,12 +137,8 @@ def test_nan_is_caught_before_a_save_even_between_read_backs(tmp_path, monkeypat
 
 
 def test_chunked_loss_trains_and_evaluates_like_the_plain_loss(tmp_path):
-    runs = {}
-    for chunk in (0, 40):
-        cfg = tiny_run_config(tmp_path, ["train.max_steps=6", "train.eval_every=3", f"train.loss_chunk={chunk}",
-                                         f"run_name=chunk{chunk}"])
-        train(cfg)
-        runs[chunk] = _losses(cfg)
+    runs = {k: _losses(cfg) for k, cfg in _train_each(tmp_path, "train.loss_chunk", (0, 40),
+                                                        ["train.max_steps=6", "train.eval_every=3"]).items()}
     assert runs[40]["train_loss"] == pytest.approx(runs[0]["train_loss"], rel=1e-5)
     assert runs[40]["val"]["loss"] == pytest.approx(runs[0]["val"]["loss"], rel=1e-5)
 
