@@ -151,7 +151,8 @@ class Generator:
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         done = torch.zeros(bsz, dtype=torch.bool, device=self.device)
         prev_pos = 0
-        for cur_pos in range(min(lengths), total_len):
+        first = min(lengths)
+        for cur_pos in range(first, total_len):
             if use_cache:
                 logits = self.forward(tokens[:, prev_pos:cur_pos], prev_pos)       # (B, cur-prev, V)
                 scored = prev_pos
@@ -171,7 +172,7 @@ class Generator:
             yield tokens, token_logprobs, done
             # reading `done` waits for the GPU, so it is read every few steps: rows that ended keep
             # decoding until then, and their tokens after the EOS are cut off by the caller
-            if stop_at_eos and (cur_pos - min(lengths)) % EOS_CHECK_EVERY == EOS_CHECK_EVERY - 1 and done.all():
+            if stop_at_eos and (cur_pos - first) % EOS_CHECK_EVERY == EOS_CHECK_EVERY - 1 and done.all():
                 break
 
     def forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
