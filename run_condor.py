@@ -1,6 +1,6 @@
-"""Train Condor, the baseline with an attention variant (configs/condor.yaml: 1 layer, head_mlp).
+"""Train Condor, the baseline with an attention variant (configs/condor.yaml: 1 layer, standard).
 
-    python run_condor.py --config configs/quickstart.yaml --set model.attention=self_score
+    python run_condor.py --config configs/quickstart.yaml --set model.attention=head_linear_silu
     python run_condor.py --config configs/condor_6l.yaml     # the matched 6-layer comparison
 """
 

@@ -14,7 +14,7 @@ from benchmarks.common import device_name, train_variant, write_results
 VARIANTS = {  # name -> (runner's default config, extra overrides)
     "baseline": ("configs/baseline.yaml", []),
     "falcon": ("configs/falcon.yaml", []),
-    "condor_head_mlp": ("configs/condor.yaml", ["model.attention=head_mlp"]),
+    "condor_head_linear_silu": ("configs/condor.yaml", ["model.attention=head_linear_silu"]),
     "condor_self_score": ("configs/condor.yaml", ["model.attention=self_score"]),
     "condor_standard": ("configs/condor.yaml", ["model.attention=standard"]),
 }

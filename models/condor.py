@@ -1,13 +1,18 @@
 """Condor family: the baseline GPT with a selectable attention variant (design page, section 3).
 
-model.attention picks the attention module of every block:
-  standard    the baseline's CausalSelfAttention
-  head_mlp    each head's output through one Linear(hd, hd) + SiLU, shared by the layer's heads,
-              before the output projection ("richer blocks, fewer layers")
-  self_score  scores q kᵀ/√hd + s sᵀ/√hd with s = wx(x), a third per-head projection (d_x = hd)
+model.attention picks the attention module of every block; each value names the mechanism, and
+reproduces one system:
+  standard          the baseline's CausalSelfAttention: the TinyStories Condor at its last version
+                    (preset `condor`: d256, 1 layer, 2 heads, d_ff 128)
+  head_linear_silu  each head's output through one Linear(hd, hd) + SiLU, shared by the layer's
+                    heads, before the output projection: the compression study's "novel" model
+                    ("richer blocks, fewer layers"); called `head_mlp` before, which still loads
+  self_score        scores q kᵀ/√hd + s sᵀ/√hd with s = wx(x), a third per-head projection
+                    (d_x = hd): the x·xᵀ score variant the design page lists for Condor
 
 All three keep the project / attend split, so a KV cache slots between them (`modelskv/`):
-  standard, head_mlp  cache k and v, each (B, H, T, hd); head_mlp acts per query after attending
+  standard, head_linear_silu  cache k and v, each (B, H, T, hd); head_linear_silu acts per query
+                              after attending
   self_score          keys come out of `project` as [k | s], (B, H, T, 2*hd): caching them caches
                       s beside k (rotated at its own position under rotary), v stays (B, H, T, hd)
 """
@@ -22,12 +27,13 @@ from .config import ModelConfig
 from .gpt import GPT
 
 
-class HeadMLPAttention(CausalSelfAttention):
+class HeadLinearSiLUAttention(CausalSelfAttention):
     """Causal attention whose per-head outputs pass through one Linear(hd, hd) + SiLU per layer."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        # one module for all heads of the layer: hd*hd (+ hd) parameters, not H times that
+        # one module for all heads of the layer: hd*hd (+ hd) parameters, not H times that;
+        # its parameter name predates the rename, so older checkpoints load strictly
         self.head_mlp = nn.Linear(cfg.head_dim, cfg.head_dim, bias=cfg.bias)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None):
@@ -78,7 +84,7 @@ class SelfScoreAttention(CausalSelfAttention):
 
 ATTENTION: dict[str, type[CausalSelfAttention]] = {
     "standard": CausalSelfAttention,
-    "head_mlp": HeadMLPAttention,
+    "head_linear_silu": HeadLinearSiLUAttention,
     "self_score": SelfScoreAttention,
 }
 

@@ -1,5 +1,6 @@
 """ModelConfig and the named presets of the design page (section 3)."""
 
+import warnings
 from dataclasses import dataclass
 
 
@@ -22,8 +23,8 @@ class ModelConfig:
     dropout: float = 0.0
     word_vectors: str | None = None  # word2vec/fastText text file to initialise token embeddings
     freeze_embeddings: bool = False  # keep the (word-vector) token embeddings fixed in training
-    # condor: attention variant
-    attention: str = "standard"     # standard | head_mlp | self_score
+    # condor: attention variant (models/condor.py says which system each one reproduces)
+    attention: str = "standard"     # standard | head_linear_silu | self_score
     # falcon: every MLP a top-k mixture of experts
     n_experts: int = 8
     top_k: int = 2
@@ -34,6 +35,10 @@ class ModelConfig:
     z_loss_coef: float = 1e-3       # weight of the router z-loss mean(logsumexp(logits)^2)
 
     def __post_init__(self):
+        if self.attention in RENAMED_ATTENTION:  # checkpoints and configs written before the rename
+            new = RENAMED_ATTENTION[self.attention]
+            warnings.warn(f"model.attention={self.attention} is now called {new}", DeprecationWarning, stacklevel=3)
+            self.attention = new
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
@@ -69,8 +74,9 @@ CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "position": ("learned", "rotary", "sinusoidal"),
     "mlp": ("gelu", "swiglu", "relu"),
-    "attention": ("standard", "head_mlp", "self_score"),
+    "attention": ("standard", "head_linear_silu", "self_score"),
 }
+RENAMED_ATTENTION = {"head_mlp": "head_linear_silu"}  # old name -> current name
 
 # Each preset names only what differs from the ModelConfig defaults (the TinyStories baseline).
 # Registering a new family means adding its preset here and its builder in models/__init__.py.
@@ -82,8 +88,9 @@ PRESETS: dict[str, dict] = {
     ),
     # the TinyStories Falcon: the baseline with every FFN an 8-expert top-2 mixture
     "falcon": dict(n_experts=8, top_k=2),
-    # the TinyStories Condor: one layer, two heads, a narrow MLP, per-head MLP attention
-    "condor": dict(n_layers=1, n_heads=2, d_ff=128, attention="head_mlp"),
+    # the TinyStories Condor at its last version: the baseline cut to one layer, two heads and a
+    # narrow MLP, standard attention (model.attention picks the other variants)
+    "condor": dict(n_layers=1, n_heads=2, d_ff=128, attention="standard"),
     "llama": dict(
         d_model=512, n_layers=8, n_heads=8, d_ff=1376, norm="rmsnorm", position="rotary",
         mlp="swiglu", bias=False, vocab_size=32000, context=256, tie_embeddings=False,

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 import tid
 from conftest import assert_causal, assert_initial_loss_is_uniform, random_tokens
 from models import FAMILIES, ModelConfig, build
-from models.blocks import apply_rotary, causal_mask, rotary_table
-from models.condor import Condor, HeadMLPAttention, SelfScoreAttention
+from models.blocks import CausalSelfAttention, apply_rotary, causal_mask, rotary_table
+from models.condor import Condor, HeadLinearSiLUAttention, SelfScoreAttention
 
-VARIANTS = ["standard", "head_mlp", "self_score"]
+VARIANTS = ["standard", "head_linear_silu", "self_score"]
 TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, vocab_size=97, context=16)
 
 
@@ -71,10 +71,10 @@ def test_initial_loss_near_uniform(attention):
     assert_initial_loss_is_uniform(model)
 
 
-def test_head_mlp_is_one_linear_silu_shared_by_heads():
-    model = tiny_model("head_mlp")
+def test_head_linear_silu_is_one_linear_silu_shared_by_heads():
+    model = tiny_model("head_linear_silu")
     attn = model.blocks[0].attn
-    assert isinstance(attn, HeadMLPAttention)
+    assert isinstance(attn, HeadLinearSiLUAttention)
     H, hd = model.cfg.n_heads, model.cfg.head_dim
     assert attn.head_mlp.weight.shape == (hd, hd)
     x = torch.randn(2, 9, model.cfg.d_model, generator=torch.Generator().manual_seed(4))
@@ -130,7 +130,7 @@ def test_self_score_scores_match_manual(position):
 def test_parameter_counts(bias):
     counts = {a: tiny_model(a, bias=bias).num_params() for a in VARIANTS}
     L, d, hd = TINY["n_layers"], TINY["d_model"], TINY["d_model"] // TINY["n_heads"]
-    assert counts["head_mlp"] - counts["standard"] == L * (hd * hd + hd * bias)
+    assert counts["head_linear_silu"] - counts["standard"] == L * (hd * hd + hd * bias)
     assert counts["self_score"] - counts["standard"] == L * (d * d + d * bias)    # wx: per head, d_x = hd
 
 
@@ -161,16 +161,26 @@ def test_overfits_one_batch(attention):
 
 
 def test_condor_preset_and_registry():
+    # the TinyStories Condor at its last version: the baseline at 1 layer / 2 heads / ff 128, standard attention
     cfg = ModelConfig.from_preset("condor")
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.attention) == (1, 2, 128, "head_mlp")
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.attention) == (256, 1, 2, 128, "standard")
     with torch.device("meta"):
         model = build(cfg)
     assert FAMILIES["condor"] is Condor and isinstance(model, Condor)
-    assert len(model.blocks) == 1 and isinstance(model.blocks[0].attn, HeadMLPAttention)
+    assert len(model.blocks) == 1 and type(model.blocks[0].attn) is CausalSelfAttention
+
+
+def test_old_head_mlp_name_still_loads_as_head_linear_silu():
+    with pytest.warns(DeprecationWarning, match="head_linear_silu"):
+        cfg = ModelConfig.from_preset("condor", **{**TINY, "attention": "head_mlp"})
+    assert cfg.attention == "head_linear_silu"
+    # a checkpoint saved under the old name loads strictly into the renamed variant
+    old = build(cfg).state_dict()
+    tiny_model("head_linear_silu").load_state_dict(old, strict=True)
 
 
 def test_bad_attention_refused():
     with pytest.raises(ValueError, match="attention"):
         ModelConfig.from_preset("condor", attention="linear")
     with pytest.raises(ValueError, match="preset=condor"):
-        ModelConfig.from_preset("baseline", attention="head_mlp")
+        ModelConfig.from_preset("baseline", attention="head_linear_silu")

@@ -9,7 +9,7 @@ from models import ModelConfig
 from models.checkpoint import CheckpointError, load_weights
 
 VARIANTS = [("baseline", {}), ("gpt2_125m", {}), ("llama", {}), ("falcon", {"eval_capacity_factor": 8.0}),
-            ("condor", {"attention": "standard"}), ("condor", {"attention": "head_mlp"}),
+            ("condor", {"attention": "standard"}), ("condor", {"attention": "head_linear_silu"}),
             ("condor", {"attention": "self_score"})]
 
 
