@@ -32,6 +32,7 @@ class ModelConfig:
     capacity_factor: float = 1.25   # training: capacity = ceil(factor * tokens * top_k / n_experts)
     eval_capacity_factor: float | None = None  # in eval mode; None = capacity_factor
     balance_coef: float = 0.01      # weight of the load-balance loss E * sum(importance * load)
+    balance_count: str = "after_capacity"  # load counts the kept assignments (TinyStories Falcon) | before_capacity
     z_loss_coef: float = 1e-3       # weight of the router z-loss mean(logsumexp(logits)^2)
 
     def __post_init__(self):
@@ -75,6 +76,7 @@ CHOICES = {
     "position": ("learned", "rotary", "sinusoidal"),
     "mlp": ("gelu", "swiglu", "relu"),
     "attention": ("standard", "head_linear_silu", "self_score"),
+    "balance_count": ("after_capacity", "before_capacity"),
 }
 RENAMED_ATTENTION = {"head_mlp": "head_linear_silu"}  # old name -> current name
 

@@ -3,9 +3,20 @@
 Routing (Switch / GShard style, written out in `route`): a bias-free fp32 router scores E experts,
 each token keeps its top-k, their softmax weights renormalised to sum to 1. Each expert takes at
 most `capacity` assignments per forward; the rest are dropped and add nothing (the token then rides
-on the residual). Priority when an expert overflows: earlier positions first, then lower batch row,
-and a token's k choices together (token-major). Ranking positions before rows keeps the model
-causal even with drops: whether position t is kept depends only on positions <= t of the batch.
+on the residual).
+
+Overflow rule: an expert that overflows keeps earlier positions first, then lower batch rows, and
+a token's k choices together (token-major). The TinyStories Falcon kept earlier batch rows first
+(row-major: all of row 0, then row 1, ...). We rank positions before rows because then whether
+position t is kept depends only on positions <= t of the batch: the model stays causal with drops,
+and decoding one position at a time with a KV cache routes as the full forward does. Row-major
+would let a later token of row 0 push out an early token of row 1.
+
+Load-balance loss (Switch Transformer): E * sum_e importance_e * load_e / k. `model.balance_count`
+says when load is counted: `after_capacity` (default, as the TinyStories Falcon did) counts only
+the assignments an expert kept, so an overflowing expert's excess adds nothing; `before_capacity`
+counts every top-k choice, so routing that overflows an expert is penalised in full. The logged
+`moe_load_l{i}_e{j}` is the routing itself, before capacity, either way.
 """
 
 import math
@@ -32,8 +43,12 @@ class Routing(NamedTuple):
     dropped: torch.Tensor   # () fraction of the N * k assignments over capacity
 
 
-def route(logits: torch.Tensor, top_k: int, capacity: int) -> Routing:
-    """Top-k routing with capacity from router logits (N, E); earlier rows win an overflowing expert."""
+def route(logits: torch.Tensor, top_k: int, capacity: int, balance_after_capacity: bool = True) -> Routing:
+    """Top-k routing with capacity from router logits (N, E); earlier rows win an overflowing expert.
+
+    balance_after_capacity: the balance loss counts an expert's load after dropping its overflow
+    (True, the TinyStories Falcon) or every assignment routed to it (False).
+    """
     N, E = logits.shape
     logits = logits.float()
     probs = logits.softmax(dim=-1)                                                   # (N, E)
@@ -49,11 +64,12 @@ def route(logits: torch.Tensor, top_k: int, capacity: int) -> Routing:
     slot = torch.where(keep, expert * capacity + position, E * capacity)            # (N, k)
 
     # Switch Transformer balance loss: importance (mean router prob) and load / k (share of the
-    # assignments, before capacity) each sum to 1 over experts, so uniform routing gives 1;
-    # the gradient flows through importance only, load is a count
+    # assignments) each sum to 1 over experts (load after capacity: at most 1), so uniform routing
+    # gives 1; the gradient flows through importance only, load is a count
     importance = probs.mean(dim=0)                                                   # (E,)
     load = onehot.sum(dim=0).float() / N                                             # (E,) sums to k
-    balance = E * (importance * load / top_k).sum()
+    counted = (onehot * keep.reshape(-1, 1)).sum(dim=0).float() / N if balance_after_capacity else load
+    balance = E * (importance * counted / top_k).sum()
     # z-loss (ST-MoE) keeps router logits small, so the fp32 softmax stays well conditioned
     z = torch.logsumexp(logits, dim=-1).square().mean()
     dropped = 1.0 - keep.float().mean()
@@ -115,7 +131,8 @@ class MoE(nn.Module):
         xf = x.transpose(0, 1).reshape(T * B, C)                                     # (N, C)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # fp32 router: bf16 logits flip near-tied top-k choices and blur the softmax
-            r = route(F.linear(xf.float(), self.router.weight.float()), k, cap)
+            r = route(F.linear(xf.float(), self.router.weight.float()), k, cap,
+                      balance_after_capacity=self.cfg.balance_count == "after_capacity")
 
         # dispatch: which token fills each of the E * cap slots; empty and overflow slots read a zero row
         token = torch.arange(T * B, device=x.device).repeat_interleave(k)            # (N*k,) n, n, ...

@@ -160,6 +160,31 @@ def test_balance_and_z_loss_values():
     torch.testing.assert_close(route(collapsed, top_k=2, capacity=6).balance, torch.tensor(E / 2))
 
 
+def test_balance_counts_load_after_capacity_by_default():
+    # 6 tokens collapse onto expert 3, which keeps 2 of them: importance is 1 on expert 3
+    E = 8
+    collapsed = torch.full((6, E), float("-inf"))
+    collapsed[:, 3] = 0.0
+    after = route(collapsed, top_k=1, capacity=2)
+    before = route(collapsed, top_k=1, capacity=2, balance_after_capacity=False)
+    torch.testing.assert_close(after.balance, torch.tensor(E * 2 / 6))   # load = the 2 kept of 6 tokens
+    torch.testing.assert_close(before.balance, torch.tensor(float(E)))   # load = all 6 routed
+    torch.testing.assert_close(after.load, before.load)                  # the logged load: routing, before capacity
+    assert after.load[3] == 1.0
+
+
+@pytest.mark.parametrize("count", ["after_capacity", "before_capacity"])
+def test_balance_count_option_reaches_the_loss(count):
+    moe = tiny_moe(n_experts=4, top_k=2, capacity_factor=0.75, balance_count=count).eval()
+    assert ModelConfig.from_preset("falcon").balance_count == "after_capacity"
+    x = forced_input(moe, 2, 4)                      # every token to experts 0 and 1; 3 of 8 kept each
+    with torch.no_grad():
+        _, stats = moe(x)
+        probs = (x.reshape(8, -1) @ moe.router.weight.T).softmax(-1).mean(0)
+    load = torch.tensor([3 / 8, 3 / 8, 0, 0]) if count == "after_capacity" else torch.tensor([1.0, 1.0, 0, 0])
+    torch.testing.assert_close(stats["moe_balance_l0"], 4 * (probs * load / 2).sum())
+
+
 def test_router_gets_gradient():
     model = tiny_model().train()
     tokens = random_tokens(model.cfg)
