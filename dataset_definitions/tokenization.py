@@ -259,6 +259,20 @@ def load_tokenizer(spec: dict) -> Tokenizer:
     return tok
 
 
+def tokenizer_from_file(path: str | Path) -> Tokenizer:
+    """The tokenizer stored at `path`, its kind read off the file: a folder with encoder.json +
+    vocab.bpe is gpt2, a .model file a SentencePiece model (kind llama), a .json file word or bpe."""
+    path = Path(path)
+    if path.is_dir():
+        return _load("gpt2", str(path))
+    if path.suffix == ".model":
+        return _load("llama", str(path))
+    if path.suffix == ".json" and path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return _load("word" if isinstance(data, dict) and data.get("kind") == "word" else "bpe", str(path))
+    raise ValueError(f"{path}: not a tokenizer (a folder with encoder.json + vocab.bpe, a .model or a .json file)")
+
+
 def build_tokenizer(cfg: TokenizerConfig, train_texts: Callable[[], Iterable[str]],
                     out_dir: Path, name: str) -> Tokenizer:
     """Load the tokenizer that `cfg` names, training it first if needed.

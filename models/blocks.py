@@ -153,7 +153,9 @@ def activate(h: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "swiglu":
         gate, up = h.chunk(2, dim=-1)
         return F.silu(gate) * up
-    return F.relu(h) if kind == "relu" else F.gelu(h)
+    if kind == "relu":
+        return F.relu(h)
+    return F.gelu(h, approximate="tanh" if kind == "gelu_tanh" else "none")
 
 
 def merge_stats(total: dict, new: dict) -> dict:

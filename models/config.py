@@ -17,7 +17,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     position: str = "learned"       # learned | rotary | sinusoidal
     rope_theta: float = 10000.0
-    mlp: str = "gelu"               # gelu | swiglu | relu
+    mlp: str = "gelu"               # gelu | gelu_tanh (GPT-2's "gelu_new") | swiglu | relu
     bias: bool = True               # biases in linear layers and LayerNorm
     tie_embeddings: bool = True     # share the token embedding with the output head
     dropout: float = 0.0
@@ -74,7 +74,7 @@ class ModelConfig:
 CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "position": ("learned", "rotary", "sinusoidal"),
-    "mlp": ("gelu", "swiglu", "relu"),
+    "mlp": ("gelu", "gelu_tanh", "swiglu", "relu"),
     "attention": ("standard", "head_linear_silu", "self_score"),
     "balance_count": ("after_capacity", "before_capacity"),
 }

@@ -1,4 +1,4 @@
-"""Export to Hugging Face: transformers computes the same logits and the same greedy tokens."""
+"""Weights to and from Hugging Face, Meta and safetensors: same logits as transformers, exact round trips."""
 
 import subprocess
 import sys
@@ -27,7 +27,7 @@ def _ckpt(preset, **extra):
 @pytest.fixture(autouse=True)
 def _no_tokenizer_files(monkeypatch):
     import models.convert
-    monkeypatch.setattr(models.convert, "_special_ids", lambda spec: (1, 2))
+    monkeypatch.setattr(models.convert, "_special_ids", lambda spec: (1, 2, 0))
 
 
 @pytest.mark.parametrize("preset,arch", [("baseline", "gpt2"), ("gpt2_125m", "llama"), ("llama", "llama")])
@@ -42,11 +42,75 @@ def test_exported_model_has_the_same_logits(preset, arch):
         assert (hf(x).logits - model(x)[0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("preset,extra", [("falcon", {}), ("condor", {}), ("baseline", {"mlp": "swiglu"})])
-def test_families_without_an_hf_equivalent_are_refused(preset, extra):
-    _, ckpt = _ckpt(preset, **extra)
-    with pytest.raises(ConversionError, match="no Hugging Face"):
-        to_hf_model(ckpt)
+# format x family: "exact" (ours -> format -> ours gives the same tensors and logits) or the error
+FAMILY_VARIANTS = {
+    "baseline": ("baseline", {}),
+    "baseline gelu_tanh untied": ("baseline", {"mlp": "gelu_tanh", "tie_embeddings": False}),
+    "gpt2_125m": ("gpt2_125m", {}),
+    "llama": ("llama", {}),
+    "falcon": ("falcon", {}),
+    "condor standard": ("condor", {"attention": "standard"}),
+    "condor head_linear_silu": ("condor", {"attention": "head_linear_silu"}),
+    "condor self_score": ("condor", {"attention": "self_score"}),
+    "baseline swiglu": ("baseline", {"mlp": "swiglu"}),
+}
+ROUND_TRIPS = {
+    "hf": {"falcon": "mixture-of-experts", "condor head_linear_silu": "per-head Linear\\+SiLU",
+           "condor self_score": "second attention-score projection", "baseline swiglu": "mlp=swiglu"},
+    "meta": {"baseline": "no learned positions", "baseline gelu_tanh untied": "no learned positions",
+             "condor standard": "no learned positions", "falcon": "mixture-of-experts",
+             "condor head_linear_silu": "per-head Linear\\+SiLU", "condor self_score": "second attention-score",
+             "baseline swiglu": "mlp=swiglu"},
+    "safetensors": {},
+}
+
+
+def _perturbed(preset, extra):
+    """A model of the family with every parameter moved off its init (norm weights off 1, biases off 0)."""
+    model, ckpt = _ckpt(preset, **extra)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model, ckpt
+
+
+def _through(fmt, ckpt, tmp_path):
+    """(ModelConfig, state dict) after writing the checkpoint in `fmt` and reading it back from disk."""
+    from models.convert import _export, from_hf, from_meta, from_safetensors
+    import json
+    out = tmp_path / fmt
+    _export(ckpt, fmt, out)
+    if fmt == "hf":
+        return from_hf(out)
+    if fmt == "meta":
+        weights = torch.load(out / "consolidated.00.pth", weights_only=True)
+        return from_meta(json.loads((out / "params.json").read_text()), weights, context=32)
+    cfg, sd, spec = from_safetensors(out)
+    assert spec == ckpt["tokenizer"]
+    return cfg, sd
+
+
+@pytest.mark.parametrize("fmt", list(ROUND_TRIPS))
+@pytest.mark.parametrize("family", list(FAMILY_VARIANTS))
+def test_round_trip_is_exact_or_refused_naming_what_the_format_lacks(fmt, family, tmp_path):
+    model, ckpt = _perturbed(*FAMILY_VARIANTS[family])
+    error = ROUND_TRIPS[fmt].get(family)
+    if error:
+        with pytest.raises(ConversionError, match=error):
+            _through(fmt, ckpt, tmp_path)
+        return
+    cfg, sd = _through(fmt, ckpt, tmp_path)
+    computes = ("vocab_size", "context", "d_model", "n_layers", "n_heads", "d_ff", "norm", "norm_eps", "position",
+                "rope_theta", "mlp", "bias", "tie_embeddings", "attention")
+    assert {k: getattr(cfg, k) for k in computes} == {k: getattr(model.cfg, k) for k in computes}
+    again = models.build(cfg).eval()
+    again.load_state_dict(sd, strict=True)
+    assert again.state_dict().keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    x = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(again(x)[0], model(x)[0])
 
 
 def test_cli_export_loads_with_automodel_and_generates_our_greedy_tokens(tmp_path, monkeypatch):
@@ -97,6 +161,55 @@ def test_meta_export_gives_the_same_attention_scores_under_metas_rotary(tmp_path
     torch.testing.assert_close(theirs(q_m) @ theirs(k_m).transpose(1, 2), ours(wq) @ ours(wk).transpose(1, 2),
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(meta["layers.0.feed_forward.w1.weight"], ckpt["model"]["blocks.0.mlp.up.weight"][:64])
+
+
+def test_hf_gpt2_import_computes_transformers_logits(tmp_path):
+    # a GPT-2 made by transformers itself: tanh GELU ("gelu_new"), n_inner unset, Conv1D weights
+    config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "gpt2")
+    from models.convert import from_hf
+    cfg, sd = from_hf(tmp_path / "gpt2")
+    assert (cfg.mlp, cfg.d_ff, cfg.position, cfg.tie_embeddings) == ("gelu_tanh", 128, "learned", True)
+    ours = models.build(cfg).eval()
+    ours.load_state_dict(sd, strict=True)
+    x = torch.randint(0, 97, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], hf(x).logits, atol=1e-5, rtol=0)
+
+
+def test_meta_import_refuses_what_it_cannot_read():
+    from models.convert import from_meta, to_meta
+    model, ckpt = _ckpt("llama")
+    params, weights = to_meta(model.cfg, ckpt["model"])
+    with pytest.raises(ConversionError, match="--context"):
+        from_meta(params, weights, context=None)
+    with pytest.raises(ConversionError, match="grouped-query"):
+        from_meta({**params, "n_kv_heads": 2}, weights, context=32)
+
+
+def test_cli_import_of_every_format(tmp_path):
+    from models.checkpoint import load_checkpoint
+    from models.convert import main as convert_main
+    train(tiny_run_config(tmp_path, ["train.max_steps=2", "model.preset=llama", "model.tie_embeddings=false"]))
+    ckpt_path = tmp_path / "checkpoints/tiny/last.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    tokenizer = ckpt["tokenizer"]["path"]
+    for fmt, out, extra in (("meta", tmp_path / "meta", ["--context", "32", "--tokenizer", tokenizer]),
+                            ("safetensors", tmp_path / "w.safetensors", [])):
+        convert_main(["--ckpt", str(ckpt_path), "--to", fmt, "--out", str(out)])
+        convert_main(["--from", fmt, str(out), "--out", str(tmp_path / f"{fmt}.pt"), *extra])
+        back = load_checkpoint(tmp_path / f"{fmt}.pt")
+        assert back["tokenizer"]["sha256"] == ckpt["tokenizer"]["sha256"]
+        for k, v in ckpt["model"].items():
+            assert torch.equal(back["model"][k], v), (fmt, k)
+    r = subprocess.run([sys.executable, "-m", "models.convert", "--from", "meta", str(tmp_path / "meta"),
+                        "--out", str(tmp_path / "x.pt")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and r.stderr.startswith("error:") and "--context" in r.stderr
 
 
 def test_hf_import_then_export_round_trips(tmp_path, monkeypatch):
