@@ -1,6 +1,6 @@
 """Our checkpoints to and from other formats: Hugging Face (GPT-2, Llama), Meta Llama, safetensors.
 
-    python -m models.convert --ckpt checkpoints/baseline-quickstart/best.pt --to hf --out hf_model/
+    python -m models.convert --ckpt checkpoints/baseline-quickstart/best.pt --to hf --out hf_model/  # + tokenizer
     python -m models.convert --ckpt PATH --to meta --out meta_model/      # consolidated.00.pth + params.json
     python -m models.convert --ckpt PATH --to safetensors --out weights.safetensors
     python -m models.convert --from hf hf_model/ --out checkpoints/imported/last.pt [--tokenizer PATH]
@@ -203,7 +203,7 @@ def from_hf(folder: str | Path) -> tuple[ModelConfig, dict]:
         raise ConversionError(f"{folder}: {e}") from None
     except (OSError, ValueError) as e:
         raise ConversionError(f"{folder} is not a Hugging Face model folder: {str(e).splitlines()[0]}") from None
-    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+    hf = AutoModelForCausalLM.from_pretrained(folder).float().state_dict()
     return cfg, from_hf_state_dict(cfg, hf)
 
 
@@ -410,7 +410,12 @@ def _export(ckpt: dict, fmt: str, out: Path) -> None:
         torch.save(weights, out / "consolidated.00.pth")
         (out / "params.json").write_text(json.dumps(params, indent=2))
     else:
-        to_hf_model(ckpt).save_pretrained(out)
+        from dataset_definitions.hf_tokenizer import save_hf_tokenizer
+        from dataset_definitions.tokenization import load_tokenizer
+        model = to_hf_model(ckpt)
+        tokenizer = load_tokenizer(ckpt["tokenizer"])  # before writing: a missing tokenizer file writes nothing
+        model.save_pretrained(out)
+        save_hf_tokenizer(tokenizer, out)
 
 
 if __name__ == "__main__":

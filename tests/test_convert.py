@@ -79,9 +79,10 @@ def _through(fmt, ckpt, tmp_path):
     from models.convert import _export, from_hf, from_meta, from_safetensors
     import json
     out = tmp_path / fmt
-    _export(ckpt, fmt, out)
     if fmt == "hf":
+        to_hf_model(ckpt).save_pretrained(out)   # the weights; the tokenizer beside them is tested below
         return from_hf(out)
+    _export(ckpt, fmt, out)
     if fmt == "meta":
         weights = torch.load(out / "consolidated.00.pth", weights_only=True)
         return from_meta(json.loads((out / "params.json").read_text()), weights, context=32)
@@ -228,3 +229,61 @@ def test_hf_import_then_export_round_trips(tmp_path, monkeypatch):
     assert imported["model"].keys() == ckpt["model"].keys()
     for k, v in ckpt["model"].items():
         assert torch.equal(imported["model"][k], v), k
+
+
+@pytest.fixture
+def trained_or_shared_tokenizer(request, tmp_path):
+    """A tokenizer of the kind in request.param: trained here (bpe, word, sentencepiece) or the shared files."""
+    from dataset_definitions.config import TokenizerConfig
+    from dataset_definitions.stories import stories
+    from dataset_definitions.tokenization import build_tokenizer
+    kind = request.param
+    if kind in ("gpt2", "llama"):
+        path = request.getfixturevalue("gpt2_dir" if kind == "gpt2" else "llama_model")
+        return build_tokenizer(TokenizerConfig(kind=kind, path=str(path)), lambda: iter(()), tmp_path, kind)
+    texts = list(stories(300, seed=0))
+    return build_tokenizer(TokenizerConfig(kind=kind, vocab_size=400), lambda: texts, tmp_path, kind)
+
+
+PROMPTS = ["Once upon a time", "Lily saw a big dog. She said, \"Hello!\"", "The sun was warm and the sky was blue"]
+
+
+@pytest.mark.parametrize("trained_or_shared_tokenizer", ["bpe", "word", "sentencepiece", "gpt2", "llama"], indirect=True)
+def test_hf_folder_holds_a_tokenizer_that_reproduces_our_encoding_and_generation(trained_or_shared_tokenizer, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.undo()  # the real tokenizer's special ids, not the stub's
+    from generators import Generator
+    from models.checkpoint import save_checkpoint
+    from models.convert import _export, _import, _special_ids, imported_checkpoint
+    tok = trained_or_shared_tokenizer
+    cfg = ModelConfig.from_preset("baseline", vocab_size=tok.vocab_size, context=64, d_model=32, n_layers=2,
+                                  n_heads=4, d_ff=64)
+    torch.manual_seed(0)
+    model = models.build(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))           # decisive logits, so greedy tokens are not ties
+    ckpt = imported_checkpoint("m", cfg, model.state_dict(), tok.spec())
+    save_checkpoint(tmp_path / "m.pt", ckpt)
+    _export(ckpt, "hf", tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    gen = Generator.build(str(tmp_path / "m.pt"), max_batch_size=1, device="cpu")
+    bos, eos, pad = _special_ids(tok.spec())
+    assert (hf_tok.eos_token_id, hf_tok.pad_token_id) == (eos, pad)
+    assert hf_tok.bos_token_id == (bos if bos is not None else eos)
+    assert (hf.config.eos_token_id, hf.config.pad_token_id) == (eos, pad)
+    for prompt in PROMPTS:
+        ids = hf_tok(prompt)["input_ids"]
+        assert ids == gen.prompt_tokens(prompt)                     # [bos] + our ids
+        ours = gen.generate([ids], max_gen_len=10, temperature=0, stop_at_eos=False)[0][0]
+        x = torch.tensor([ids])
+        theirs = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=10,
+                             min_new_tokens=10)[0, len(ids):].tolist()
+        assert theirs == ours
+        if tok.kind != "word":                                       # word level: HF joins with plain spaces
+            assert hf_tok.decode(ids, skip_special_tokens=True) == tok.decode(ids)
+    # and the folder imports back with our tokenizer file found in it
+    back = _import("hf", str(tmp_path / "hf"), tokenizer=None, context=None)
+    assert back["tokenizer"]["sha256"] == tok.spec()["sha256"]
+    assert all(torch.equal(back["model"][k], v) for k, v in ckpt["model"].items())
