@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 SOURCES = ("builtin", "hf", "text", "jsonl")
+DEDUP_MODES = ("none", "exact", "near")
 TOKENIZER_KINDS = ("bpe", "gpt2", "llama", "sentencepiece", "word")
 
 
@@ -21,6 +22,10 @@ class DataConfig:
     heldout_rows: int = 10000       # documents kept apart for the perplexity runners
     seed: int = 0                   # builtin: corpus seed
     stride: int | None = None       # distance between training windows; None = context (no overlap)
+    dedup: str = "none"             # none | exact | near (dataset_definitions/dedup.py); none still keeps
+                                    # rows equal to a held-out/val row out of the later splits
+    dedup_threshold: float = 0.8    # near: Jaccard similarity of word n-gram sets at which a row is a copy
+    dedup_ngram: int = 5            # near: words per shingle
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -36,6 +41,12 @@ class DataConfig:
             raise ValueError(f"data.train_rows must be positive, got {self.train_rows}")
         if self.stride is not None and self.stride <= 0:
             raise ValueError(f"data.stride must be positive, got {self.stride}")
+        if self.dedup not in DEDUP_MODES:
+            raise ValueError(f"data.dedup: {self.dedup!r} is not one of {list(DEDUP_MODES)}")
+        if not 0.0 < self.dedup_threshold <= 1.0:
+            raise ValueError(f"data.dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
+        if self.dedup_ngram <= 0:
+            raise ValueError(f"data.dedup_ngram must be positive, got {self.dedup_ngram}")
 
 
 @dataclass

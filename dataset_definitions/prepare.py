@@ -3,7 +3,7 @@
     python -m dataset_definitions.prepare --config configs/quickstart.yaml [--set k=v ...] [--force] [--verify]
 
 Stages (each skipped when its output exists): read and split rows (held-out, validation, train,
-disjoint by content hash) -> load or train the tokenizer on the train split -> encode every split
+disjoint by content hash; `data.dedup` removes exact or near duplicates too, dedup.py) -> load or train the tokenizer on the train split -> encode every split
 into a flat token stream `<split>.bin` (each document as [bos] + ids + [eos]) -> meta.json with
 sizes and SHA-256 of every file. The directory `<data_dir>/processed/<hash of the data config>/`
 is built under a temporary name and renamed at the end, so a half-written cache is never used.
@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset_definitions.datasets import TokenBlocks
+from dataset_definitions.dedup import Deduplicator
 from dataset_definitions.files import atomic_write, sha256_file
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
@@ -105,7 +106,7 @@ def prepare_data(cfg, force: bool = False, verify: bool = False, log=print) -> P
 def _build(cfg, key: str, out: Path, log) -> tuple[dict, Tokenizer]:
     t0 = time.time()
     skipped: Counter = Counter()
-    counts = _split_rows(cfg.data, out, skipped)
+    counts, removed = _split_rows(cfg.data, out, skipped)
     log(f"data: {counts['heldout']:,} held-out / {counts['val']:,} val / {counts['train']:,} train rows")
     tokenizer = _tokenizer_or_error(build_tokenizer, cfg.tokenizer, lambda: _read_texts(out / "train.jsonl"),
                                     Path(cfg.tokenizer_dir), f"{cfg.tokenizer.kind}-{key}")
@@ -122,6 +123,8 @@ def _build(cfg, key: str, out: Path, log) -> tuple[dict, Tokenizer]:
         "dtype": dtype,
         "splits": splits,
         "skipped": dict(skipped),
+        "dedup": {"mode": cfg.data.dedup, "threshold": cfg.data.dedup_threshold, "ngram": cfg.data.dedup_ngram,
+                  "removed": removed},
         "build_seconds": round(time.time() - t0, 2),
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(out.iterdir())},
     }
@@ -137,12 +140,16 @@ def _tokenizer_or_error(fn, *args) -> Tokenizer:
         raise DataError(f"tokenizer: {e}") from None
 
 
-def _split_rows(cfg, out: Path, skipped: Counter) -> dict:
-    """Write heldout/val/train rows as jsonl. Train rows whose text equals an evaluation row are dropped."""
+def _split_rows(cfg, out: Path, skipped: Counter) -> tuple[dict, dict]:
+    """Write heldout/val/train rows as jsonl, dropping the duplicates `cfg.dedup` names.
+
+    Returns the rows kept per split, and the rows removed per step ("exact", "near") and split.
+    """
     limit = cfg.heldout_rows + cfg.val_rows + cfg.train_rows if cfg.train_rows is not None else None
     quotas = {"heldout": cfg.heldout_rows, "val": cfg.val_rows, "train": cfg.train_rows}
     counts = dict.fromkeys(SPLITS, 0)
-    eval_hashes: set[bytes] = set()
+    removed = {step: dict.fromkeys(SPLITS, 0) for step in ("exact", "near")}
+    dedup = Deduplicator(cfg.dedup, cfg.dedup_threshold, cfg.dedup_ngram)
     files = {s: open(out / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
     split_iter = iter(SPLITS)
     split = next(split_iter)
@@ -150,12 +157,10 @@ def _split_rows(cfg, out: Path, skipped: Counter) -> dict:
         for text in tqdm(iter_rows(cfg, skipped, limit), desc="reading rows", unit=" rows", total=limit):
             while quotas[split] is not None and counts[split] >= quotas[split]:
                 split = next(split_iter)
-            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-            if digest in eval_hashes:
-                skipped[f"duplicate of a held-out/val row (dropped from {split})"] += 1
+            step = dedup.check(text, split)
+            if step is not None:
+                removed[step][split] += 1
                 continue
-            if split != "train":
-                eval_hashes.add(digest)
             files[split].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
             counts[split] += 1
     finally:
@@ -167,7 +172,7 @@ def _split_rows(cfg, out: Path, skipped: Counter) -> dict:
             f"{cfg.heldout_rows} and data.val_rows={cfg.val_rows}: lower them or add data")
     if counts["val"] == 0:
         raise DataError("no validation rows: set data.val_rows > 0")
-    return counts
+    return counts, removed
 
 
 def _read_texts(path: Path):
@@ -226,8 +231,20 @@ def _summarise(prepared: PreparedData, context: int, log) -> None:
             f"{blocks:>9,} blocks of {context}")
     if meta["skipped"]:
         log("  skipped: " + ", ".join(f"{n:,} {why}" for why, n in meta["skipped"].items()))
+    if "dedup" in meta:
+        log("  " + dedup_summary(meta["dedup"]))
     sample = prepared.tokenizer.decode(prepared.tokens("val")[:64].tolist())
     log(f"  first val tokens decoded: {sample!r}")
+
+
+def dedup_summary(dedup: dict) -> str:
+    """One line: the de-duplication mode and the rows each step removed, per split."""
+    how = {"none": "none (rows equal to a held-out/val row only)", "exact": "exact",
+           "near": f"near (Jaccard >= {dedup['threshold']} on word {dedup['ngram']}-grams)"}[dedup["mode"]]
+    steps = ["exact", "near"] if dedup["mode"] == "near" else ["exact"]
+    parts = [f"{step} duplicates removed {sum(dedup['removed'][step].values()):,} ("
+             + ", ".join(f"{split} {n:,}" for split, n in dedup["removed"][step].items()) + ")" for step in steps]
+    return f"dedup {how}: " + "; ".join(parts)
 
 
 def main(argv=None) -> None:

@@ -98,7 +98,7 @@ def test_heldout_disjoint_from_train_even_with_duplicate_rows(tmp_path):
     digest = lambda t: hashlib.sha256(t.encode()).digest()
     assert not {digest(t) for t in train} & {digest(t) for t in heldout + val}
     assert not set(heldout) & set(val)
-    assert sum(v for k, v in prepared.meta["skipped"].items() if k.startswith("duplicate")) > 0
+    assert sum(prepared.meta["dedup"]["removed"]["exact"].values()) > 0
     assert len(train) == len({*train}) + 0 or len(train) > 0   # train keeps its own repeats
 
 
