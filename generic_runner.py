@@ -162,7 +162,8 @@ def build_model(cfg: RunConfig, tokenizer, env: Env) -> torch.nn.Module:
     model = models.build(cfg.model)
     if cfg.model.word_vectors:
         vectors, found = load_word_vectors(cfg.model.word_vectors, tokenizer)
-        model.init_token_embeddings(torch.from_numpy(vectors), freeze=cfg.model.freeze_embeddings)
+        model.init_token_embeddings(torch.from_numpy(vectors), torch.from_numpy(found),
+                                    freeze=cfg.model.freeze_embeddings, pad_id=tokenizer.pad_id)
         env.log(f"word vectors: {int(found.sum()):,}/{len(found):,} tokens initialised from {cfg.model.word_vectors}")
     return model.to(env.device)
 
@@ -284,8 +285,8 @@ class Trainer:
                 data = data or prepare_data(cfg, log=lambda *a: None)
         self.data = data
         cfg.model = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
-        self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride)
-        self.val_blocks = data.blocks("val", cfg.model.context)
+        self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride, cfg.data.packing)
+        self.val_blocks = data.blocks("val", cfg.model.context, packing=cfg.data.packing)
         if len(self.val_blocks) == 0:
             raise TrainingError(f"the validation split has {len(data.tokens('val'))} tokens, fewer than one block of "
                                 f"model.context + 1 = {cfg.model.context + 1}: raise data.val_rows")
@@ -464,14 +465,15 @@ class Trainer:
         stats: dict = {}
         for batch in batches:
             x, y = self._to_device(*self.val_blocks.batch(batch.numpy()))
+            targets = (y != -100).sum()  # data.packing=pad: padding positions are no targets
             with env.autocast():
                 if self.raw_model.loss_chunk:  # the fused head: no full logits here either
                     _, loss, batch_stats = self.raw_model(x, y)
-                    nll += batch_stats.pop("ce_loss", loss).double() * y.numel()
+                    nll += batch_stats.pop("ce_loss", loss).double() * targets
                 else:
                     logits, _, batch_stats = self.raw_model(x)
                     nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
-            count += y.numel()
+            count += targets
             stats = _accumulate(stats, batch_stats, len(batches))
         if env.world > 1:
             dist.all_reduce(nll)

@@ -22,6 +22,8 @@ class DataConfig:
     heldout_rows: int = 10000       # documents kept apart for the perplexity runners
     seed: int = 0                   # builtin: corpus seed
     stride: int | None = None       # distance between training windows; None = context (no overlap)
+    packing: str = "pack"           # pack: windows over the document stream | pad: one padded row per
+                                    # document (cut into context-size pieces), as the word-level model had
     dedup: str = "none"             # none | exact | near (dataset_definitions/dedup.py); none still keeps
                                     # rows equal to a held-out/val row out of the later splits
     dedup_threshold: float = 0.8    # near: Jaccard similarity of word n-gram sets at which a row is a copy
@@ -41,6 +43,8 @@ class DataConfig:
             raise ValueError(f"data.train_rows must be positive, got {self.train_rows}")
         if self.stride is not None and self.stride <= 0:
             raise ValueError(f"data.stride must be positive, got {self.stride}")
+        if self.packing not in ("pack", "pad"):
+            raise ValueError(f"data.packing: {self.packing!r} is not one of ['pack', 'pad']")
         if self.dedup not in DEDUP_MODES:
             raise ValueError(f"data.dedup: {self.dedup!r} is not one of {list(DEDUP_MODES)}")
         if not 0.0 < self.dedup_threshold <= 1.0:

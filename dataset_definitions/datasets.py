@@ -31,6 +31,41 @@ class TokenBlocks(torch.utils.data.Dataset):
         return chunk[:, :-1], chunk[:, 1:]
 
 
+class DocumentRows(torch.utils.data.Dataset):
+    """One row per document, padded: the fixed-length sequences of the original word-level model.
+
+    Documents end at each eos of the stream ([bos] + ids + [eos] each). A document longer than
+    context + 1 tokens is cut into windows that overlap by one token (every target once); the last
+    window, or a short document, is padded with `pad_id` in x and -100 in y, which the loss skips.
+    """
+
+    def __init__(self, tokens: np.ndarray, context: int, eos_id: int, pad_id: int):
+        self.tokens, self.context, self.pad_id = tokens, context, pad_id
+        ends = np.flatnonzero(np.asarray(tokens) == eos_id) + 1                     # exclusive
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        pieces = np.maximum(1, -(-(ends - starts - 1) // context))                  # windows per document
+        doc = np.repeat(np.arange(len(ends)), pieces)
+        k = np.arange(len(doc)) - np.repeat(np.cumsum(pieces) - pieces, pieces)     # window number in its doc
+        self.start = starts[doc] + k * context
+        self.stop = np.minimum(self.start + context + 1, ends[doc])
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (B, context) int64; y is -100 where x is padding."""
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"row index out of range [0, {len(self)})")
+        rows = np.full((len(indices), self.context + 1), -1, dtype=np.int64)
+        for r, i in enumerate(indices):
+            piece = self.tokens[self.start[i]:self.stop[i]]
+            rows[r, :len(piece)] = piece
+        chunk = torch.from_numpy(rows)
+        x, y = chunk[:, :-1].clone(), chunk[:, 1:].clone()
+        x[x < 0], y[y < 0] = self.pad_id, -100
+        return x, y
+
+
 class BlockSampler:
     """Shuffled block indices, one permutation per epoch, split across data-parallel ranks.
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dataset_definitions.datasets import TokenBlocks
+from dataset_definitions.datasets import DocumentRows, TokenBlocks
 from dataset_definitions.dedup import Deduplicator
 from dataset_definitions.files import atomic_write, sha256_file
 from dataset_definitions.sources import DataError, iter_rows
@@ -49,7 +49,11 @@ class PreparedData:
             return np.zeros(0, dtype=self.meta["dtype"])
         return np.memmap(path, dtype=self.meta["dtype"], mode="r")
 
-    def blocks(self, split: str, context: int, stride: int | None = None) -> TokenBlocks:
+    def blocks(self, split: str, context: int, stride: int | None = None,
+               packing: str = "pack") -> TokenBlocks | DocumentRows:
+        """Training examples: windows over the packed stream, or (packing="pad") one padded row per document."""
+        if packing == "pad":
+            return DocumentRows(self.tokens(split), context, self.tokenizer.eos_id, self.tokenizer.pad_id)
         return TokenBlocks(self.tokens(split), context, stride)
 
     def rows(self, split: str) -> list[str]:
@@ -64,8 +68,8 @@ class PreparedData:
 
 
 def data_key(cfg) -> str:
-    """Hash of everything that changes the token streams (not the context or stride: they are views)."""
-    data = {k: v for k, v in asdict(cfg.data).items() if k != "stride"}
+    """Hash of everything that changes the token streams (not the context, stride or packing: they are views)."""
+    data = {k: v for k, v in asdict(cfg.data).items() if k not in ("stride", "packing")}
     tok = asdict(cfg.tokenizer)
     if tok["path"] and Path(tok["path"]).is_file():
         tok["sha256"] = sha256_file(Path(tok["path"]))

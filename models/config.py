@@ -22,7 +22,7 @@ class ModelConfig:
     tie_embeddings: bool = True     # share the token embedding with the output head
     dropout: float = 0.0
     word_vectors: str | None = None  # word2vec/fastText text file to initialise token embeddings
-    freeze_embeddings: bool = False  # keep the (word-vector) token embeddings fixed in training
+    freeze_embeddings: bool = False  # keep the (word-vector) token embeddings fixed; needs an untied head
     # condor: attention variant (models/condor.py says which system each one reproduces)
     attention: str = "standard"     # standard | head_linear_silu | self_score
     # falcon: every MLP a top-k mixture of experts
@@ -52,6 +52,11 @@ class ModelConfig:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.attention != "standard" and self.preset != "condor":
             raise ValueError(f"model.attention={self.attention} is a Condor variant: use model.preset=condor (run_condor.py)")
+        if self.freeze_embeddings and not self.word_vectors:
+            raise ValueError("model.freeze_embeddings=true needs model.word_vectors (a word2vec/fastText text file)")
+        if self.freeze_embeddings and self.tie_embeddings:
+            raise ValueError("model.freeze_embeddings=true with tied embeddings would freeze the output head too: "
+                             "set model.tie_embeddings=false")
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"model.top_k ({self.top_k}) must be between 1 and model.n_experts ({self.n_experts})")
         if self.capacity_factor <= 0 or (self.eval_capacity_factor is not None and self.eval_capacity_factor <= 0):

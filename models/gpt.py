@@ -71,18 +71,34 @@ class GPT(nn.Module):
         return n
 
     @torch.no_grad()
-    def init_token_embeddings(self, vectors: torch.Tensor, freeze: bool = False):
-        """Copy word vectors (vocab_size, d_model) into the token embedding; freeze stops its gradient.
+    def init_token_embeddings(self, vectors: torch.Tensor, found: torch.Tensor, freeze: bool = False,
+                              pad_id: int | None = None):
+        """Pretrained word vectors into the token embedding, as the original word-level model had them.
 
-        With tied embeddings the output head is the same tensor, so freezing fixes it too.
+        Args:
+            vectors: (vocab_size, d_model); rows where `found` is False are ignored.
+            found: (vocab_size,) bool, the words the vectors file holds.
+            freeze: keep the whole token embedding fixed in training (the head must be untied).
+            pad_id: this row is zero (the padding token).
+        Words missing from the file get N(0, sigma^2), sigma the std of the pretrained values, so
+        they start on the vectors' scale and distinct from each other.
         """
-        vectors = torch.as_tensor(vectors)
+        vectors, found = torch.as_tensor(vectors), torch.as_tensor(found, dtype=torch.bool)
         expected = (self.cfg.vocab_size, self.cfg.d_model)
         if tuple(vectors.shape) != expected:
             raise ValueError(
-                f"word vectors have shape {tuple(vectors.shape)}, expected (vocab_size, d_model) = {expected}"
+                f"word vectors have shape {tuple(vectors.shape)}, expected (vocab_size, d_model) = {expected}: "
+                f"set model.d_model to the vectors' dimension"
             )
-        self.tok_emb.weight.copy_(vectors.to(self.tok_emb.weight))
+        if freeze and self.lm_head.weight is self.tok_emb.weight:
+            raise ValueError("model.freeze_embeddings with tied embeddings would freeze the output head too: "
+                             "set model.tie_embeddings=false")
+        sigma = vectors[found].std().item() if found.sum() > 1 else 0.02
+        weight = torch.where(found[:, None], vectors.float(), torch.randn(expected) * sigma)
+        if pad_id is not None:
+            weight[pad_id] = 0.0
+        with torch.no_grad():
+            self.tok_emb.weight.copy_(weight.to(self.tok_emb.weight))
         self.tok_emb.weight.requires_grad_(not freeze)
 
     def embed(self, tokens: torch.Tensor, drop_mask: torch.Tensor | None = None, start_pos=0,

@@ -61,3 +61,13 @@ def test_cli_bad_key_exits_2_with_one_line(module):
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "train.bogus" in r.stderr
+
+
+def test_word_level_config_is_the_original_setup():
+    cfg = load_config([REPO / "configs/baseline.yaml", REPO / "configs/word_level.yaml"],
+                      ["model.word_vectors=vectors.txt"])
+    m = cfg.model
+    assert (cfg.tokenizer.kind, cfg.data.packing, m.context) == ("word", "pad", 64)
+    assert (m.tie_embeddings, m.freeze_embeddings) == (False, True)
+    with pytest.raises(ConfigError, match="model.word_vectors"):
+        load_config([REPO / "configs/baseline.yaml", REPO / "configs/word_level.yaml"])

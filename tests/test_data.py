@@ -84,6 +84,23 @@ def test_sampler_resumes_exactly_and_ranks_partition_the_global_batch():
         assert (one.next_indices() == np.concatenate([r0.next_indices(), r1.next_indices()])).all()
 
 
+def test_document_rows_pad_each_document_and_cut_long_ones():
+    from dataset_definitions.datasets import DocumentRows
+    BOS, EOS, PAD = 1, 2, 0
+    docs = [[BOS, 5, 6, EOS], [BOS, 7, 8, 9, 10, 11, 12, EOS]]                # lengths 4 and 8
+    rows = DocumentRows(np.array(sum(docs, []), dtype=np.uint16), context=4, eos_id=EOS, pad_id=PAD)
+    assert len(rows) == 3                                                   # 1 + ceil((8 - 1) / 4)
+    x, y = rows.batch(np.arange(3))
+    assert x.tolist() == [[BOS, 5, 6, EOS], [BOS, 7, 8, 9], [10, 11, 12, EOS]]   # eos's target is padding
+    x, y = DocumentRows(np.array([BOS, 5, EOS], dtype=np.uint16), context=4, eos_id=EOS, pad_id=PAD).batch(np.arange(1))
+    assert (x.tolist(), y.tolist()) == ([[BOS, 5, EOS, PAD]], [[5, EOS, -100, -100]])
+    x, y = rows.batch(np.arange(3))
+    assert y.tolist() == [[5, 6, EOS, -100], [7, 8, 9, 10], [11, 12, EOS, -100]]
+    # every next-token target of every document appears exactly once
+    targets = sorted(t for t in y.flatten().tolist() if t != -100)
+    assert targets == sorted(t for d in docs for t in d[1:])
+
+
 # ----------------------------------------------------------------------------- splits
 
 def test_heldout_disjoint_from_train_even_with_duplicate_rows(tmp_path):

@@ -197,21 +197,37 @@ def test_overfits_one_batch(name):
 
 def test_word_vector_init_and_freeze():
     model = tiny_model("llama")
-    vectors = torch.randn(TINY["vocab_size"], TINY["d_model"])
-    model.init_token_embeddings(vectors, freeze=True)
-    torch.testing.assert_close(model.tok_emb.weight, vectors)
+    V, d = TINY["vocab_size"], TINY["d_model"]
+    vectors = 3.0 * torch.randn(V, d)
+    found = torch.arange(V) % 3 != 0                           # every third word is not in the file
+    vectors[~found] = 0.0                                      # as load_word_vectors leaves them
+    torch.manual_seed(0)
+    model.init_token_embeddings(vectors, found, freeze=True, pad_id=0)
+    emb = model.tok_emb.weight.detach()
+    torch.testing.assert_close(emb[found], vectors[found])
+    missing = emb[~found][1:]                                  # row 0 is the padding row
+    assert (missing != 0).all()                                # random normal, not zero
+    assert 2.0 < missing.std().item() < 4.0                    # on the pretrained vectors' scale (std 3)
+    assert (emb[0] == 0).all()                                 # padding row zero
     tokens = random_tokens(model.cfg)
     _, loss, _ = model(tokens, targets=tokens)
     loss.backward()
     assert model.tok_emb.weight.grad is None
     assert model.lm_head.weight.grad is not None               # untied head still trains
 
-    model.init_token_embeddings(vectors.double(), freeze=False)  # dtype follows the model
+    model.init_token_embeddings(vectors.double(), found, freeze=False)  # dtype follows the model
     _, loss, _ = model(tokens, targets=tokens)
     loss.backward()
     assert model.tok_emb.weight.grad is not None
     with pytest.raises(ValueError, match="vocab_size, d_model"):
-        model.init_token_embeddings(torch.zeros(TINY["vocab_size"], TINY["d_model"] + 1), freeze=False)
+        model.init_token_embeddings(torch.zeros(V, d + 1), found, freeze=False)
+    tied = tiny_model("baseline")
+    with pytest.raises(ValueError, match="tie_embeddings=false"):
+        tied.init_token_embeddings(vectors, found, freeze=True)
+    with pytest.raises(ValueError, match="tie_embeddings=false"):
+        ModelConfig.from_preset("baseline", freeze_embeddings=True, word_vectors="v.txt")
+    with pytest.raises(ValueError, match="model.word_vectors"):
+        ModelConfig.from_preset("baseline", freeze_embeddings=True, tie_embeddings=False)
 
 
 def test_registry():

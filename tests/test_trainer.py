@@ -202,19 +202,38 @@ def test_trains_on_a_local_text_file(tmp_path):
     assert summary["steps"] == 4 and math.isfinite(summary["val_loss"])
 
 
-def test_word_vectors_initialise_and_freeze_the_embeddings(tmp_path):
+def test_word_level_setup_trains_the_head_not_the_input_vectors(tmp_path):
+    # configs/word_level.yaml's model and data choices at tiny sizes: untied head, frozen vectors, padded rows
+    import dataclasses
+    import types
+    import numpy as np
+    from dataset_definitions.prepare import prepare_data
     from dataset_definitions.stories import stories
     words = sorted({w.strip('.,!?"').lower() for s in stories(50) for w in s.split()} - {""})
+    table = np.random.default_rng(0).normal(0.0, 0.7, (len(words), 32)).round(4)
     vec_file = tmp_path / "vectors.txt"
-    vec_file.write_text(f"{len(words)} 32\n" + "\n".join(f"{w} " + " ".join(["0.5"] * 32) for w in words))
-    cfg = tiny_run_config(tmp_path, ["tokenizer.kind=word", "tokenizer.vocab_size=200", f"model.word_vectors={vec_file}",
-                                     "model.freeze_embeddings=true", "model.tie_embeddings=false",
-                                     "train.max_steps=3"])
+    vec_file.write_text(f"{len(words)} 32\n" + "\n".join(f"{w} " + " ".join(map(str, v)) for w, v in zip(words, table)))
+    sets = ["tokenizer.kind=word", "tokenizer.vocab_size=200", f"model.word_vectors={vec_file}",
+            "model.freeze_embeddings=true", "model.tie_embeddings=false", "data.packing=pad", "train.max_steps=5"]
+    cfg = tiny_run_config(tmp_path, sets)
+    tok = prepare_data(cfg, log=lambda *a: None).tokenizer
+    sized = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tok.vocab_size))
+    initial = generic_runner.build_model(sized, tok, types.SimpleNamespace(log=lambda *a: None, device="cpu"))
     train(cfg)
-    emb = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["model"]["tok_emb.weight"]
-    found = (emb == 0.5).all(dim=1)
-    assert found.sum() > 100                     # most of the 200 words came from the file, unchanged
-    assert (emb[~found].abs() < 0.2).all()       # the rest kept their (frozen) random init
+    trained = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["model"]
+
+    emb = trained["tok_emb.weight"]
+    assert torch.equal(emb, initial.tok_emb.weight)            # the input vectors did not train
+    assert (trained["lm_head.weight"] - initial.lm_head.weight).abs().max() > 1e-3   # the head did
+    expected = {w: torch.tensor(v, dtype=torch.float32) for w, v in zip(words, table)}
+    found = [i for i, w in enumerate(tok.words) if w in expected]
+    assert len(found) > 100                                     # most of the 200 words came from the file
+    for i in found:
+        torch.testing.assert_close(emb[i], expected[tok.words[i]])
+    missing = [i for i in range(tok.vocab_size) if i not in found and i != tok.pad_id]
+    assert missing and (emb[missing] != 0).all()                # out-of-vector words: random normal, not zero
+    assert 0.4 < emb[missing].std().item() < 1.0                # on the vectors' scale (std 0.7)
+    assert (emb[tok.pad_id] == 0).all()                         # the padding row is zero
 
 
 def test_compiled_training_matches_eager(tmp_path):
