@@ -32,6 +32,24 @@ def attention_maps(model, tokens: torch.Tensor) -> list[torch.Tensor]:
     return maps
 
 
+def heatmap_figure(att: torch.Tensor, labels: list[str], layer: int):
+    """One layer's attention (H, T, T) as a row of heatmaps, one per head, tokens on both axes."""
+    import matplotlib.pyplot as plt
+
+    n_heads = att.size(0)
+    size = 0.25 * len(labels) + 2
+    fig, axes = plt.subplots(1, n_heads, figsize=(size * n_heads, size), squeeze=False)
+    for head, ax in enumerate(axes[0]):
+        ax.imshow(att[head].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"layer {layer} head {head}")
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel("key (attended to)")
+        ax.set_ylabel("query")
+    fig.tight_layout()
+    return fig
+
+
 def save_heatmaps(maps: list[torch.Tensor], labels: list[str], out_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -40,22 +58,17 @@ def save_heatmaps(maps: list[torch.Tensor], labels: list[str], out_dir: Path) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for layer, att in enumerate(maps):
-        n_heads = att.size(0)
-        size = 0.25 * len(labels) + 2
-        fig, axes = plt.subplots(1, n_heads, figsize=(size * n_heads, size), squeeze=False)
-        for head, ax in enumerate(axes[0]):
-            ax.imshow(att[head].numpy(), cmap="viridis", vmin=0, vmax=1)
-            ax.set_title(f"layer {layer} head {head}")
-            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(labels)), labels, fontsize=7)
-            ax.set_xlabel("key (attended to)")
-            ax.set_ylabel("query")
-        fig.tight_layout()
+        fig = heatmap_figure(att, labels, layer)
         path = out_dir / f"attention_layer{layer}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def token_labels(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's text, for axis labels ("<s>" for a token that decodes to nothing, like bos)."""
+    return [tokenizer.decode([i]) or "<s>" for i in ids]
 
 
 def main(argv=None) -> None:
@@ -70,7 +83,7 @@ def main(argv=None) -> None:
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     ids = gen.prompt_tokens(args.prompt)[:gen.model.max_seq_len]
-    labels = [gen.tokenizer.decode([i]) or "<s>" for i in ids]
+    labels = token_labels(gen.tokenizer, ids)
     maps = attention_maps(gen.model, torch.tensor([ids], device=gen.device))
     paths = save_heatmaps(maps, labels, Path(args.out))
     print(f"wrote {len(paths)} heatmaps ({len(ids)} tokens, {maps[0].size(0)} heads) to {args.out}/")

@@ -195,3 +195,51 @@ def test_compare_runs_notebook_saves_figures_from_the_repo_root(quickstart_logs,
     _execute("compare_runs.ipynb", REPO, monkeypatch, LOG_DIR=str(quickstart_logs), OUT_DIR=str(tmp_path))
     assert {p.name for p in tmp_path.glob("*.png")} == {"loss.png", "lr_grad_norm.png", "perplexity.png",
                                                         "training_time.png"}
+
+
+# ----------------------------------------------------------------------------- a look inside a checkpoint
+
+@pytest.fixture(scope="module")
+def inspect_gen(quickstart_logs):
+    from visualizations import model_views
+    return model_views.load(quickstart_logs.parent / "checkpoints/baseline-quickstart/last.pt")
+
+
+def test_logit_lens_last_stage_is_the_models_prediction(inspect_gen):
+    import torch
+    from visualizations import model_views
+    gen = inspect_gen
+    labels, tops, probs = model_views.logit_lens(gen, "Once upon a time")
+    ids = gen.prompt_tokens("Once upon a time")
+    L, T = gen.model.cfg.n_layers, len(ids)
+    assert probs.shape == (L + 1, T) and len(tops) == L + 1 and len(labels) == T
+    with torch.no_grad():
+        full = gen.model.forward_full(torch.tensor([ids]))[0].softmax(-1)        # the model's own forward
+    top_p, top_id = full.max(-1)
+    assert tops[-1] == [gen.tokenizer.decode([i]) or "<s>" for i in top_id.tolist()]
+    np.testing.assert_allclose(probs[-1], top_p.numpy(), rtol=1e-5)
+    assert ((probs > 0) & (probs <= 1)).all()
+    # stage 0 reads the embedding alone: the same guess at every position holding the same token
+    embed_only = gen.model.head(gen.model.embed(torch.tensor([ids]))[0])[0].softmax(-1).max(-1).values
+    np.testing.assert_allclose(probs[0], embed_only.detach().numpy(), rtol=1e-5)
+
+
+def test_token_losses_match_cross_entropy_by_hand(inspect_gen):
+    import torch
+    from visualizations import model_views
+    gen = inspect_gen
+    text = "Lily saw a big dog."
+    labels, nll = model_views.token_losses(gen, text)
+    ids = gen.prompt_tokens(text)
+    with torch.no_grad():
+        logp = gen.model.forward_full(torch.tensor([ids]))[0].log_softmax(-1)
+    expected = [-logp[t, ids[t + 1]].item() for t in range(len(ids) - 1)]
+    np.testing.assert_allclose(nll, expected, rtol=1e-5)
+    assert "".join(labels) == gen.tokenizer.decode(ids[1:])
+
+
+def test_inspect_notebook_runs_on_a_tiny_checkpoint(quickstart_logs, monkeypatch):
+    ckpt = quickstart_logs.parent / "checkpoints/baseline-quickstart/last.pt"
+    outputs = _execute("inspect.ipynb", REPO / "visualizations", monkeypatch, CKPT=str(ckpt))
+    layers = 2                                   # tiny_run_config's model.n_layers
+    assert _images(outputs) == 1 + layers + 1    # logit lens, one attention figure per layer, token loss
