@@ -18,6 +18,7 @@ import yaml
 
 from dataset_definitions.config import DataConfig, TokenizerConfig
 from models.config import ModelConfig
+from optimizers import OPTIMIZERS
 from models.lora import LoRAConfig
 from tid import TIDConfig
 
@@ -48,6 +49,7 @@ class TrainConfig:
     precision: str = "auto"         # auto (bf16 on capable GPUs, fp16 on others, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False           # torch.compile the model
     loss_chunk: int = 0             # > 0: head + cross-entropy fused, this many tokens at a time (no full logits)
+    optimizer: str = "adamw"        # adamw | adamw8bit | adamw4bit (torchao's low-bit state; optimizers.py)
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -55,6 +57,8 @@ class TrainConfig:
         for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer: {self.optimizer!r} is not one of {list(OPTIMIZERS)}")
         if self.loss_chunk < 0:
             raise ConfigError(f"train.loss_chunk must be >= 0 (0 = plain cross-entropy), got {self.loss_chunk}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:

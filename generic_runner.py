@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import models
+import optimizers
 from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.prepare import prepare_data
@@ -179,14 +180,18 @@ def adopt_init_checkpoint(cfg: RunConfig, env: Env) -> dict:
     return ckpt
 
 
-def make_optimizer(model: torch.nn.Module, cfg: RunConfig, env: Env) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and embeddings only, not on norms and biases (MoE biases are 2-D)."""
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig, env: Env) -> torch.optim.Optimizer:
+    """train.optimizer (optimizers.py); weight decay on matrices and embeddings only, not on norms and
+    biases (MoE biases are 2-D)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight comes once
     decay = [p for n, p in params if p.dim() >= 2 and not n.endswith("bias")]
     no_decay = [p for n, p in params if p.dim() < 2 or n.endswith("bias")]
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
-                             fused=env.device.type == "cuda")
+    try:
+        return optimizers.make_optimizer(groups, cfg.train.optimizer, cfg.train.lr,
+                                         (cfg.train.beta1, cfg.train.beta2), env.device)
+    except ImportError as e:
+        raise TrainingError(str(e)) from None
 
 
 def lr_at(step: int, cfg: RunConfig) -> float:
@@ -352,7 +357,7 @@ class Trainer:
             "config": to_dict(self.cfg),
             "tokenizer": self.data.tokenizer.spec(),
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizers.plain_state(self.optimizer.state_dict()),  # plain tensors only
             "scaler": self.scaler.state_dict(),
             "rng": rngs,
             "sampler": self.sampler.state_dict(),
@@ -366,7 +371,7 @@ class Trainer:
             self.raw_model.load_state_dict(ckpt["lora_model"])
         else:
             load_weights(self.raw_model, ckpt)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(optimizers.restore_state(ckpt["optimizer"]))
         self.scaler.load_state_dict(ckpt["scaler"])
         self.sampler.load_state_dict(ckpt["sampler"])
         self.step, self.best_val = ckpt["step"], ckpt["best_val"]
@@ -496,8 +501,7 @@ class Trainer:
         try:
             while self.step < cfg.train.max_steps:
                 lr = lr_at(self.step, cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                optimizers.set_lr(self.optimizer, lr)
                 with Stopwatch(env.device) as clock:
                     loss, grad_norm, stats = self.train_step()
                 self.step += 1
