@@ -290,7 +290,7 @@ class Trainer:
                 data = data or prepare_data(cfg, log=lambda *a: None)
         self.data = data
         cfg.model = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
-        self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride, cfg.data.packing)
+        self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride, packing=cfg.data.packing)
         self.val_blocks = data.blocks("val", cfg.model.context, packing=cfg.data.packing)
         if len(self.val_blocks) == 0:
             raise TrainingError(f"the validation split has {len(data.tokens('val'))} tokens, fewer than one block of "

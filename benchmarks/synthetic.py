@@ -31,7 +31,9 @@ class RandomTokens:
     def tokens(self, split: str) -> np.ndarray:
         return self._tokens[split]
 
-    def blocks(self, split: str, context: int, stride: int | None = None) -> TokenBlocks:
+    def blocks(self, split: str, context: int, stride: int | None = None, packing: str = "pack") -> TokenBlocks:
+        if packing != "pack":
+            raise ValueError("random tokens have no documents to pad: use data.packing=pack")
         return TokenBlocks(self._tokens[split], context, stride)
 
     def bytes_per_token(self, split: str) -> float:
