@@ -219,8 +219,19 @@ def test_word_level_setup_trains_the_head_not_the_input_vectors(tmp_path):
     tok = prepare_data(cfg, log=lambda *a: None).tokenizer
     sized = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tok.vocab_size))
     initial = generic_runner.build_model(sized, tok, types.SimpleNamespace(log=lambda *a: None, device="cpu"))
-    train(cfg)
+    summary = train(cfg)
     trained = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["model"]
+
+    # validation loss over padded rows: NLL of the real targets / their number (padding is no target)
+    val = prepare_data(cfg, log=lambda *a: None).blocks("val", 32, packing="pad")
+    x, y = val.batch(np.arange(min(len(val), 2 * 4)))             # eval_batches x batch_size rows
+    assert (y == -100).any()
+    initial.load_state_dict(trained)
+    with torch.no_grad():
+        logits = initial.eval()(x)[0]
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+    assert summary["val_loss"] == pytest.approx((nll / (y != -100).sum()).item(), rel=1e-4)
+    initial = generic_runner.build_model(sized, tok, types.SimpleNamespace(log=lambda *a: None, device="cpu"))
 
     emb = trained["tok_emb.weight"]
     assert torch.equal(emb, initial.tok_emb.weight)            # the input vectors did not train
