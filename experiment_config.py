@@ -18,8 +18,8 @@ import yaml
 
 from dataset_definitions.config import DataConfig, TokenizerConfig
 from models.config import ModelConfig
-from optimizers import OPTIMIZERS
 from models.lora import LoRAConfig
+from optimizers import OPTIMIZERS
 from tid import TIDConfig
 
 
