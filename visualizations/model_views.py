@@ -1,10 +1,11 @@
 """A look inside a checkpoint: logit lens, attention maps per layer and head, per-token loss over text.
 
     from visualizations import model_views
-    gen = model_views.load("checkpoints/baseline-quickstart/best.pt")
+    ckpt = "checkpoints/baseline-quickstart/best.pt"
+    gen = model_views.load(ckpt)
     model_views.logit_lens_figure(*model_views.logit_lens(gen, "Once upon a time"))
     model_views.attention_figures(gen, "Tom saw a dog")            # one Figure per layer, a panel per head
-    model_views.token_loss_figure(*model_views.token_losses(gen, model_views.heldout_rows(gen.ckpt)[0]))
+    model_views.token_loss_figure(*model_views.token_losses(gen, model_views.heldout_rows(ckpt)[0]))
 
 The notebook `visualizations/inspect.ipynb` calls these. Every function works on the checkpoint's
 inference model (fp32, CPU by default) and crops text to the model's context.
@@ -23,10 +24,8 @@ from generators.generation import Generator
 
 
 def load(ckpt: str | Path, device: str = "cpu") -> Generator:
-    """The checkpoint's inference model and tokenizer, fp32; `gen.ckpt` keeps the path."""
-    gen = Generator.build(str(ckpt), max_batch_size=1, device=device, dtype="fp32")
-    gen.ckpt = str(ckpt)
-    return gen
+    """The checkpoint's inference model and tokenizer, fp32."""
+    return Generator.build(str(ckpt), max_batch_size=1, device=device, dtype="fp32")
 
 
 def _ids(gen: Generator, text: str) -> list[int]:
