@@ -8,6 +8,8 @@ Relative paths in the tree are relative to the working directory (run commands f
 """
 
 import dataclasses
+import math
+import re
 import sys
 import types
 import typing
@@ -63,6 +65,15 @@ class TrainConfig:
             raise ConfigError(f"train.loss_chunk must be >= 0 (0 = plain cross-entropy), got {self.loss_chunk}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"train.lr and train.min_lr need 0 <= min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be in [0, 1) (e.g. 0.9, 0.95), got {getattr(self, key)}")
+        for key in ("weight_decay", "grad_clip", "warmup_steps", "keep_every", "patience"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise ConfigError(f"train.eval_batches must be >= 1 (or null = the whole validation split), "
+                              f"got {self.eval_batches}")
 
 
 @dataclass
@@ -92,6 +103,57 @@ class RunConfig:
     tid: TIDConfig = field(default_factory=TIDConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self):
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if self.run_name is not None:
+            check_run_name(self.run_name)
+        if self.tid.method == "attention_mass" and not -self.model.n_layers <= self.tid.layer < self.model.n_layers:
+            raise ConfigError(f"tid.layer={self.tid.layer} is outside the model's model.n_layers={self.model.n_layers} "
+                              f"layers: use 0..{self.model.n_layers - 1} (or -1 for the last)")
+
+
+# A resumed run must be the run its checkpoint started: every config key defines the run, except
+# these (where outputs go, the device, how long and how often to evaluate, save and log). A key
+# added later defines the run unless it is listed here. A trailing "." lists a whole section.
+RESUMABLE_KEYS = ("run_name", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb.",
+                  "train.max_steps", "train.eval_every", "train.eval_batches", "train.save_every",
+                  "train.keep_every", "train.checkpoints", "train.patience", "train.log_every", "train.compile")
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*")
+
+
+def check_run_name(name: str | None) -> None:
+    """A run name is a plain name (it names checkpoints/<run>/ and logs/*/<run>.*), never a path."""
+    if not name:
+        raise ConfigError("run_name is not set (pass --run-name NAME)")
+    if not RUN_NAME.fullmatch(name):
+        raise ConfigError(f"run_name {name!r} is not a plain name: use letters, digits and -_.= "
+                          "(no '/', not starting with '.'), e.g. --run-name my-run")
+
+
+def run_identity_diff(old: dict, new: dict) -> list[str]:
+    """The keys (other than RESUMABLE_KEYS) whose values differ between two config dicts, as 'key: a -> b'."""
+    a, b, default = _flatten(old), _flatten(new), _flatten(to_dict(RunConfig()))
+    diffs = []
+    for key in sorted(a.keys() | b.keys()):
+        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS):
+            continue
+        was = a.get(key, default.get(key))  # a key newer than the checkpoint: its default then
+        if was != b.get(key):
+            diffs.append(f"{key}: {was!r} -> {b.get(key)!r}")
+    return diffs
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def load_config(paths: list[str | Path] = (), sets: list[str] = ()) -> RunConfig:
@@ -198,13 +260,15 @@ def _coerce(value, hint, key: str):
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads "3e-4" (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+        return float(value)
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     expected = hint.__name__ + (" or null" if optional else "")

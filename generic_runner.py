@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 import re
-import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -29,12 +29,13 @@ import models
 import optimizers
 from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.datasets import BlockSampler
+from dataset_definitions.files import LockedError, UnsafeFileError, exclusive_lock
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from dataset_definitions.tokenization import load_word_vectors
-from experiment_config import ConfigError, RunConfig, load_config, to_dict
+from experiment_config import ConfigError, RunConfig, check_run_name, load_config, run_identity_diff, to_dict
 from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights, model_config,
-                               save_checkpoint)
+                               non_finite_tensors, save_checkpoint)
 from models.lora import apply_lora, merged_state_dict
 from tid import TokenImportanceDropout
 from train_logs import RunLogger, run_log_paths
@@ -44,6 +45,14 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10
 
 class TrainingError(RuntimeError):
     """A run that cannot start or go on; the message says why and what to do."""
+
+
+class Interrupted(TrainingError):
+    """SIGINT or SIGTERM stopped the run at a step boundary, after saving last.pt."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -65,10 +74,12 @@ def main(default_config: str, argv: list[str] | None = None) -> None:
         train(cfg, resume=args.resume, force=args.force)
     except ConfigError as e:
         _exit(f"error: {e}", 2)
-    except (DataError, TrainingError, CheckpointError, FileNotFoundError) as e:
+    except Interrupted as e:
+        _exit(f"interrupted: {e}", 128 + e.signum)
+    except (DataError, TrainingError, CheckpointError, FileNotFoundError, UnsafeFileError) as e:
         _exit(f"error: {e}", 1)
     except KeyboardInterrupt:
-        _exit("interrupted: last.pt saved; continue with --resume", 130)
+        _exit("interrupted before a step boundary: nothing saved since the last checkpoint", 130)
 
 
 def _exit(message: str, code: int) -> None:
@@ -139,13 +150,21 @@ def setup_env(cfg: RunConfig) -> Env:
 
 def run_paths(cfg: RunConfig) -> dict[str, Path]:
     ckpt = Path(cfg.checkpoint_dir) / cfg.run_name
-    return {"dir": ckpt, "last": ckpt / "last.pt", "best": ckpt / "best.pt"}
+    return {"dir": ckpt, "last": ckpt / "last.pt", "best": ckpt / "best.pt",
+            "lock": Path(cfg.checkpoint_dir) / ".locks" / f"{cfg.run_name}.lock"}
+
+
+def run_outputs(cfg: RunConfig) -> list[Path]:
+    """The files this run writes (and --force deletes): its checkpoints and its logs, nothing else."""
+    paths = run_paths(cfg)
+    ckpts = [paths["last"], paths["best"], *paths["dir"].glob("step_*.pt")] if paths["dir"].is_dir() else []
+    return [p for p in [*ckpts, *run_log_paths(cfg.run_name, cfg.log_dir)] if p.is_file()]
 
 
 def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
     """Refuse to overwrite another run's outputs unless --resume or --force says what to do."""
     paths = run_paths(cfg)
-    existing = [p for p in [paths["dir"], *run_log_paths(cfg.run_name, cfg.log_dir)] if p.exists()]
+    existing = run_outputs(cfg)
     if resume:
         if not paths["last"].is_file():
             raise TrainingError(f"--resume: no checkpoint at {paths['last']} (start the run without --resume)")
@@ -155,7 +174,40 @@ def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
             f"run {cfg.run_name!r} already has outputs ({existing[0]}): pass --resume to continue it, "
             "--force to overwrite it, or --run-name NAME for a new run")
     for p in existing:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        p.unlink()
+
+
+@contextlib.contextmanager
+def run_lock(cfg: RunConfig, env: "Env"):
+    """One writer per run name: rank 0 holds checkpoints/.locks/<run>.lock for the run's whole life."""
+    if not env.master:
+        yield
+        return
+    path = run_paths(cfg)["lock"]
+    try:
+        with exclusive_lock(path):
+            yield
+    except LockedError as e:
+        raise TrainingError(f"run {cfg.run_name!r} is already being trained ({e}): wait for it to finish, "
+                            "or pick another --run-name") from None
+
+
+@contextlib.contextmanager
+def stop_on_signals(flag: dict):
+    """While inside, SIGINT and SIGTERM only record themselves in flag["signum"]; the loop stops at
+    the next step boundary. (Only the main thread can install handlers; elsewhere nothing changes.)"""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def handler(signum, frame):
+        flag["signum"] = signum
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def build_model(cfg: RunConfig, tokenizer, env: Env) -> torch.nn.Module:
@@ -289,12 +341,18 @@ class Trainer:
                 dist.barrier()  # rank 0 builds the cache; the others then find it
                 data = data or prepare_data(cfg, log=lambda *a: None)
         self.data = data
+        self.data_key = getattr(data, "meta", {}).get("key")  # None for stand-in data (benchmarks)
         cfg.model = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)
         self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride, packing=cfg.data.packing)
         self.val_blocks = data.blocks("val", cfg.model.context, packing=cfg.data.packing)
         if len(self.val_blocks) == 0:
             raise TrainingError(f"the validation split has {len(data.tokens('val'))} tokens, fewer than one block of "
                                 f"model.context + 1 = {cfg.model.context + 1}: raise data.val_rows")
+        if len(self.train_blocks) < cfg.train.batch_size * env.world:
+            raise ConfigError(
+                f"train.batch_size: the train split has {len(self.train_blocks)} blocks of model.context="
+                f"{cfg.model.context}, fewer than one batch ({cfg.train.batch_size} x {env.world} process(es)): "
+                "lower train.batch_size or model.context, or raise data.train_rows")
         self.sampler = BlockSampler(len(self.train_blocks), cfg.train.batch_size, cfg.seed, env.rank, env.world)
 
         self.raw_model = build_model(cfg, data.tokenizer, env)
@@ -310,8 +368,9 @@ class Trainer:
         self.optimizer = make_optimizer(self.raw_model, cfg, env)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
         self.step, self.best_val, self.evals_since_best = 0, math.inf, 0
+        self.saved_step: int | None = None  # the step of the last.pt on disk (none yet)
         if resume:
-            self._restore(load_checkpoint(run_paths(cfg)["last"], map_location=env.device))
+            self._restore(self._resumable(load_checkpoint(run_paths(cfg)["last"], map_location=env.device)))
         else:
             torch.manual_seed(cfg.seed + env.rank)  # the training stream (dropout, TID) differs per rank
         self.raw_model.loss_chunk = cfg.train.loss_chunk
@@ -355,6 +414,7 @@ class Trainer:
             "model": merged_state_dict(self.raw_model) if self.cfg.lora.rank else self.raw_model.state_dict(),
             **({"lora_model": self.raw_model.state_dict()} if self.cfg.lora.rank else {}),
             "config": to_dict(self.cfg),
+            "data_key": self.data_key,
             "tokenizer": self.data.tokenizer.spec(),
             "step": self.step,
             "optimizer": optimizers.plain_state(self.optimizer.state_dict()),  # plain tensors only
@@ -366,6 +426,24 @@ class Trainer:
             "world_size": self.env.world,
         }
 
+    def _resumable(self, ckpt: dict) -> dict:
+        """The checkpoint, if it continues this config's run (same data, tokenizer, model, seed, ...)."""
+        path = run_paths(self.cfg)["last"]
+        diff = run_identity_diff(ckpt["config"], to_dict(self.cfg))
+        if ckpt.get("data_key") not in (None, self.data_key):
+            diff.append(f"data key {ckpt['data_key']} -> {self.data_key} (the source or its settings)")
+        mine, theirs = self.data.tokenizer.spec(), ckpt["tokenizer"]
+        if any(mine.get(k) != theirs.get(k) for k in ("kind", "sha256", "vocab_size")):
+            diff.append(f"tokenizer {theirs.get('kind')} {str(theirs.get('sha256'))[:12]} -> "
+                        f"{mine.get('kind')} {str(mine.get('sha256'))[:12]}")
+        if diff:
+            raise ConfigError(f"--resume: {path} was trained with other settings ({'; '.join(diff)}); "
+                              "resume with the run's own settings, or start a new run with --run-name NAME")
+        if self.cfg.lora.rank and "lora_model" not in ckpt:
+            raise ConfigError(f"lora.rank={self.cfg.lora.rank}: {path} holds no LoRA adapters to resume; "
+                              "resume without lora.rank, or start a new run")
+        return ckpt
+
     def _restore(self, ckpt: dict) -> None:
         if self.cfg.lora.rank:
             self.raw_model.load_state_dict(ckpt["lora_model"])
@@ -375,6 +453,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.sampler.load_state_dict(ckpt["sampler"])
         self.step, self.best_val = ckpt["step"], ckpt["best_val"]
+        self.saved_step = self.step
         self.evals_since_best = ckpt["evals_since_best"]
         if ckpt["world_size"] == self.env.world:
             rng = ckpt["rng"][self.env.rank]
@@ -386,11 +465,25 @@ class Trainer:
         self.env.log(f"resumed from step {self.step} (best val loss {self.best_val:.4f})")
 
     def save(self, path: Path) -> None:
+        """Write a checkpoint; non-finite weights stop the run instead (nothing is written)."""
+        bad = non_finite_tensors(self.raw_model.state_dict())
+        if bad:
+            self._stop_non_finite(f"{len(bad)} weight tensors are not finite (first: {bad[0]})")
         if not self.cfg.train.checkpoints:
             return
         state = self.state()  # every rank joins the RNG gather
         if self.env.master:
             save_checkpoint(path, state)
+        if path == run_paths(self.cfg)["last"]:
+            self.saved_step = self.step
+
+    def _stop_non_finite(self, what: str) -> None:
+        """Stop the run, saying truthfully which checkpoint (if any) holds the last good state."""
+        paths = run_paths(self.cfg)
+        kept = (f"{paths['last']} (step {self.saved_step}) is the last good checkpoint"
+                if self.saved_step is not None else f"no last.pt was written before this")
+        raise TrainingError(f"{what} at step {self.step}; stopped, nothing written. {kept}: "
+                            "lower train.lr, raise train.warmup_steps or use fp32")
 
     # -- one optimizer step
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -439,9 +532,8 @@ class Trainer:
         for r, ks in zip(records, keys):
             loss, grad_norm, dt = next(values), next(values), next(values)
             if not math.isfinite(loss):
-                raise TrainingError(
-                    f"loss is {loss} at step {r.step}; stopped. The last good checkpoint "
-                    f"({run_paths(self.cfg)['last']}) is kept: lower train.lr, raise train.warmup_steps or use fp32")
+                self.step = r.step
+                self._stop_non_finite(f"loss is {loss}")
             stats = {k: next(values) for k in ks}
             if self.tid.enabled:  # the overhead of TID, readable off the logs
                 stats["tid_step_time_without_scoring"] = dt - stats["tid_score_time"]
@@ -484,7 +576,11 @@ class Trainer:
             dist.all_reduce(nll)
             dist.all_reduce(count)
         self.model.train()
+        if count.item() == 0:
+            raise TrainingError("no validation batches were scored: set train.eval_batches >= 1 (or null = all)")
         loss = (nll / count).item()
+        if not math.isfinite(loss):
+            self._stop_non_finite(f"validation loss is {loss}")
         bpb = loss / math.log(2) / self.data.bytes_per_token("val")
         return loss, bpb, {k: float(v) for k, v in stats.items()}
 
@@ -498,37 +594,57 @@ class Trainer:
                    disable=not env.master, dynamic_ncols=True)
         stop_reason = "max_steps"
         pending: list[StepRecord] = []
+        signalled: dict = {}
         try:
-            while self.step < cfg.train.max_steps:
-                lr = lr_at(self.step, cfg)
-                optimizers.set_lr(self.optimizer, lr)
-                with Stopwatch(env.device) as clock:
-                    loss, grad_norm, stats = self.train_step()
-                self.step += 1
-                tokens_done += self.tokens_per_step
-                pending.append(StepRecord(self.step, lr, loss, grad_norm, stats, clock))
-                bar.update(1)
-                if self.step % cfg.train.log_every == 0 or self._eval_or_save_due():
-                    self._log(self.read_back(pending), logger, bar, t_start)
-                    pending = []
-                if self._eval_and_checkpoint(logger, paths):
-                    stop_reason = f"early stop (no improvement in {cfg.train.patience} evals)"
-                    break
-        except KeyboardInterrupt:
-            self._log(self.read_back(pending), logger, bar, t_start)
-            self.save(paths["last"])
-            if logger:
-                logger.save()
-            raise
+            with stop_on_signals(signalled):
+                while self.step < cfg.train.max_steps:
+                    lr = lr_at(self.step, cfg)
+                    optimizers.set_lr(self.optimizer, lr)
+                    with Stopwatch(env.device) as clock:
+                        loss, grad_norm, stats = self.train_step()
+                    self.step += 1
+                    tokens_done += self.tokens_per_step
+                    pending.append(StepRecord(self.step, lr, loss, grad_norm, stats, clock))
+                    bar.update(1)
+                    if self.step % cfg.train.log_every == 0 or self._eval_or_save_due():
+                        self._log(self.read_back(pending), logger, bar, t_start)
+                        pending = []
+                    if self._eval_and_checkpoint(logger, paths):
+                        stop_reason = f"early stop (no improvement in {cfg.train.patience} evals)"
+                        break
+                    signum = self._signal_received(signalled)
+                    if signum:  # a step boundary: the saved state is exactly the one after this step
+                        self._log(self.read_back(pending), logger, bar, t_start)
+                        self._save_last(logger, paths)
+                        raise Interrupted(f"{signal.Signals(signum).name} at step {self.step}: {paths['last']} "
+                                          "saved; continue with --resume", signum)
         finally:
             bar.close()
         if self.step % cfg.train.save_every:  # the final state, if the last periodic save missed it
-            self.save(paths["last"])
-        if logger:
+            self._save_last(logger, paths)
+        elif logger:
             logger.save()
         wall = time.time() - t_start
         return {"steps": self.step, "stop": stop_reason, "wall_s": wall,
                 "tokens_per_s": tokens_done / wall if wall > 0 else math.nan}
+
+    def _signal_received(self, signalled: dict) -> int:
+        """The signal that asked to stop, or 0. Under DDP every rank agrees (checked every log_every steps)."""
+        signum = signalled.get("signum", 0)
+        if self.env.world == 1:
+            return signum
+        if self.step % self.cfg.train.log_every:
+            return 0
+        flag = torch.tensor([signum], device=self.env.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def _save_last(self, logger: RunLogger | None, paths: dict) -> None:
+        """Logs first, then last.pt: a kill between the two leaves logs ahead of the checkpoint, which
+        --resume trims, never a checkpoint ahead of its logs."""
+        if logger:
+            logger.save()
+        self.save(paths["last"])
 
     def _log(self, rows: list[dict], logger: RunLogger | None, bar: tqdm, t_start: float) -> None:
         if logger:
@@ -566,9 +682,7 @@ class Trainer:
             self.env.log(f"step {step}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f}, "
                          f"{bpb:.3f} bits/byte){' *' if improved else ''}")
         if step > 0 and (step % cfg.train.save_every == 0 or stop):
-            self.save(paths["last"])
-            if logger:
-                logger.save()
+            self._save_last(logger, paths)
         if step > 0 and cfg.train.keep_every and step % cfg.train.keep_every == 0:
             self.save(paths["dir"] / f"step_{step}.pt")
         return stop
@@ -580,36 +694,40 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False, data=None) 
     `data` replaces the prepared data of cfg.data (anything with PreparedData's tokenizer, blocks,
     tokens and bytes_per_token; e.g. the random tokens of the speed benchmarks).
     """
-    if not cfg.run_name:
-        raise ConfigError("run_name is not set (pass --run-name NAME)")
+    check_run_name(cfg.run_name)
     env = setup_env(cfg)
-    if env.master:
-        claim_outputs(cfg, resume, force)
-    if env.world > 1:
-        dist.barrier()
     try:
-        trainer = Trainer(cfg, env, resume, data)
-        env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")
-        meta = {"config": to_dict(cfg), **trainer.param_counts}
-        logger = RunLogger(cfg.run_name, cfg.log_dir, meta, resume_step=trainer.step,
-                           wandb_run=_wandb(cfg)) if env.master else None
-        summary = trainer.fit(logger)
-        if env.world > 1:
-            dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts
-        summary.update(best_val_loss=trainer.best_val, run=cfg.run_name)
-        val_loss, bpb = getattr(trainer, "last_val", (math.nan, math.nan))
-        summary.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), val_bpb=bpb)
-        mfu = (summary["tokens_per_s"] * trainer.flops_per_token / trainer.peak) if trainer.peak else None
-        summary["mfu"] = mfu
-        env.log(
-            f"done {cfg.run_name}: {summary['steps']} steps ({summary['stop']}), best val loss "
-            f"{trainer.best_val:.4f}, val ppl {summary['val_ppl']:.2f}, {bpb:.3f} bits/byte, "
-            f"{summary['wall_s']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s"
-            + (f", MFU {mfu:.1%}" if mfu is not None else ""))
-        return summary
+        with run_lock(cfg, env):
+            if env.master:
+                claim_outputs(cfg, resume, force)
+            if env.world > 1:
+                dist.barrier()
+            return _train_locked(cfg, env, resume, data)
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _train_locked(cfg: RunConfig, env: Env, resume: bool, data) -> dict:
+    trainer = Trainer(cfg, env, resume, data)
+    env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")
+    meta = {"config": to_dict(cfg), **trainer.param_counts}
+    logger = RunLogger(cfg.run_name, cfg.log_dir, meta, resume_step=trainer.step,
+                       wandb_run=_wandb(cfg)) if env.master else None
+    summary = trainer.fit(logger)
+    if env.world > 1:
+        dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts
+    summary.update(best_val_loss=trainer.best_val, run=cfg.run_name)
+    val_loss, bpb = getattr(trainer, "last_val", (math.nan, math.nan))
+    summary.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), val_bpb=bpb)
+    mfu = (summary["tokens_per_s"] * trainer.flops_per_token / trainer.peak) if trainer.peak else None
+    summary["mfu"] = mfu
+    env.log(
+        f"done {cfg.run_name}: {summary['steps']} steps ({summary['stop']}), best val loss "
+        f"{trainer.best_val:.4f}, val ppl {summary['val_ppl']:.2f}, {bpb:.3f} bits/byte, "
+        f"{summary['wall_s']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s"
+        + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+    return summary
 
 
 def _wandb(cfg: RunConfig):

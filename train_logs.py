@@ -14,14 +14,18 @@ Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically
 
     losses = load_losses("quickstart")      # -> dict as above
     times = load_times("quickstart")
+
+The pickles are read with `load_plain_pickle`: plain lists, dicts, strings and numbers only, so a
+crafted log file cannot run code (it is refused, naming the file).
 """
 
 import csv
+import io
 import math
 import pickle
 from pathlib import Path
 
-from dataset_definitions.files import atomic_write
+from dataset_definitions.files import atomic_write, load_plain_pickle
 
 CSV_FIELDS = ["step", "train_loss", "lr", "grad_norm", "step_time", "tokens_per_s", "elapsed",
               "val_loss", "val_ppl", "val_bpb"]
@@ -43,8 +47,7 @@ def run_log_paths(run: str, log_dir: str | Path) -> list[Path]:
 def _load(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no log at {path}: train the run first, or check the run name and log dir")
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    return load_plain_pickle(path)
 
 
 class RunLogger:
@@ -89,14 +92,19 @@ class RunLogger:
             with open(self.paths["csv"], newline="") as f:
                 reader = csv.DictReader(f)
                 self.csv_fields = reader.fieldnames or self.csv_fields
-                rows = [r for r in reader if int(r["step"]) <= step]
-        self._write_csv_header()
-        with open(self.paths["csv"], "a", newline="") as f:
-            csv.DictWriter(f, self.csv_fields).writerows(rows)
+                rows = [r for r in reader if r["step"].isdigit() and int(r["step"]) <= step]
+        self._rewrite_csv(rows)
 
     def _write_csv_header(self) -> None:
-        with open(self.paths["csv"], "w", newline="") as f:
-            csv.DictWriter(f, self.csv_fields).writeheader()
+        self._rewrite_csv([])
+
+    def _rewrite_csv(self, rows: list[dict]) -> None:
+        """Replace the CSV atomically (header + rows): a kill mid-write never loses the rows before."""
+        out = io.StringIO(newline="")
+        writer = csv.DictWriter(out, self.csv_fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.paths["csv"], out.getvalue())
 
     def log_step(self, step: int, loss: float, lr: float, grad_norm: float, step_time: float,
                  tokens: int, elapsed: float, stats: dict) -> None:
@@ -144,9 +152,7 @@ class RunLogger:
             self.csv_fields += new
             with open(self.paths["csv"], newline="") as f:
                 rows = list(csv.DictReader(f))
-            self._write_csv_header()
-            with open(self.paths["csv"], "a", newline="") as f:
-                csv.DictWriter(f, self.csv_fields).writerows(rows)
+            self._rewrite_csv(rows)
         with open(self.paths["csv"], "a", newline="") as f:
             csv.DictWriter(f, self.csv_fields).writerow(self._pending_row)
         self._pending_row = None

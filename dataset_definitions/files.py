@@ -1,8 +1,24 @@
-"""File helpers shared by the data pipeline, tokenizers, logs and evaluation outputs."""
+"""File helpers shared by the data pipeline, tokenizers, checkpoints, logs and evaluation outputs."""
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import io
+import json
 import os
+import pickle
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+
+class UnsafeFileError(ValueError):
+    """A file that would need more than plain data to load (e.g. a pickle naming a class or function)."""
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock; the message names it."""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -14,12 +30,105 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see a half-written file."""
+def content_sha256(path: str | Path, cache_file: str | Path | None = None) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and contents, in sorted order).
+
+    With `cache_file` (a JSON map), a file's hash is reused while its size and mtime are unchanged.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    cache = _read_json(cache_file) if cache_file else {}
+    h, changed = hashlib.sha256(), False
+    for f in files:
+        st = f.stat()
+        key, stamp = str(f.resolve()), [st.st_size, st.st_mtime_ns]
+        if cache.get(key, {}).get("stamp") != stamp:
+            cache[key], changed = {"stamp": stamp, "sha256": sha256_file(f)}, True
+        h.update(f"{f.relative_to(path) if path.is_dir() else ''}\0{cache[key]['sha256']}\0".encode())
+    if cache_file and changed:
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache_file, json.dumps(cache, indent=1))
+    return h.hexdigest()
+
+
+def _read_json(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None]) -> None:
+    """Write to a uniquely named temporary file beside `path`, then rename: readers never see a
+    half-written file and two writers never share a temporary. `data` may be a function that
+    writes the file at the path it is given (e.g. `lambda p: torch.save(state, p)`)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        if callable(data):
+            data(tmp)
+        elif isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, wait: bool = False):
+    """Hold an exclusive lock on `path` (flock) for the `with` block; the OS releases it if the process dies.
+
+    Without `wait`, a lock held by another process raises LockedError naming that process's id.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            f.seek(0)
+            raise LockedError(f"{path} is held by process {f.read().strip() or '?'}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        raise UnsafeFileError(f"it names {module}.{name}")
+
+
+def load_plain_pickle(path: str | Path):
+    """Unpickle a file that may hold only plain containers, strings and numbers: no class or
+    function is looked up, so a crafted file cannot run code. Other content raises UnsafeFileError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except UnsafeFileError as e:
+        raise UnsafeFileError(f"{path} holds more than plain lists, dicts and numbers ({e}); "
+                              "refusing to load it (pickled logs are read without running code)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise UnsafeFileError(f"{path} is not a readable log pickle ({e})") from None

@@ -1,16 +1,25 @@
 """Turn the configured text source into packed, cached, verified token streams.
 
     python -m dataset_definitions.prepare --config configs/quickstart.yaml [--set k=v ...] [--force] [--verify]
+    python -m dataset_definitions.prepare --base configs/tid.yaml --config configs/quickstart.yaml   # run_tid.py's data
+
+The configs merge as the runners merge them (the runner's default, `--base`, first: run_baseline.py's
+configs/baseline.yaml unless told), so this acts on exactly the cache the training reads.
 
 Stages (each skipped when its output exists): read and split rows (held-out, validation, train,
 disjoint by content hash; `data.dedup` removes exact or near duplicates too, dedup.py) -> load or train the tokenizer on the train split -> encode every split
 into a flat token stream `<split>.bin` (each document as [bos] + ids + [eos]) -> meta.json with
-sizes and SHA-256 of every file. The directory `<data_dir>/processed/<hash of the data config>/`
-is built under a temporary name and renamed at the end, so a half-written cache is never used.
-The trainer calls `prepare_data`, so preparation is automatic.
+sizes and SHA-256 of every file. The directory `<data_dir>/processed/<data key>/` is built under
+a temporary name and renamed at the end, so a half-written cache is never used; one process builds
+a key at a time (a lock), and temporary folders left by a killed build are removed by the next one.
+The data key hashes the settings that change the data (not those the source ignores) and the
+content of local files (text/jsonl sources, local hf files, tokenizer files): a file edited in
+place gets a new cache and a new trained tokenizer. The trainer calls `prepare_data`, so
+preparation is automatic.
 """
 
 import argparse
+import glob
 import hashlib
 import itertools
 import json
@@ -27,11 +36,20 @@ from tqdm import tqdm
 
 from dataset_definitions.datasets import DocumentRows, TokenBlocks
 from dataset_definitions.dedup import Deduplicator
-from dataset_definitions.files import atomic_write, sha256_file
+from dataset_definitions.files import atomic_write, content_sha256, exclusive_lock, process_alive, sha256_file
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
+REBUILD = ("rebuild it: python -m dataset_definitions.prepare with the run's --config/--set options "
+           "and --force (or delete the folder)")
+# data.* fields a source never reads: they do not enter the data key
+IGNORED_BY_SOURCE = {
+    "builtin": {"name", "path", "split", "config_name", "text_field", "delimiter"},
+    "text": {"name", "split", "config_name", "text_field", "seed"},
+    "jsonl": {"name", "split", "config_name", "delimiter", "seed"},
+    "hf": {"delimiter", "seed"},
+}
 SPLITS = ("heldout", "val", "train")  # the order rows are taken from the source
 ENCODE_CHUNK = 2048                   # documents per encode_batch call
 
@@ -68,15 +86,29 @@ class PreparedData:
 
 
 def data_key(cfg) -> str:
-    """Hash of everything that changes the token streams (not the context, stride or packing: they are views)."""
-    data = {k: v for k, v in asdict(cfg.data).items() if k not in ("stride", "packing")}
+    """Hash of everything that changes the token streams: the data settings the source reads (not
+    the context, stride or packing: they are views), the tokenizer settings, and the content of local files."""
+    ignored = IGNORED_BY_SOURCE[cfg.data.source] | {"stride", "packing"}
+    data = {k: v for k, v in asdict(cfg.data).items() if k not in ignored}
+    hashes = Path(cfg.data_dir) / "processed" / ".content-hashes.json"  # size + mtime -> SHA-256
+    data["content"] = [content_sha256(p, hashes) for p in _local_files(cfg.data)]
     tok = asdict(cfg.tokenizer)
-    if tok["path"] and Path(tok["path"]).is_file():
-        tok["sha256"] = sha256_file(Path(tok["path"]))
+    if tok["path"] and Path(tok["path"]).exists():
+        tok["sha256"] = content_sha256(tok["path"], hashes)
     if tok["kind"] in ("gpt2", "llama"):
         tok.pop("vocab_size")  # fixed by the file, not trained
     blob = json.dumps({"format": FORMAT_VERSION, "data": data, "tokenizer": tok}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _local_files(cfg) -> list[Path]:
+    """The local files (or folders) a source reads: text/jsonl data.path, hf local folders and data files."""
+    if cfg.source in ("text", "jsonl"):
+        return [Path(cfg.path)] if Path(cfg.path).exists() else []
+    if cfg.source != "hf":
+        return []
+    found = [Path(cfg.name)] if Path(cfg.name).is_dir() else []
+    return found + [Path(p) for p in sorted(glob.glob(cfg.path))] if cfg.path else found
 
 
 def prepare_data(cfg, force: bool = False, verify: bool = False, log=print) -> PreparedData:
@@ -84,27 +116,44 @@ def prepare_data(cfg, force: bool = False, verify: bool = False, log=print) -> P
     key = data_key(cfg)
     final = Path(cfg.data_dir) / "processed" / key
     if final.exists() and not force:
-        meta = _load_meta(final)
-        _check_files(final, meta, full=verify)
-        prepared = PreparedData(final, meta, _tokenizer_or_error(load_tokenizer, meta["tokenizer"]))
-        log(f"data: cached {final}" + (" (every file verified against meta.json)" if verify else ""))
-        _summarise(prepared, cfg.model.context, log)
-        return prepared
-    tmp = final.with_name(f".tmp-{key}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        meta, tokenizer = _build(cfg, key, tmp, log)
-        if final.exists():  # --force: move the old copy aside only once the new one is complete
-            trash = final.with_name(f".old-{key}-{os.getpid()}")
-            final.rename(trash)
-            shutil.rmtree(trash)
-        tmp.rename(final)
-    finally:
+        return _cached(final, cfg, verify, log)
+    with exclusive_lock(final.with_name(f".{key}.lock"), wait=True):  # one builder per key
+        _remove_stale_temporaries(final.parent, log)
+        if final.exists() and not force:  # another process built it while this one waited
+            return _cached(final, cfg, verify, log)
+        tmp = final.with_name(f".tmp-{key}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            meta, tokenizer = _build(cfg, key, tmp, log)
+            if final.exists():  # --force: move the old copy aside only once the new one is complete
+                trash = final.with_name(f".old-{key}-{os.getpid()}")
+                final.rename(trash)
+                shutil.rmtree(trash)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     prepared = PreparedData(final, meta, tokenizer)
     _summarise(prepared, cfg.model.context, log)
     return prepared
+
+
+def _cached(final: Path, cfg, verify: bool, log) -> PreparedData:
+    meta = _load_meta(final)
+    _check_files(final, meta, full=verify)
+    prepared = PreparedData(final, meta, _tokenizer_or_error(load_tokenizer, meta["tokenizer"]))
+    log(f"data: cached {final}" + (" (every file verified against meta.json)" if verify else ""))
+    _summarise(prepared, cfg.model.context, log)
+    return prepared
+
+
+def _remove_stale_temporaries(processed: Path, log) -> None:
+    """Delete the .tmp-*/.old-* folders of builds whose process is gone (killed mid-build)."""
+    for d in [*processed.glob(".tmp-*-*"), *processed.glob(".old-*-*")]:
+        pid = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            log(f"data: removed {d} (left by a build that was stopped)")
 
 
 def _build(cfg, key: str, out: Path, log) -> tuple[dict, Tokenizer]:
@@ -209,9 +258,9 @@ def _load_meta(d: Path) -> dict:
     try:
         meta = json.loads((d / "meta.json").read_text())
     except (OSError, json.JSONDecodeError):
-        raise DataError(f"data cache {d} has no readable meta.json: rebuild it with --force") from None
+        raise DataError(f"data cache {d} has no readable meta.json: {REBUILD}") from None
     if meta.get("format") != FORMAT_VERSION:
-        raise DataError(f"data cache {d} has format {meta.get('format')}, expected {FORMAT_VERSION}: rebuild with --force")
+        raise DataError(f"data cache {d} has format {meta.get('format')}, expected {FORMAT_VERSION}: {REBUILD}")
     return meta
 
 
@@ -220,9 +269,9 @@ def _check_files(d: Path, meta: dict, full: bool) -> None:
     for name, info in meta["files"].items():
         p = d / name
         if not p.is_file() or p.stat().st_size != info["bytes"]:
-            raise DataError(f"data cache {d} is incomplete or corrupted ({name} size differs): rebuild with --force")
+            raise DataError(f"data cache {d} is incomplete or corrupted ({name} size differs): {REBUILD}")
         if full and sha256_file(p) != info["sha256"]:
-            raise DataError(f"data cache {d} is corrupted ({name} SHA-256 differs from meta.json): rebuild with --force")
+            raise DataError(f"data cache {d} is corrupted ({name} SHA-256 differs from meta.json): {REBUILD}")
 
 
 def _summarise(prepared: PreparedData, context: int, log) -> None:
@@ -255,13 +304,15 @@ def main(argv=None) -> None:
     from experiment_config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(description="Prepare (tokenize, pack, cache) the data of a config.")
+    parser.add_argument("--base", default="configs/baseline.yaml",
+                        help="the runner's default config, merged first (run_tid.py: configs/tid.yaml, ...)")
     parser.add_argument("--config", action="append", default=[], help="YAML config; repeat to overlay")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
     parser.add_argument("--verify", action="store_true", help="re-hash every cached file against meta.json")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config or ["configs/quickstart.yaml"], args.set)
+        cfg = load_config([args.base, *(args.config or ["configs/quickstart.yaml"])], args.set)
         prepare_data(cfg, force=args.force, verify=args.verify)
     except ConfigError as e:
         sys.exit(_fail(e, 2))

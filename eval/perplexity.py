@@ -40,7 +40,7 @@ import torch
 import models
 import modelskv
 from dataset_definitions.config import DataConfig
-from dataset_definitions.files import atomic_write
+from dataset_definitions.files import atomic_write, load_plain_pickle
 from dataset_definitions.prepare import PreparedData, prepare_data
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
@@ -139,6 +139,10 @@ def save_results(name: str, scores: Scores, info: dict, log_dir: str | Path = "l
     out = results_dir(log_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {**scores.summary(), **info, "name": name}
+    bad = [k for k in ("loss", "mean", "median", "corpus_ppl", "bpb") if not math.isfinite(summary.get(k, 0.0))]
+    if bad:
+        raise ValueError(f"{info.get('ckpt')}: the scores are not finite ({', '.join(f'{k}={summary[k]}' for k in bad)}); "
+                         f"nothing written to {out}. The checkpoint's weights or the dtype overflow: try --dtype fp32")
     previous = out / f"{name}.json"
     if previous.is_file():  # never silently replace another checkpoint's numbers
         try:
@@ -159,8 +163,7 @@ def load_result(name: str, log_dir: str | Path = "logs") -> dict:
     if (out / f"{name}.json").is_file():
         return json.loads((out / f"{name}.json").read_text())
     if (out / f"{name}.pkl").is_file():
-        with open(out / f"{name}.pkl", "rb") as f:
-            ppl = [float(p) for p in pickle.load(f)]
+        ppl = [float(p) for p in load_plain_pickle(out / f"{name}.pkl")]
         return {"name": name, "rows": len(ppl), "mean": statistics.fmean(ppl) if ppl else math.nan,
                 "median": statistics.median(ppl) if ppl else math.nan, "source": "pkl only"}
     raise FileNotFoundError(f"no perplexity results named {name!r} in {out} (run run_perplexity.py first)")

@@ -2,14 +2,18 @@
 
 A checkpoint is a dict: "format", "model" (state dict), "config" (the resolved run config as
 plain dicts), "tokenizer" (spec), "step", plus the trainer's resume state (optimizer, scaler,
-rng, sampler, ...). It loads with `torch.load(weights_only=True)`: no code runs on load.
+rng, sampler, ...), and "tensor_sha256": a hash of the weights, checked on every load, so a
+file whose bits changed fails loudly instead of producing garbage. It loads with
+`torch.load(weights_only=True)`: no code runs on load.
 """
 
-import os
+import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from dataset_definitions.files import atomic_write
 
 from .config import ModelConfig
 
@@ -20,13 +24,35 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, not ours, or does not fit the model; the message says which."""
 
 
+HASHED = ("model", "lora_model")  # the state dicts whose tensors the hash covers
+
+
+def tensor_sha256(ckpt: dict) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the weight tensors of a checkpoint."""
+    h = hashlib.sha256()
+    for part in HASHED:
+        for name, t in sorted(ckpt.get(part, {}).items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """torch.save to a uniquely named temporary file, then rename: a crash never leaves a
+    half-written checkpoint. Refuses non-finite weights; stores their hash."""
     path = Path(path)
+    bad = non_finite_tensors(state["model"])
+    if bad:
+        raise CheckpointError(f"not writing {path}: {len(bad)} weight tensors are not finite (first: {bad[0]})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    state = {**state, "tensor_sha256": tensor_sha256(state)}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def non_finite_tensors(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [n for n, t in state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -40,6 +66,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no format {CHECKPOINT_FORMAT} marker)")
+    if "tensor_sha256" in ckpt and tensor_sha256(ckpt) != ckpt["tensor_sha256"]:
+        raise CheckpointError(f"{path} is corrupted: its weights do not match the hash stored with them "
+                              "(restore the file or use another checkpoint of the run)")
     return ckpt
 
 

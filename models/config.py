@@ -61,6 +61,8 @@ class ModelConfig:
             raise ValueError(f"model.top_k ({self.top_k}) must be between 1 and model.n_experts ({self.n_experts})")
         if self.capacity_factor <= 0 or (self.eval_capacity_factor is not None and self.eval_capacity_factor <= 0):
             raise ValueError("model.capacity_factor and model.eval_capacity_factor must be positive")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.position == "rotary" and self.head_dim % 2:
             raise ValueError(f"model.position=rotary needs an even head_dim, got {self.head_dim}")
 

@@ -2,6 +2,7 @@
 
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 
 import generic_runner
 from conftest import REPO, tiny_run_config
-from generic_runner import Trainer, TrainingError, train
+from generic_runner import Interrupted, Trainer, TrainingError, train
 from models.checkpoint import load_checkpoint
 from train_logs import load_losses, load_times
 
@@ -51,12 +52,13 @@ def test_lr_schedule_warmup_cosine_floor(tmp_path):
     assert lrs[100] == pytest.approx(1e-4) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
 
-def _interrupt_at(monkeypatch, step):
+def _interrupt_at(monkeypatch, step, signum=signal.SIGINT):
+    """Deliver `signum` to this process as step `step` + 1 begins (the old handler saved mid-step here)."""
     real = Trainer.train_step
 
     def train_step(self):
         if self.step == step:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
         return real(self)
     monkeypatch.setattr(Trainer, "train_step", train_step)
 
@@ -67,10 +69,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     train(straight)
     resumed = tiny_run_config(tmp_path, sets + ["run_name=resumed"])
     with monkeypatch.context() as m:
-        _interrupt_at(m, 20)                     # Ctrl-C after step 20: last.pt is written then
-        with pytest.raises(KeyboardInterrupt):
+        _interrupt_at(m, 20)                     # Ctrl-C during step 21: it finishes, then last.pt is written
+        with pytest.raises(Interrupted, match="SIGINT at step 21"):
             train(resumed)
-    assert load_checkpoint(tmp_path / "checkpoints/resumed/last.pt")["step"] == 20
+    assert load_checkpoint(tmp_path / "checkpoints/resumed/last.pt")["step"] == 21
     train(resumed, resume=True)
     a, b = _losses(straight), _losses(resumed)
     assert b["step"] == list(range(1, 41))

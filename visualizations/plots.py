@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import pickle
 import re
 import sys
 import warnings
@@ -33,6 +32,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter, StrMethodFormatter
 
+from dataset_definitions.files import UnsafeFileError, load_plain_pickle
 from train_logs import load_losses, load_times
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def load_runs(runs, log_dir="logs") -> dict:
         try:
             out[run] = {"losses": load_losses(run, _dir(log_dir)), "times": None}
             out[run]["times"] = load_times(run, _dir(log_dir))
-        except FileNotFoundError as e:
+        except (FileNotFoundError, UnsafeFileError) as e:
             _warn(f"run {run!r} left out: {e}" if out[run] is None else f"run {run!r} has no wall-time curves: {e}")
     return out
 
@@ -94,8 +94,12 @@ def load_perplexity(runs, log_dir="logs") -> dict:
                   f"perplexity-runners/run_perplexity.py --ckpt checkpoints/{run}/best.pt")
             out[run] = None
             continue
-        with open(path, "rb") as f:
-            ppl = np.asarray(pickle.load(f), dtype=float)
+        try:
+            ppl = np.asarray(load_plain_pickle(path), dtype=float)
+        except UnsafeFileError as e:
+            _warn(f"run {run!r} perplexities left out: {e}")
+            out[run] = None
+            continue
         summary = path.with_suffix(".json")
         out[run] = (ppl[np.isfinite(ppl) & (ppl > 0)], json.loads(summary.read_text()) if summary.is_file() else None)
     return out
