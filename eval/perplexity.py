@@ -191,9 +191,11 @@ def report(summary: dict) -> str:
     """The printed summary of one scoring pass."""
     unit = "block" if summary.get("packed") else "row"
     seed = "" if summary.get("packed") else "   (the seed's aggregate)"
+    skipped = summary.get("skipped") or {}
+    skipped = f"; {sum(skipped.values()):,} rows skipped ({', '.join(skipped)})" if skipped else ""
     return "\n".join([
         f"{summary['source']} of {summary['run']} (step {summary['step']}): {summary['rows']:,} {unit}s, "
-        f"{summary['tokens']:,} scored tokens, {summary['bytes']:,} bytes",
+        f"{summary['tokens']:,} scored tokens, {summary['bytes']:,} bytes{skipped}",
         f"  {f'mean per-{unit} ppl':22s}{summary['mean']:12.3f}{seed}",
         f"  {f'median per-{unit} ppl':22s}{summary['median']:12.3f}",
         f"  {'corpus ppl':22s}{summary['corpus_ppl']:12.3f}   exp(total NLL / total tokens) = exp({summary['loss']:.4f})",
@@ -248,10 +250,17 @@ def main_text(argv: list[str] | None = None) -> None:
     _guard(lambda: _run(args, text_file=True))
 
 
+class UsageError(ValueError):
+    """A bad command-line value (exit status 2)."""
+
+
 def _guard(fn) -> None:
-    """User errors become one line on stderr and exit status 1."""
+    """User errors become one line on stderr: exit status 2 for a bad argument, 1 for the rest."""
     try:
         fn()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (CheckpointError, DataError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -259,17 +268,19 @@ def _guard(fn) -> None:
 
 def _run(args, text_file: bool) -> None:
     if not args.ckpt:
-        raise ValueError("--ckpt PATH is required (or --compare NAME ...)")
+        raise UsageError("--ckpt PATH is required (or --compare NAME ...)")
     if args.rows <= 0 or (args.batch_size is not None and args.batch_size <= 0):
-        raise ValueError("--rows and --batch-size must be positive")
+        raise UsageError("--rows and --batch-size must be positive")
+    if args.stride is not None and args.stride < 1:
+        raise UsageError(f"--stride must be >= 1 (at most the context), got {args.stride}")
     texts, skipped = _read_text_file(args.text_file, args.delimiter, args.rows) if text_file else (None, None)
     packed = not text_file and args.packed
     scorer = load_scorer(args.ckpt, args.device, args.dtype, training_model=packed, quantize=args.quantize,
                          compile=args.compile)
     context = scorer.context
-    stride = context if packed else args.stride or max(1, context // 2)
+    stride = context if packed else max(1, context // 2) if args.stride is None else args.stride
     if not 1 <= stride <= context:
-        raise ValueError(f"--stride must be between 1 and the context ({context}), got {stride}")
+        raise UsageError(f"--stride must be between 1 and the context ({context}), got {stride}")
     batch = args.batch_size or (scorer.cfg.train.batch_size if packed else 128 if scorer.device.type == "cuda" else 16)
     run = scorer.cfg.run_name or Path(args.ckpt).parent.name
     info = {"run": run, "ckpt": str(args.ckpt), "step": scorer.step, "device": str(scorer.device),

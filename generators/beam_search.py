@@ -42,6 +42,10 @@ def beam_search(generator, prompt_tokens: list[int], beam_size: int, max_gen_len
         Up to beam_size Hypotheses sorted by score, highest first.
     """
     model, eos, device = generator.model, generator.tokenizer.eos_id, generator.device
+    if beam_size < 1:
+        raise ValueError(f"beam size must be >= 1, got {beam_size}")
+    if max_gen_len < 1:
+        raise ValueError(f"max_gen_len (new tokens) must be >= 1, got {max_gen_len}")
     if beam_size > model.max_batch:
         raise ValueError(f"beam_size {beam_size} > the generator's max_batch_size {model.max_batch}")
     max_gen_len = min(max_gen_len, model.max_seq_len - len(prompt_tokens))

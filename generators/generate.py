@@ -13,6 +13,7 @@ import torch
 
 from generators.beam_search import beam_search
 from generators.generation import Generator
+from generators.sampling import check_sampling
 from models.checkpoint import CheckpointError
 
 
@@ -22,10 +23,12 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     parser.add_argument("--prompt-file", help="a file with one prompt per line")
     parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--truncate", action="store_true",
+                        help="a prompt longer than the context keeps its last tokens (default: an error)")
     parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--beam", type=int, default=0, help="beam search with this many beams (one prompt)")
+    parser.add_argument("--beam", type=int, default=None, help="beam search with this many beams (one prompt)")
     parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--no-kv-cache", action="store_true", help="re-run the whole prefix every step")
     parser.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
@@ -42,22 +45,35 @@ def main(argv=None) -> None:
             with open(args.prompt_file, encoding="utf-8") as f:
                 prompts += [line.rstrip("\n") for line in f if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
-            sys.exit(f"error: cannot read --prompt-file {args.prompt_file}: {e}")
+            _fail(f"cannot read --prompt-file {args.prompt_file}: {e}", 2)
     if not prompts:
-        sys.exit("error: give --prompt TEXT (repeatable) or --prompt-file FILE")
-    if (args.beam or args.stream) and len(prompts) > 1:
-        sys.exit("error: --beam and --stream take one prompt")
+        _fail("give --prompt TEXT (repeatable) or --prompt-file FILE", 2)
+    if (args.beam is not None or args.stream) and len(prompts) > 1:
+        _fail("--beam and --stream take one prompt", 2)
+    if args.max_new_tokens < 1:
+        _fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", 2)
+    if args.beam is not None and args.beam < 1:
+        _fail(f"--beam must be >= 1 (beams kept per step), got {args.beam}", 2)
     try:
-        generator = Generator.build(args.ckpt, max_batch_size=max(len(prompts), args.beam, 1), device=args.device,
+        check_sampling(args.temperature, args.top_p, args.top_k)
+    except ValueError as e:
+        _fail(f"--{e}".replace("_", "-", 1), 2)
+    try:
+        generator = Generator.build(args.ckpt, max_batch_size=max(len(prompts), args.beam or 1), device=args.device,
                                     dtype=args.dtype, compile=args.compile, quantize=args.quantize)
-    except (CheckpointError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    try:
+        check_sampling(args.temperature, args.top_p, args.top_k, generator.tokenizer.vocab_size)
+        tokens = [generator.fit_prompt(generator.prompt_tokens(p), args.max_new_tokens, args.truncate)
+                  for p in prompts]
+    except ValueError as e:
+        _fail(f"--{e}".replace("_", "-", 1) if str(e).startswith("top_k") else str(e), 2)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    if args.beam:
-        hypotheses = beam_search(generator, generator.prompt_tokens(prompts[0]), args.beam, args.max_new_tokens,
-                                 args.length_penalty)
+    if args.beam is not None:
+        hypotheses = beam_search(generator, tokens[0], args.beam, args.max_new_tokens, args.length_penalty)
         n_new = sum(len(h.tokens) for h in hypotheses)
         for rank, h in enumerate(hypotheses):
             print(f"[beam {rank + 1}] score {h.score:.4f} (logprob {h.logprob:.2f}, {len(h.tokens)} tokens)")
@@ -65,18 +81,23 @@ def main(argv=None) -> None:
     elif args.stream:
         print(prompts[0], end="", flush=True)
         pieces = list(_echo(generator.stream(prompts[0], args.temperature, args.top_p, args.top_k,
-                                             args.max_new_tokens, args.seed)))
+                                             args.max_new_tokens, args.seed, truncate=args.truncate)))
         n_new = len(generator.tokenizer.encode("".join(pieces)))
         print()
     else:
         results = generator.text_completion(prompts, args.temperature, args.top_p, args.top_k, args.max_new_tokens,
-                                            seed=args.seed, use_cache=not args.no_kv_cache)
+                                            seed=args.seed, use_cache=not args.no_kv_cache, truncate=args.truncate)
         n_new = sum(len(r["tokens"]) for r in results)
         for prompt, r in zip(prompts, results):
             print(prompt + r["generation"], "\n")
     seconds = time.perf_counter() - t0
     print(f"{n_new} new tokens in {seconds:.2f}s ({n_new / seconds:,.1f} tokens/s, "
           f"{'no ' if args.no_kv_cache else ''}KV cache, {generator.device})", file=sys.stderr)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _echo(pieces):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import modelskv
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
-from generators.sampling import next_token
+from generators.sampling import check_sampling, next_token
 from models.checkpoint import load_checkpoint, load_weights, model_config
 from modelskv.quantize import quantize_int8
 
@@ -115,6 +115,7 @@ class Generator:
         """
         if max_gen_len < 1:
             raise ValueError(f"max_gen_len must be >= 1, got {max_gen_len}")
+        check_sampling(temperature, top_p, top_k, self.tokenizer.vocab_size)
         for tokens, token_logprobs, _ in self._decode_steps(prompt_tokens, max_gen_len, temperature, top_p, top_k,
                                                              seed, use_cache, logprobs, stop_at_eos):
             pass  # run to the end; the buffers hold the result
@@ -183,21 +184,34 @@ class Generator:
             return decode(tokens, self._position)
         return self.model(tokens, start_pos)
 
+    def fit_prompt(self, tokens: list[int], max_gen_len: int, truncate: bool = False) -> list[int]:
+        """A prompt's ids if they leave room for a new token in the context; else, with `truncate`,
+        its last max(1, context - max_gen_len) ids, or a ValueError saying the length and the limit."""
+        limit = self.model.max_seq_len
+        if len(tokens) < limit:
+            return tokens
+        if not truncate:
+            raise ValueError(f"the prompt has {len(tokens)} tokens; the model's context is {limit} (at most "
+                             f"{limit - 1} prompt tokens): shorten it, or pass --truncate to keep its end")
+        return tokens[-max(1, limit - max_gen_len):]
+
     # -- text level
     def text_completion(self, prompts: list[str], temperature: float = 0.6, top_p: float = 0.9,
                         top_k: int | None = None, max_gen_len: int | None = None, logprobs: bool = False,
-                        echo: bool = False, seed: int | None = None, use_cache: bool = True) -> list[dict]:
+                        echo: bool = False, seed: int | None = None, use_cache: bool = True,
+                        truncate: bool = False) -> list[dict]:
         """Complete each text prompt.
 
         Args:
             prompts: the texts to continue (batched; lengths may differ).
             temperature, top_p, top_k, logprobs, echo, seed, use_cache: as in `generate`.
             max_gen_len: most new tokens (default: fill the cache).
+            truncate: a prompt too long for the context keeps its end (else ValueError).
         Returns:
             One dict per prompt: "generation" (text), "tokens" (ids) and, with logprobs, "logprobs".
         """
-        encoded = [self.prompt_tokens(p) for p in prompts]
-        max_gen_len = max_gen_len or self.model.max_seq_len - 1
+        max_gen_len = self.model.max_seq_len - 1 if max_gen_len is None else max_gen_len
+        encoded = [self.fit_prompt(self.prompt_tokens(p), max_gen_len, truncate) for p in prompts]
         tokens, lps = self.generate(encoded, max_gen_len, temperature, top_p, top_k, logprobs, echo, seed, use_cache)
         out = []
         for i, row in enumerate(tokens):
@@ -208,11 +222,14 @@ class Generator:
         return out
 
     def stream(self, prompt: str, temperature: float = 0.6, top_p: float = 0.9, top_k: int | None = None,
-               max_gen_len: int | None = None, seed: int | None = None) -> Iterator[str]:
+               max_gen_len: int | None = None, seed: int | None = None, truncate: bool = False) -> Iterator[str]:
         """Yield the completion of one prompt piece by piece as it is decoded."""
-        encoded = [self.prompt_tokens(prompt)]
+        max_gen_len = self.model.max_seq_len - 1 if max_gen_len is None else max_gen_len
+        if max_gen_len < 1:
+            raise ValueError(f"max_gen_len must be >= 1, got {max_gen_len}")
+        check_sampling(temperature, top_p, top_k, self.tokenizer.vocab_size)
+        encoded = [self.fit_prompt(self.prompt_tokens(prompt), max_gen_len, truncate)]
         start = len(encoded[0])
-        max_gen_len = max_gen_len or self.model.max_seq_len - 1
         shown = ""
         for tokens, _, done in self._decode_steps(encoded, max_gen_len, temperature, top_p, top_k, seed,
                                                   use_cache=True, logprobs=False):

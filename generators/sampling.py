@@ -1,6 +1,19 @@
 """Next-token samplers: free functions over a batch of logits, as in Meta's Llama reference."""
 
+import math
+
 import torch
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int | None, vocab_size: int | None = None) -> None:
+    """Raise ValueError naming the setting when a sampling parameter is outside its range."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if not (0 < top_p <= 1):  # also refuses NaN
+        raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filtering), got {top_p}")
+    if top_k is not None and not (1 <= top_k <= (vocab_size or top_k)):
+        raise ValueError(f"top_k must be between 1 and the vocabulary size"
+                         f"{f' ({vocab_size})' if vocab_size else ''}, got {top_k}")
 
 
 def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -15,7 +28,9 @@ def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | Non
     """
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above
-    sorted_probs = sorted_probs.masked_fill(mass_before >= p, 0.0)
+    outside = mass_before >= p
+    outside[..., 0] = False  # the most likely token always stays, whatever rounding does
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
     sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
     choice = torch.multinomial(sorted_probs, num_samples=1, generator=generator)
     return order.gather(-1, choice)
