@@ -335,6 +335,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, env: Env, resume: bool, data=None):
         self.cfg, self.env = cfg, env
         init = adopt_init_checkpoint(cfg, env) if cfg.init_from else None
+        resume_from = load_checkpoint(run_paths(cfg)["last"], map_location=env.device) if resume else None
+        if resume_from:  # refuse another run's checkpoint before any work (the data check follows)
+            self._check_resumable(resume_from, settings_only=True)
         if data is None:
             data = prepare_data(cfg, log=env.log) if env.master else None
             if env.world > 1:
@@ -370,7 +373,8 @@ class Trainer:
         self.step, self.best_val, self.evals_since_best = 0, math.inf, 0
         self.saved_step: int | None = None  # the step of the last.pt on disk (none yet)
         if resume:
-            self._restore(self._resumable(load_checkpoint(run_paths(cfg)["last"], map_location=env.device)))
+            self._check_resumable(resume_from)
+            self._restore(resume_from)
         else:
             torch.manual_seed(cfg.seed + env.rank)  # the training stream (dropout, TID) differs per rank
         self.raw_model.loss_chunk = cfg.train.loss_chunk
@@ -426,23 +430,26 @@ class Trainer:
             "world_size": self.env.world,
         }
 
-    def _resumable(self, ckpt: dict) -> dict:
-        """The checkpoint, if it continues this config's run (same data, tokenizer, model, seed, ...)."""
-        path = run_paths(self.cfg)["last"]
-        diff = run_identity_diff(ckpt["config"], to_dict(self.cfg))
-        if ckpt.get("data_key") not in (None, self.data_key):
-            diff.append(f"data key {ckpt['data_key']} -> {self.data_key} (the source or its settings)")
-        mine, theirs = self.data.tokenizer.spec(), ckpt["tokenizer"]
-        if any(mine.get(k) != theirs.get(k) for k in ("kind", "sha256", "vocab_size")):
-            diff.append(f"tokenizer {theirs.get('kind')} {str(theirs.get('sha256'))[:12]} -> "
-                        f"{mine.get('kind')} {str(mine.get('sha256'))[:12]}")
+    def _check_resumable(self, ckpt: dict, settings_only: bool = False) -> None:
+        """Refuse a checkpoint that does not continue this config's run (data, tokenizer, model, seed, ...).
+        `settings_only`: compare the config alone (before the data, which sets model.vocab_size, is ready)."""
+        path, now = run_paths(self.cfg)["last"], to_dict(self.cfg)
+        if settings_only:
+            now["model"]["vocab_size"] = ckpt["config"]["model"]["vocab_size"]
+        diff = run_identity_diff(ckpt["config"], now)
+        if not settings_only:
+            if ckpt.get("data_key") not in (None, self.data_key):
+                diff.append(f"data key {ckpt['data_key']} -> {self.data_key} (the source or its settings)")
+            mine, theirs = self.data.tokenizer.spec(), ckpt["tokenizer"]
+            if any(mine.get(k) != theirs.get(k) for k in ("kind", "sha256", "vocab_size")):
+                diff.append(f"tokenizer {theirs.get('kind')} {str(theirs.get('sha256'))[:12]} -> "
+                            f"{mine.get('kind')} {str(mine.get('sha256'))[:12]}")
         if diff:
             raise ConfigError(f"--resume: {path} was trained with other settings ({'; '.join(diff)}); "
                               "resume with the run's own settings, or start a new run with --run-name NAME")
         if self.cfg.lora.rank and "lora_model" not in ckpt:
             raise ConfigError(f"lora.rank={self.cfg.lora.rank}: {path} holds no LoRA adapters to resume; "
                               "resume without lora.rank, or start a new run")
-        return ckpt
 
     def _restore(self, ckpt: dict) -> None:
         if self.cfg.lora.rank:

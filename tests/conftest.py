@@ -40,11 +40,9 @@ def tinystories_text() -> str:
     return _shared("text/tinystories_sample.txt").read_text(encoding="utf-8")
 
 
-def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
-    """A RunConfig on a small built-in corpus with every output under tmp_path (fast on CPU)."""
-    from experiment_config import load_config
-
-    base = [
+def tiny_sets(tmp_path: Path) -> list[str]:
+    """`--set` values of a small built-in-corpus run with every output under tmp_path (fast on CPU)."""
+    return [
         f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tokenizers'}",
         f"checkpoint_dir={tmp_path / 'checkpoints'}", f"log_dir={tmp_path / 'logs'}",
         "data.source=builtin", "data.train_rows=400", "data.val_rows=40", "data.heldout_rows=40",
@@ -53,7 +51,13 @@ def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
         "train.max_steps=10", "train.batch_size=4", "train.warmup_steps=2", "train.eval_every=5",
         "train.eval_batches=2", "train.save_every=5", "train.precision=fp32", "run_name=tiny",
     ]
-    return load_config([REPO / "configs" / "baseline.yaml"], [*base, *sets])
+
+
+def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
+    """A RunConfig on a small built-in corpus with every output under tmp_path (fast on CPU)."""
+    from experiment_config import load_config
+
+    return load_config([REPO / "configs" / "baseline.yaml"], [*tiny_sets(tmp_path), *sets])
 
 
 def assert_causal(model, tokens, t: int = 7) -> dict:
