@@ -162,8 +162,13 @@ def run_outputs(cfg: RunConfig) -> list[Path]:
 
 
 def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
-    """Refuse to overwrite another run's outputs unless --resume or --force says what to do."""
+    """Refuse to overwrite another run's outputs unless --resume or --force says what to do.
+    (Called under the run's lock: temporaries of its files are left by a killed writer; removed.)"""
     paths = run_paths(cfg)
+    stale = [*paths["dir"].glob(".*.tmp"), *(t for p in run_log_paths(cfg.run_name, cfg.log_dir)
+                                             for t in p.parent.glob(f".{p.name}.*.tmp"))]
+    for t in stale:
+        t.unlink(missing_ok=True)
     existing = run_outputs(cfg)
     if resume:
         if not paths["last"].is_file():

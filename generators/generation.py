@@ -115,7 +115,7 @@ class Generator:
         """
         if max_gen_len < 1:
             raise ValueError(f"max_gen_len must be >= 1, got {max_gen_len}")
-        check_sampling(temperature, top_p, top_k, self.tokenizer.vocab_size)
+        check_sampling(temperature, top_p, top_k)  # top_k against the vocabulary: in filter_top_k
         for tokens, token_logprobs, _ in self._decode_steps(prompt_tokens, max_gen_len, temperature, top_p, top_k,
                                                              seed, use_cache, logprobs, stop_at_eos):
             pass  # run to the end; the buffers hold the result
@@ -227,7 +227,7 @@ class Generator:
         max_gen_len = self.model.max_seq_len - 1 if max_gen_len is None else max_gen_len
         if max_gen_len < 1:
             raise ValueError(f"max_gen_len must be >= 1, got {max_gen_len}")
-        check_sampling(temperature, top_p, top_k, self.tokenizer.vocab_size)
+        check_sampling(temperature, top_p, top_k)  # top_k against the vocabulary: in filter_top_k
         encoded = [self.fit_prompt(self.prompt_tokens(prompt), max_gen_len, truncate)]
         start = len(encoded[0])
         shown = ""

@@ -38,6 +38,7 @@ def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | Non
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Logits with everything below the k-th largest set to -inf (ties at the k-th are kept)."""
+    check_sampling(1.0, 1.0, k, logits.size(-1))
     kth = logits.topk(k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
