@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,7 +80,7 @@ def main(default_config: str, argv: list[str] | None = None) -> None:
     except (DataError, TrainingError, CheckpointError, FileNotFoundError, UnsafeFileError) as e:
         _exit(f"error: {e}", 1)
     except KeyboardInterrupt:
-        _exit("interrupted before a step boundary: nothing saved since the last checkpoint", 130)
+        _exit("interrupted outside the training loop: nothing saved since the last checkpoint", 130)
 
 
 def _exit(message: str, code: int) -> None:
@@ -150,8 +151,7 @@ def setup_env(cfg: RunConfig) -> Env:
 
 def run_paths(cfg: RunConfig) -> dict[str, Path]:
     ckpt = Path(cfg.checkpoint_dir) / cfg.run_name
-    return {"dir": ckpt, "last": ckpt / "last.pt", "best": ckpt / "best.pt",
-            "lock": Path(cfg.checkpoint_dir) / ".locks" / f"{cfg.run_name}.lock"}
+    return {"dir": ckpt, "last": ckpt / "last.pt", "best": ckpt / "best.pt"}
 
 
 def run_outputs(cfg: RunConfig) -> list[Path]:
@@ -182,29 +182,36 @@ def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
         p.unlink()
 
 
+def run_locks(cfg: RunConfig) -> list[Path]:
+    """The locks of a run: <log_dir>/.locks/<run>.lock, and <checkpoint_dir>/.locks/<run>.lock when it
+    writes checkpoints (a run that shares either folder and name with a live one must not start)."""
+    dirs = [cfg.log_dir] + ([cfg.checkpoint_dir] if cfg.train.checkpoints else [])
+    return [Path(d) / ".locks" / f"{cfg.run_name}.lock" for d in dirs]
+
+
 @contextlib.contextmanager
 def run_lock(cfg: RunConfig, env: "Env"):
-    """One writer per run name: rank 0 holds checkpoints/.locks/<run>.lock for the run's whole life."""
-    if not env.master:
+    """One writer per run name: rank 0 holds the run's locks for its whole life (the OS drops them
+    if the process dies)."""
+    with contextlib.ExitStack() as held:
+        if env.master:
+            try:
+                for path in run_locks(cfg):
+                    held.enter_context(exclusive_lock(path))
+            except LockedError as e:
+                raise TrainingError(f"run {cfg.run_name!r} is already being trained ({e}): wait for it to "
+                                    "finish, or pick another --run-name") from None
         yield
-        return
-    path = run_paths(cfg)["lock"]
-    try:
-        with exclusive_lock(path):
-            yield
-    except LockedError as e:
-        raise TrainingError(f"run {cfg.run_name!r} is already being trained ({e}): wait for it to finish, "
-                            "or pick another --run-name") from None
 
 
 @contextlib.contextmanager
 def stop_on_signals(flag: dict):
     """While inside, SIGINT and SIGTERM only record themselves in flag["signum"]; the loop stops at
     the next step boundary. (Only the main thread can install handlers; elsewhere nothing changes.)"""
-    import threading
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
     def handler(signum, frame):
         flag["signum"] = signum
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -493,7 +500,7 @@ class Trainer:
         """Stop the run, saying truthfully which checkpoint (if any) holds the last good state."""
         paths = run_paths(self.cfg)
         kept = (f"{paths['last']} (step {self.saved_step}) is the last good checkpoint"
-                if self.saved_step is not None else f"no last.pt was written before this")
+                if self.saved_step is not None else "no last.pt was written before this")
         raise TrainingError(f"{what} at step {self.step}; stopped, nothing written. {kept}: "
                             "lower train.lr, raise train.warmup_steps or use fp32")
 
@@ -588,8 +595,6 @@ class Trainer:
             dist.all_reduce(nll)
             dist.all_reduce(count)
         self.model.train()
-        if count.item() == 0:
-            raise TrainingError("no validation batches were scored: set train.eval_batches >= 1 (or null = all)")
         loss = (nll / count).item()
         if not math.isfinite(loss):
             self._stop_non_finite(f"validation loss is {loss}")

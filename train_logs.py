@@ -44,6 +44,13 @@ def run_log_paths(run: str, log_dir: str | Path) -> list[Path]:
     return [log_dir / "losses" / f"{run}.pkl", log_dir / "times" / f"{run}.pkl", log_dir / "csv" / f"{run}.csv"]
 
 
+def _plain(value):
+    """Python floats for numbers (e.g. numpy scalars), so the pickles hold plain data only."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value if value is None or isinstance(value, (str, bool, int)) else float(value)
+
+
 def _load(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no log at {path}: train the run first, or check the run name and log dir")
@@ -108,7 +115,8 @@ class RunLogger:
 
     def log_step(self, step: int, loss: float, lr: float, grad_norm: float, step_time: float,
                  tokens: int, elapsed: float, stats: dict) -> None:
-        elapsed += self.elapsed_before
+        loss, lr, grad_norm, step_time, stats = _plain(loss), _plain(lr), _plain(grad_norm), _plain(step_time), _plain(stats)
+        elapsed = _plain(elapsed) + self.elapsed_before
         self.losses["step"].append(step)
         self.losses["train_loss"].append(loss)
         self.losses["lr"].append(lr)
@@ -131,6 +139,7 @@ class RunLogger:
                             **{f"train/{k}": v for k, v in stats.items() if not isinstance(v, str)}}, step=step)
 
     def log_eval(self, step: int, loss: float, bpb: float, stats: dict | None = None) -> None:
+        loss, bpb, stats = _plain(loss), _plain(bpb), _plain(stats)
         ppl = math.exp(min(loss, 50.0))
         val = self.losses["val"]
         for k, v in zip(("step", "loss", "ppl", "bpb"), (step, loss, ppl, bpb)):

@@ -114,7 +114,7 @@ def test_force_deletes_only_the_runs_own_outputs(tmp_path, capsys):
 # ----------------------------------------------------------------------------- 2. one writer per run
 
 def test_second_writer_of_a_run_is_refused_until_the_first_dies(tmp_path, capsys):
-    lock = tmp_path / "checkpoints" / ".locks" / "tiny.lock"
+    lock = tmp_path / "checkpoints" / ".locks" / "tiny.lock"   # (logs/.locks/tiny.lock is the other one)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom dataset_definitions.files import exclusive_lock\n"
          "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)", str(lock)],
@@ -434,7 +434,7 @@ def test_bad_values_exit_2_naming_the_key_before_any_work(tmp_path, capsys, valu
 def test_fewer_training_blocks_than_one_batch(tmp_path, capsys):
     code, err = train_cli(tmp_path, capsys, sets=["train.batch_size=5000"])
     assert code == 2 and "train.batch_size" in error_line(err) and "blocks" in err
-    assert not (tmp_path / "checkpoints/tiny").exists() and not (tmp_path / "logs").exists()
+    assert not (tmp_path / "checkpoints/tiny").exists() and not snapshot(tmp_path / "logs")   # (locks only)
 
 
 # ----------------------------------------------------------------------------- 13. generation and eval
