@@ -84,6 +84,14 @@ def trained(tmp_path_factory):
     return root
 
 
+def copy_of(trained: Path, tmp_path: Path) -> Path:
+    """tmp_path holding a copy of the trained run's data, tokenizer, checkpoints and logs."""
+    import shutil
+    for sub in ("data", "tokenizers", "checkpoints", "logs"):
+        shutil.copytree(trained / sub, tmp_path / sub, ignore=shutil.ignore_patterns("*.lock"))
+    return tmp_path
+
+
 # ----------------------------------------------------------------------------- 1. run names, --force
 
 @pytest.mark.parametrize("name", ["/victim", ".", "..", "a/b", ".hidden"])
@@ -233,20 +241,19 @@ def _signal_mid_step(monkeypatch, after_batches: int, signum: int):
 
 
 def test_a_signal_mid_step_resumes_to_the_uninterrupted_losses(tmp_path, capsys, monkeypatch):
-    sets = ["train.max_steps=16", "train.eval_every=6", "train.save_every=10", "model.dropout=0.1",
-            "train.grad_accum=2"]
+    sets = ["train.max_steps=12", "train.eval_every=5", "train.save_every=8", "model.dropout=0.1"]
     assert train_cli(tmp_path, capsys, "--run-name", "straight", sets=sets)[0] == 0
     a = load_losses("straight", tmp_path / "logs")
     wa = load_checkpoint(tmp_path / "checkpoints/straight/last.pt")["model"]
     for signum, name in ((signal.SIGINT, "ctrl-c"), (signal.SIGTERM, "scheduler")):
         with monkeypatch.context() as m:
-            _signal_mid_step(m, 2 * 12 + 1, signum)      # inside step 13, its first micro-batch drawn
+            _signal_mid_step(m, 10, signum)      # inside step 10, its batch drawn
             code, err = train_cli(tmp_path, capsys, "--run-name", name, sets=sets)
-        assert code == 128 + signum and "at step 13" in error_line(err) and f"{name}/last.pt" in err
-        assert load_checkpoint(tmp_path / f"checkpoints/{name}/last.pt")["step"] == 13
+        assert code == 128 + signum and "at step 10" in error_line(err) and f"{name}/last.pt" in err
+        assert load_checkpoint(tmp_path / f"checkpoints/{name}/last.pt")["step"] == 10
         assert train_cli(tmp_path, capsys, "--run-name", name, "--resume", sets=sets)[0] == 0
         b = load_losses(name, tmp_path / "logs")
-        assert b["step"] == list(range(1, 17)) and a["train_loss"] == b["train_loss"] and a["val"] == b["val"]
+        assert b["step"] == list(range(1, 13)) and a["train_loss"] == b["train_loss"] and a["val"] == b["val"]
         wb = load_checkpoint(tmp_path / f"checkpoints/{name}/last.pt")["model"]
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -256,16 +263,16 @@ def test_a_signal_mid_step_resumes_to_the_uninterrupted_losses(tmp_path, capsys,
 @pytest.mark.parametrize("change,key", [
     ("tokenizer.vocab_size=320", "tokenizer.vocab_size"), ("data.seed=5", "data.seed"), ("seed=7", "seed"),
     ("model.d_ff=96", "model.d_ff"), ("lora.rank=4", "lora.rank")])
-def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys, change, key):
-    assert train_cli(tmp_path, capsys, sets=["train.max_steps=5"])[0] == 0
+def test_resume_refuses_a_checkpoint_of_other_settings(trained, tmp_path, capsys, change, key):
+    copy_of(trained, tmp_path)
     outputs = snapshot(tmp_path / "checkpoints") | snapshot(tmp_path / "logs")
     code, err = train_cli(tmp_path, capsys, "--resume", sets=["train.max_steps=8", change])
     assert code == 2 and f"{key}:" in error_line(err) and "last.pt" in err
     assert snapshot(tmp_path / "checkpoints") | snapshot(tmp_path / "logs") == outputs
 
 
-def test_resume_accepts_settings_that_may_change(tmp_path, capsys):
-    assert train_cli(tmp_path, capsys, sets=["train.max_steps=5"])[0] == 0
+def test_resume_accepts_settings_that_may_change(trained, tmp_path, capsys):
+    copy_of(trained, tmp_path)
     code, _ = train_cli(tmp_path, capsys, "--resume", sets=["train.max_steps=8", "train.eval_every=4",
                                                             "train.log_every=3", "train.save_every=4"])
     assert code == 0 and load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["step"] == 8
@@ -394,10 +401,10 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_crafted_log_pickles_are_refused_everywhere(tmp_path, capsys):
+def test_crafted_log_pickles_are_refused_everywhere(trained, tmp_path, capsys):
     from eval.perplexity import main as ppl_main
     from visualizations.plots import main as plots_main
-    assert train_cli(tmp_path, capsys, sets=["train.max_steps=5"])[0] == 0
+    copy_of(trained, tmp_path)
     marker = tmp_path / "code_ran"
     crafted = pickle.dumps({"step": [1], "x": _Payload(marker)})
     logs = tmp_path / "logs"
