@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import generic_runner
 from conftest import REPO, tiny_run_config, tiny_sets
 from dataset_definitions.datasets import BlockSampler
-from dataset_definitions.files import atomic_write, load_plain_pickle, UnsafeFileError
+from dataset_definitions.files import atomic_write, load_plain_pickle
 from dataset_definitions.prepare import data_key, prepare_data
 from models.checkpoint import load_checkpoint
 from train_logs import load_losses
@@ -278,9 +277,9 @@ def test_resume_accepts_settings_that_may_change(trained, tmp_path, capsys):
     assert code == 0 and load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["step"] == 8
 
 
-def test_identity_rule_lists_the_keys_that_may_change():
+def test_identity_rule_lists_the_keys_that_may_change(tmp_path):
     from experiment_config import run_identity_diff, to_dict
-    old = to_dict(tiny_run_config(Path("/tmp")))
+    old = to_dict(tiny_run_config(tmp_path))
     new = {**old, "train": {**old["train"], "max_steps": 99, "lr": 0.5}, "device": "cpu"}
     new_key = {**old, "tid": {**old["tid"], "a_key_added_later": 1}}   # unknown to the rule: defines the run
     assert run_identity_diff(old, new) == [f"train.lr: {old['train']['lr']!r} -> 0.5"]
