@@ -41,8 +41,8 @@ from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
-REBUILD = ("rebuild it: python -m dataset_definitions.prepare with the run's --config/--set options "
-           "and --force (or delete the folder)")
+REBUILD = ("rebuild it: python -m dataset_definitions.prepare --base <the runner's config> with the run's "
+           "--config/--set options and --force (or delete the folder)")
 # data.* fields a source never reads: they do not enter the data key
 IGNORED_BY_SOURCE = {
     "builtin": {"name", "path", "split", "config_name", "text_field", "delimiter"},
