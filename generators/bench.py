@@ -13,6 +13,7 @@ decoder's continuation is scored with corpus BLEU (sacrebleu). Prints a table, w
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -109,6 +110,22 @@ def _beam(gen: Generator, prompt: str, new_tokens: int, k: int) -> tuple[str, in
     return gen.tokenizer.decode(best.tokens).strip(), len(best.tokens)
 
 
+def _positive_ints(option: str, text: str) -> list[int]:
+    """Comma-separated positive integers, or exit 2 naming the option."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        sys.exit(_usage(f"{option} takes comma-separated integers >= 1, got {text!r}"))
+    return values
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True)
@@ -125,8 +142,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    beams = [int(k) for k in args.beams.split(",") if k]
+    batch_sizes, beams = _positive_ints("--batch-sizes", args.batch_sizes), _positive_ints("--beams", args.beams)
+    if args.new_tokens < 1 or args.repeats < 1 or args.rows < 1:
+        sys.exit(_usage("--new-tokens, --repeats and --rows must be >= 1"))
     gen = Generator.build(args.ckpt, max_batch_size=max(batch_sizes + beams), device=args.device, dtype=args.dtype)
     speed = speed_rows(gen, batch_sizes, args.new_tokens, args.repeats, args.prompt_len)
     if args.compile:

@@ -507,3 +507,11 @@ def test_perplexity_stride_zero_is_refused_and_skipped_rows_are_counted(trained,
     code, _, out = run_cli_out(main_text, ["--ckpt", ckpt, "--text-file", str(rows), "--log-dir",
                                            str(tmp_path / "logs"), "--quiet"], capsys)
     assert code == 0 and "2 rows," in out and "3 rows skipped (empty or not text, invalid UTF-8)" in out
+
+
+@pytest.mark.parametrize("args,named", [(["--beams", "0,5"], "--beams"), (["--beams", "-2"], "--beams"),
+                                        (["--batch-sizes", "0"], "--batch-sizes")])
+def test_generation_bench_refuses_zero_or_negative_beams(trained, capsys, args, named):
+    from generators.bench import main as bench_main
+    code, err = run_cli(bench_main, ["--ckpt", str(trained / "checkpoints/tiny/last.pt"), *args], capsys)
+    assert code == 2 and named in err and err.count("\n") == 1
