@@ -20,7 +20,6 @@ without a times log, batch_size x grad_accum x context from the config (one proc
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import warnings
@@ -32,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter, StrMethodFormatter
 
-from dataset_definitions.files import UnsafeFileError, load_plain_pickle
+from dataset_definitions.files import UnsafeFileError, atomic_write, load_plain_pickle
 from train_logs import load_losses, load_times
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,9 +114,8 @@ def _finish(fig, name: str, out_dir, formats):
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
-        path, tmp = out_dir / f"{name}.{fmt}", out_dir / f".{name}.{fmt}.tmp"
-        fig.savefig(tmp, format=fmt, dpi=120)
-        os.replace(tmp, path)
+        path = out_dir / f"{name}.{fmt}"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120))
         paths.append(path)
     plt.close(fig)
     return paths
