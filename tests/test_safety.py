@@ -138,6 +138,19 @@ def test_second_writer_of_a_run_is_refused_until_the_first_dies(tmp_path, capsys
     assert train_cli(tmp_path, capsys, "--run-name", "tiny", sets=["train.max_steps=2"])[0] == 0
 
 
+def test_two_trainings_of_one_run_started_together_one_refuses(tmp_path):
+    sets = [*tiny_sets(tmp_path), "train.max_steps=40", "train.eval_every=20", "train.save_every=20"]
+    cmd = [sys.executable, "run_baseline.py", "--run-name", "same"] + [a for s in sets for a in ("--set", s)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = sorted((p.wait(timeout=600), p.stderr.read(), p.pid) for p in procs)
+    (ok, _, winner), (refused, err, _) = results
+    assert (ok, refused) == (0, 1)
+    assert "'same' is already being trained" in error_line(err) and f"process {winner}" in err
+    steps = [line.split(",")[0] for line in (tmp_path / "logs/csv/same.csv").read_text().splitlines()[1:]]
+    assert steps == [str(i) for i in range(1, 41)]       # one run's rows, not two interleaved
+
+
 def test_atomic_writes_of_one_file_never_share_a_temporary(tmp_path):
     target, both_open = tmp_path / "last.pt", threading.Barrier(2)
     temps = []
