@@ -6,7 +6,10 @@
 A runner passes its experiment's default config; `--config` files overlay it in order, then
 `--set` overrides (see experiment_config.py). The data is prepared (or found cached), the model is
 built from `model.preset`, and training writes checkpoints/<run>/{last,best,step_<n>}.pt and
-logs/{losses,times,csv}/<run>.* (see train_logs.py).
+logs/{losses,times,csv}/<run>.* (see train_logs.py). One process trains a run name at a time (a
+lock held for the run's life). SIGINT and SIGTERM stop the run at the next step boundary after
+saving last.pt, so `--resume` continues exactly, as it does from the last save after `kill -9`;
+it refuses a checkpoint whose settings (other than RESUMABLE_KEYS) differ from the config's.
 """
 
 import argparse

@@ -55,20 +55,20 @@ def main(argv=None) -> None:
     if args.beam is not None and args.beam < 1:
         _fail(f"--beam must be >= 1 (beams kept per step), got {args.beam}", 2)
     try:
-        check_sampling(args.temperature, args.top_p, args.top_k)
+        check_sampling(args.temperature, args.top_p, args.top_k, cli=True)
     except ValueError as e:
-        _fail(f"--{e}".replace("_", "-", 1), 2)
+        _fail(str(e), 2)
     try:
         generator = Generator.build(args.ckpt, max_batch_size=max(len(prompts), args.beam or 1), device=args.device,
                                     dtype=args.dtype, compile=args.compile, quantize=args.quantize)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
     try:
-        check_sampling(args.temperature, args.top_p, args.top_k, generator.tokenizer.vocab_size)
+        check_sampling(args.temperature, args.top_p, args.top_k, generator.tokenizer.vocab_size, cli=True)
         tokens = [generator.fit_prompt(generator.prompt_tokens(p), args.max_new_tokens, args.truncate)
                   for p in prompts]
     except ValueError as e:
-        _fail(f"--{e}".replace("_", "-", 1) if str(e).startswith("top_k") else str(e), 2)
+        _fail(str(e), 2)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     t0 = time.perf_counter()

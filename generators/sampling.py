@@ -5,14 +5,17 @@ import math
 import torch
 
 
-def check_sampling(temperature: float, top_p: float, top_k: int | None, vocab_size: int | None = None) -> None:
-    """Raise ValueError naming the setting when a sampling parameter is outside its range."""
+def check_sampling(temperature: float, top_p: float, top_k: int | None, vocab_size: int | None = None,
+                   cli: bool = False) -> None:
+    """Raise ValueError naming the setting (as a command-line option with `cli`) when a sampling
+    parameter is outside its range."""
+    name = (lambda n: "--" + n.replace("_", "-")) if cli else (lambda n: n)
     if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+        raise ValueError(f"{name('temperature')} must be a finite number >= 0 (0 = greedy), got {temperature}")
     if not (0 < top_p <= 1):  # also refuses NaN
-        raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus filtering), got {top_p}")
+        raise ValueError(f"{name('top_p')} must be in (0, 1] (1 = no nucleus filtering), got {top_p}")
     if top_k is not None and not (1 <= top_k <= (vocab_size or top_k)):
-        raise ValueError(f"top_k must be between 1 and the vocabulary size"
+        raise ValueError(f"{name('top_k')} must be between 1 and the vocabulary size"
                          f"{f' ({vocab_size})' if vocab_size else ''}, got {top_k}")
 
 
