@@ -225,6 +225,17 @@ def stop_on_signals(flag: dict):
             signal.signal(s, h)
 
 
+def model_family(cfg: RunConfig) -> str:
+    """The architecture a run trains, in words: preset and the choices that tell the families apart."""
+    m = cfg.model
+    parts = [f"{m.position} positions", m.norm, m.mlp]
+    if m.preset == "condor":
+        parts.append(f"{m.attention} attention")
+    if m.preset == "falcon":
+        parts.append(f"top-{m.top_k} of {m.n_experts} experts")
+    return f"{m.preset} ({', '.join(parts)})"
+
+
 def build_model(cfg: RunConfig, tokenizer, env: Env) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = models.build(cfg.model)
@@ -408,12 +419,17 @@ class Trainer:
         self.flops_per_token = models.flops_per_token(cfg.model, n_compute)
         self.peak = peak_flops(env.device)
         self.param_counts = {"params": n_params, "active_params": active() if active else n_params}
-        variant = f" ({cfg.model.attention} attention)" if cfg.model.preset == "condor" else ""
-        env.log(f"model: {cfg.model.preset}{variant}, {n_params / 1e6:.2f}M parameters"
+        env.log(f"model: {model_family(cfg)}, {n_params / 1e6:.2f}M parameters"
                 + (f" ({active() / 1e6:.2f}M active per token)" if active else "")
                 + f", {self.raw_model.num_params(exclude_embeddings=True) / 1e6:.2f}M without lookup tables; "
                 f"d{cfg.model.d_model} L{cfg.model.n_layers} H{cfg.model.n_heads} ctx {cfg.model.context}, "
                 f"vocab {cfg.model.vocab_size:,}")
+        if self.tid.enabled:
+            tid = cfg.tid
+            env.log(f"TID: {tid.method}, drop {tid.resolved_drop}" + (" (auto)" if tid.drop == "auto" else "")
+                    + (f", entropy of the {tid.entropy_of} token's prediction" if tid.method == "entropy" else "")
+                    + f", {'token embedding only' if tid.keep_position else 'whole input'} zeroed, "
+                    f"{tid.schedule} {tid.p_start:g} -> {tid.p_end:g}")
         env.log(f"train: {len(self.train_blocks):,} blocks, {self.tokens_per_step:,} tokens/step, "
                 f"{cfg.train.max_steps:,} steps, {env.world} process(es) on {env.device}, {env.dtype}")
 
@@ -528,7 +544,7 @@ class Trainer:
             # skip the gradient all-reduce on all but the last micro-batch
             sync = self.model.no_sync() if env.world > 1 and not last else contextlib.nullcontext()
             with sync, env.autocast():
-                _, loss, model_stats = self.model(x, y, drop_mask=drop_mask)
+                _, loss, model_stats = self.model(x, y, drop_mask=drop_mask, keep_position=cfg.tid.keep_position)
                 loss = loss / cfg.train.grad_accum  # the sum over micro-batches is the batch mean
             self.scaler.scale(loss).backward()
             total += loss.detach()
@@ -560,6 +576,7 @@ class Trainer:
             if self.tid.enabled:  # the overhead of TID, readable off the logs
                 stats["tid_step_time_without_scoring"] = dt - stats["tid_score_time"]
                 stats["tid_method"] = self.cfg.tid.method
+                stats["tid_drop"] = self.cfg.tid.resolved_drop
             rows.append({"step": r.step, "lr": r.lr, "loss": loss, "grad_norm": grad_norm, "dt": dt, "stats": stats})
         return rows
 
@@ -700,7 +717,7 @@ class Trainer:
                 self.evals_since_best += 1
                 stop = cfg.train.patience > 0 and self.evals_since_best >= cfg.train.patience
             self.env.log(f"step {step}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f}, "
-                         f"{bpb:.3f} bits/byte){' *' if improved else ''}")
+                         f"{val_loss / math.log(2):.3f} bits/token, {bpb:.3f} bits/byte){' *' if improved else ''}")
         if step > 0 and (step % cfg.train.save_every == 0 or stop):
             self._save_last(logger, paths)
         if step > 0 and cfg.train.keep_every and step % cfg.train.keep_every == 0:
@@ -739,12 +756,14 @@ def _train_locked(cfg: RunConfig, env: Env, resume: bool, data) -> dict:
         dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts
     summary.update(best_val_loss=trainer.best_val, run=cfg.run_name)
     val_loss, bpb = getattr(trainer, "last_val", (math.nan, math.nan))
-    summary.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), val_bpb=bpb)
+    summary.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), val_bpt=val_loss / math.log(2),
+                   val_bpb=bpb, model=model_family(cfg))
     mfu = (summary["tokens_per_s"] * trainer.flops_per_token / trainer.peak) if trainer.peak else None
     summary["mfu"] = mfu
     env.log(
-        f"done {cfg.run_name}: {summary['steps']} steps ({summary['stop']}), best val loss "
-        f"{trainer.best_val:.4f}, val ppl {summary['val_ppl']:.2f}, {bpb:.3f} bits/byte, "
+        f"done {cfg.run_name} [{summary['model']}]: {summary['steps']} steps ({summary['stop']}), best val loss "
+        f"{trainer.best_val:.4f}, val ppl {summary['val_ppl']:.2f}, {summary['val_bpt']:.3f} bits/token, "
+        f"{bpb:.3f} bits/byte, "
         f"{summary['wall_s']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s"
         + (f", MFU {mfu:.1%}" if mfu is not None else ""))
     return summary

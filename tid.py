@@ -1,18 +1,34 @@
-"""Token-importance dropout (TID): score every input token, zero the embeddings of the ones to drop.
+"""Token-importance dropout (TID): score every input token, zero the inputs of the ones to drop.
 
 Per training batch: a score per token (from a scoring pass on the same batch), a drop ratio from
 the schedule, and for each sequence the round(ratio * droppable) tokens at one end of the ranking
-become `drop_mask`, which the model applies to its token embeddings. The loss still covers every
-target; evaluation and generation never drop.
+become `drop_mask`, which the model applies to its first block's input. The loss still covers
+every target; evaluation and generation never drop.
 
 Scores (`tid.method`), all (B, T), higher = more of the named quantity:
     random          uniform noise (no scoring pass)
-    entropy         H(softmax(logits[t-1])): the model's uncertainty about token t (no-grad pass)
+    entropy         entropy of a softmax of the model (no-grad pass); `tid.entropy_of` says which:
+                      next     H(softmax(logits[t])): the prediction made AT t, of token t+1 (the
+                               TID study's definition, the default)
+                      current  H(softmax(logits[t-1])): the prediction OF token t, made at t-1
     gradient_norm   ||d loss / d embedding_t||_2 (forward + backward to the embeddings only)
     attention_mass  attention token t receives in layer `tid.layer`, summed over heads and queries
                     (the pass stops at that layer)
-`tid.drop=high` drops the highest scores (for entropy: the least confident tokens, as the TID
-study did), `tid.drop=low` the lowest (for entropy: EntroDrop's most confident tokens).
+
+Which end is dropped (`tid.drop`). The TID study keeps the most important tokens and drops the
+least important, with importance = gradient norm (high), attention received (high) and minus the
+entropy (a confident prediction is important). `tid.drop=auto` (the default) does exactly that:
+    entropy -> high (the least confident), gradient_norm -> low, attention_mass -> low,
+    random -> high (either end of uniform noise is the same rule).
+`high` / `low` are explicit overrides: entropy + low is EntroDrop (2025), which drops the most
+confident tokens. The resolved direction is logged (`resolved_drop`).
+
+What is zeroed (`tid.keep_position`). The study's model has rotary positions, so a dropped token's
+whole input vector is zero. On presets with added positions (learned, sinusoidal) the default
+`keep_position=false` does the same: the input vector (token + position) is zeroed. `true` zeroes
+the token embedding only, so the dropped position keeps its position embedding. On rotary presets
+both are identical (positions enter through the attention, not the input).
+
 Never dropped: position 0 (BOS or a cut-off document start), the first `tid.protect_first`
 positions, and bos/pad tokens.
 """
@@ -26,12 +42,17 @@ import torch.nn.functional as F
 
 METHODS = ("none", "random", "entropy", "gradient_norm", "attention_mass")
 SCHEDULES = ("constant", "linear_decay", "linear_warmup", "cosine", "sigmoid")
+DROPS = ("auto", "high", "low")
+# tid.drop=auto: the end of each method's ranking that holds the least important tokens (TID study)
+AUTO_DROP = {"none": "high", "random": "high", "entropy": "high", "gradient_norm": "low", "attention_mass": "low"}
 
 
 @dataclass
 class TIDConfig:
     method: str = "none"            # none | random | entropy | gradient_norm | attention_mass
-    drop: str = "high"              # high | low: which end of the score ranking is dropped
+    drop: str = "auto"              # auto (least important by the method's definition) | high | low
+    entropy_of: str = "next"        # entropy: next (prediction made at t, the study's) | current (of t)
+    keep_position: bool = False     # False: zero the whole input vector (the study); True: token embedding only
     schedule: str = "constant"      # constant | linear_decay | linear_warmup | cosine | sigmoid
     p_start: float = 0.1            # drop ratio at step 0
     p_end: float = 0.1              # drop ratio at train.max_steps
@@ -39,7 +60,8 @@ class TIDConfig:
     protect_first: int = 1          # positions 0..k-1 of every sequence are never dropped
 
     def __post_init__(self):
-        for key, allowed in (("method", METHODS), ("drop", ("high", "low")), ("schedule", SCHEDULES)):
+        for key, allowed in (("method", METHODS), ("drop", DROPS), ("entropy_of", ("next", "current")),
+                             ("schedule", SCHEDULES)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"tid.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
         for key in ("p_start", "p_end"):
@@ -51,6 +73,12 @@ class TIDConfig:
             raise ValueError("tid.schedule=linear_warmup needs p_end >= p_start (or use linear_decay)")
         if self.protect_first < 1:
             raise ValueError("tid.protect_first must be >= 1 (position 0 has no context to score it)")
+
+
+    @property
+    def resolved_drop(self) -> str:
+        """`high` or `low`: the end of the ranking that is dropped (auto resolved per method)."""
+        return AUTO_DROP[self.method] if self.drop == "auto" else self.drop
 
 
 def drop_ratio(cfg: TIDConfig, step: int, max_steps: int) -> float:
@@ -79,12 +107,16 @@ def random_scores(tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def entropy_scores(model, tokens: torch.Tensor) -> torch.Tensor:
-    """score[:, t] = entropy of the model's prediction of token t (from position t-1); score[:, 0] = 0."""
+def entropy_scores(model, tokens: torch.Tensor, of: str = "next") -> torch.Tensor:
+    """Entropy of the model's predictive distribution per position.
+
+    of="next": score[:, t] = entropy of the prediction made at t (of token t+1), the TID study's.
+    of="current": score[:, t] = entropy of the prediction of token t (made at t-1); score[:, 0] = 0.
+    """
     logits, _, _ = model(tokens)
     logp = F.log_softmax(logits.float(), dim=-1)                                   # (B, T, V)
     entropy = -(logp.exp() * logp).sum(-1)                                         # (B, T)
-    return F.pad(entropy[:, :-1], (1, 0))                                          # shift: predicts t
+    return entropy if of == "next" else F.pad(entropy[:, :-1], (1, 0))            # current: shift by one
 
 
 def gradient_norm_scores(model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -182,7 +214,7 @@ class TokenImportanceDropout:
         try:
             score = self.score_fns[method]
             if method == "entropy":
-                return score(model, tokens)
+                return score(model, tokens, self.cfg.entropy_of)
             if method == "gradient_norm":
                 with frozen(model):
                     return score(model, tokens, targets)
@@ -195,6 +227,6 @@ class TokenImportanceDropout:
         ratio = drop_ratio(self.cfg, step, self.max_steps)
         scores = self.scores(model, tokens, targets)
         droppable = droppable_mask(tokens, self.cfg.protect_first, self.special_ids)
-        drop = select_drops(scores, droppable, ratio, self.cfg.drop == "high")
+        drop = select_drops(scores, droppable, ratio, self.cfg.resolved_drop == "high")
         stats = {"tid_target_ratio": ratio, "tid_drop_ratio": drop.sum() / droppable.sum().clamp(min=1)}
         return drop, stats

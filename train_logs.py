@@ -5,7 +5,8 @@ Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically
     logs/losses/NAME.pkl   dict: "run", "meta" (the resolved config, "params", "active_params"),
                            "step", "train_loss", "lr", "grad_norm" (one entry per step),
                            "stats" (dict of per-step lists: whatever the model/trainer reports),
-                           "val" (dict: "step", "loss", "ppl", "bpb", one entry per evaluation, and
+                           "val" (dict: "step", "loss", "ppl", "bits_per_token" (loss / ln 2, what
+                           the TID study calls BPC), "bpb" (bits per UTF-8 byte), one entry per evaluation, and
                            "stats": dict of per-eval lists of the model's statistics, e.g. MoE load)
     logs/times/NAME.pkl    dict: "run", "step", "step_time" (s; on GPUs from CUDA events, so the
                            device time of the step), "tokens_per_s", "elapsed" (s since start,
@@ -28,7 +29,7 @@ from pathlib import Path
 from dataset_definitions.files import atomic_write, load_plain_pickle
 
 CSV_FIELDS = ["step", "train_loss", "lr", "grad_norm", "step_time", "tokens_per_s", "elapsed",
-              "val_loss", "val_ppl", "val_bpb"]
+              "val_loss", "val_ppl", "val_bits_per_token", "val_bpb"]
 
 
 def load_losses(run: str, log_dir: str | Path = "logs") -> dict:
@@ -66,7 +67,8 @@ class RunLogger:
         for p in self.paths.values():
             p.parent.mkdir(parents=True, exist_ok=True)
         self.losses = {"run": run, "meta": meta, "step": [], "train_loss": [], "lr": [], "grad_norm": [], "stats": {},
-                       "val": {"step": [], "loss": [], "ppl": [], "bpb": [], "stats": {}}}
+                       "val": {"step": [], "loss": [], "ppl": [], "bits_per_token": [], "bpb": [],
+                               "stats": {}}}
         self.times = {"run": run, "step": [], "step_time": [], "tokens_per_s": [], "elapsed": [],
                       "total_elapsed": 0.0}
         self.elapsed_before = 0.0
@@ -88,6 +90,8 @@ class RunLogger:
             keep_val = sum(s <= step for s in old["val"]["step"])
             self.losses["val"] = {k: v[:keep_val] for k, v in old["val"].items() if k != "stats"}
             self.losses["val"]["stats"] = {k: v[:keep_val] for k, v in old["val"]["stats"].items()}
+            # logs written before bits per token was logged: derive it from the loss
+            self.losses["val"].setdefault("bits_per_token", [x / math.log(2) for x in self.losses["val"]["loss"]])
         if self.paths["times"].is_file():
             old = _load(self.paths["times"])
             keep = sum(s <= step for s in old["step"])
@@ -140,17 +144,17 @@ class RunLogger:
 
     def log_eval(self, step: int, loss: float, bpb: float, stats: dict | None = None) -> None:
         loss, bpb, stats = _plain(loss), _plain(bpb), _plain(stats)
-        ppl = math.exp(min(loss, 50.0))
+        ppl, bpt = math.exp(min(loss, 50.0)), loss / math.log(2)
         val = self.losses["val"]
-        for k, v in zip(("step", "loss", "ppl", "bpb"), (step, loss, ppl, bpb)):
+        for k, v in zip(("step", "loss", "ppl", "bits_per_token", "bpb"), (step, loss, ppl, bpt, bpb)):
             val[k].append(v)
         for k, v in (stats or {}).items():
             val["stats"].setdefault(k, [math.nan] * (len(val["step"]) - 1)).append(v)
         if self._pending_row is not None and self._pending_row["step"] == step:
-            self._pending_row.update(val_loss=loss, val_ppl=ppl, val_bpb=bpb,
+            self._pending_row.update(val_loss=loss, val_ppl=ppl, val_bits_per_token=bpt, val_bpb=bpb,
                                      **{f"val_{k}": v for k, v in (stats or {}).items()})
         if self.wandb is not None:
-            self.wandb.log({"val/loss": loss, "val/ppl": ppl, "val/bpb": bpb,
+            self.wandb.log({"val/loss": loss, "val/ppl": ppl, "val/bits_per_token": bpt, "val/bpb": bpb,
                             **{f"val/{k}": v for k, v in (stats or {}).items()}}, step=step)
 
     def _flush_row(self) -> None:

@@ -102,11 +102,12 @@ class GPT(nn.Module):
         self.tok_emb.weight.requires_grad_(not freeze)
 
     def embed(self, tokens: torch.Tensor, drop_mask: torch.Tensor | None = None, start_pos=0,
-              token_embeddings: torch.Tensor | None = None):
+              token_embeddings: torch.Tensor | None = None, keep_position: bool = False):
         """Input of the first block, x (B, T, C), and the rotary (cos, sin) for positions start_pos...
 
-        drop_mask (B, T) bool: True zeroes that position's token embedding (token-importance
-        dropout) before positions are added. start_pos (int, or a 0-d tensor for a compiled decode
+        drop_mask (B, T) bool: True zeroes that position's whole input vector (token-importance
+        dropout, as the TID study did); with keep_position=True only the token embedding is zeroed
+        and an added position embedding stays (rotary presets: the same either way). start_pos (int, or a 0-d tensor for a compiled decode
         step) is where these tokens sit after a cached prefix; training always starts at 0.
         token_embeddings (B, T, C): use these instead of looking the tokens up (a tensor to
         differentiate with respect to, as gradient-norm scoring does).
@@ -116,7 +117,7 @@ class GPT(nn.Module):
             raise ValueError(f"positions up to {start_pos + T} exceed model.context={self.cfg.context}; "
                              "crop the input or raise model.context")
         x = self.tok_emb(tokens) if token_embeddings is None else token_embeddings   # (B, T, C)
-        if drop_mask is not None:
+        if drop_mask is not None and keep_position:
             x = x.masked_fill(drop_mask.unsqueeze(-1), 0.0)
         positions = start_pos + torch.arange(T, device=tokens.device)                # (T,)
         rope = None
@@ -126,6 +127,8 @@ class GPT(nn.Module):
             x = x + self.pos_table[positions].to(x.dtype)
         else:
             rope = (self.rope_cos[positions], self.rope_sin[positions])              # 2 x (T, hd)
+        if drop_mask is not None and not keep_position:
+            x = x.masked_fill(drop_mask.unsqueeze(-1), 0.0)
         return self.drop(x), rope
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,15 +136,16 @@ class GPT(nn.Module):
         return self.lm_head(self.norm_f(x))
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                drop_mask: torch.Tensor | None = None, token_embeddings: torch.Tensor | None = None):
+                drop_mask: torch.Tensor | None = None, token_embeddings: torch.Tensor | None = None,
+                keep_position: bool = False):
         """(logits (B, T, V), loss or None, stats) from tokens (B, T); see the design page, sections 3-4.
 
-        drop_mask (B, T) bool: token-importance dropout (see `embed`); the loss still covers every
+        drop_mask (B, T) bool and keep_position: token-importance dropout (see `embed`); the loss still covers every
         target != -100. token_embeddings: see `embed`. With `loss_chunk` > 0 and targets given, the
         loss comes from the fused chunked head and logits is None.
         """
         B, T = tokens.shape
-        x, rope = self.embed(tokens, drop_mask, token_embeddings=token_embeddings)
+        x, rope = self.embed(tokens, drop_mask, token_embeddings=token_embeddings, keep_position=keep_position)
         stats = {}
         for block in self.blocks:
             x, block_stats = block(x, rope)

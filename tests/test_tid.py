@@ -69,11 +69,52 @@ def test_low_and_high_pick_opposite_ends_and_protected_positions_stay():
 def test_entropy_scores_equal_the_softmax_entropy():
     model = tiny_model()
     tokens = torch.randint(0, V, (3, 16))
-    scores = entropy_scores(model, tokens)
-    p = F.softmax(model(tokens)[0].double(), dim=-1)
-    entropy = -(p * p.log()).sum(-1)                              # (B, T): predicts token t+1
-    assert scores[:, 0].abs().max() == 0
-    assert torch.allclose(scores[:, 1:].double(), entropy[:, :-1], atol=1e-5)
+    with torch.no_grad():
+        logits = model(tokens)[0].double()                        # (B, T, V): row t predicts token t+1
+    entropy = torch.zeros(3, 16, dtype=torch.float64)
+    for b in range(3):
+        for t in range(16):
+            p = F.softmax(logits[b, t], dim=-1)
+            entropy[b, t] = -(p * p.log()).sum()
+    # next (the study's): the prediction made at t; current: the prediction of t, made at t-1
+    assert torch.allclose(entropy_scores(model, tokens, "next").double(), entropy, atol=1e-5)
+    current = entropy_scores(model, tokens, "current").double()
+    assert current[:, 0].abs().max() == 0
+    assert torch.allclose(current[:, 1:], entropy[:, :-1], atol=1e-5)
+    assert TIDConfig().entropy_of == "next"
+
+
+@pytest.mark.parametrize("method, expected", [("entropy", "high"), ("gradient_norm", "low"),
+                                              ("attention_mass", "low"), ("random", "high")])
+def test_drop_auto_drops_the_least_important_tokens_of_each_method(method, expected):
+    cfg = TIDConfig(method=method)
+    assert cfg.drop == "auto" and cfg.resolved_drop == expected
+    assert TIDConfig(method=method, drop="low").resolved_drop == "low"      # explicit overrides win
+    assert TIDConfig(method=method, drop="high").resolved_drop == "high"
+    # the selection follows it: entropy drops its highest scores, gradient norm and attention mass their lowest
+    tid = TokenImportanceDropout(TIDConfig(method=method, p_start=0.4, p_end=0.4), 10, (None,), n_layers=2)
+    tid.scores = lambda *args: torch.tensor([[0.0, 5.0, 1.0, 4.0, 2.0, 3.0]])
+    mask, _ = tid.mask(None, torch.zeros(1, 6, dtype=torch.long), None, 0)   # round(0.4 * 5 droppable) = 2
+    assert mask[0].nonzero().flatten().tolist() == ([1, 3] if expected == "high" else [2, 4])  # 5, 4 or 1, 2
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rotary"])
+def test_keep_position_false_zeroes_the_whole_input_vector(position):
+    model = tiny_model(position=position) if position != "rotary" else tiny_model(
+        position="rotary", norm="rmsnorm", mlp="swiglu", bias=False)
+    tokens = torch.randint(0, V, (2, 16))
+    drop = torch.zeros(2, 16, dtype=torch.bool)
+    drop[0, 3] = drop[1, 7] = True
+    with torch.no_grad():
+        x, _ = model.embed(tokens, drop)                          # default: the study's whole-input zeroing
+        kept, _ = model.embed(tokens, drop, keep_position=True)
+        plain, _ = model.embed(tokens)
+    assert x[drop].abs().max() == 0
+    assert torch.equal(x[~drop], plain[~drop]) and torch.equal(kept[~drop], plain[~drop])
+    # keep_position=True: what is left at a dropped position is its position embedding alone
+    position_only = {"learned": lambda: model.pos_emb.weight[:16], "sinusoidal": lambda: model.pos_table[:16],
+                     "rotary": lambda: torch.zeros(16, 32)}[position]()
+    assert torch.allclose(kept[drop], position_only.expand(2, 16, 32)[drop])
 
 
 def test_gradient_norm_scores_equal_autograd_of_the_embeddings():
