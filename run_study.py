@@ -1,0 +1,11 @@
+"""Run a study: every arm at every seed on the same data, scored on the same held-out rows, compared.
+
+    python run_study.py --study configs/studies/tid.yaml [--config FILE ...] [--set key=value ...] [--parallel N]
+
+See study.py for the study file and study_report.py for the statistics.
+"""
+
+from study import main
+
+if __name__ == "__main__":
+    main()
