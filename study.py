@@ -33,6 +33,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -305,7 +306,11 @@ def score_command(run: Run, heldout_rows: int | None) -> list[str]:
 
 
 def execute(study: Study, runs: list[Run], parallel: int = 1, log=print) -> None:
-    """Train and score every run not finished yet, `parallel` at a time; one log file per run."""
+    """Train and score every run not finished yet, `parallel` at a time; one log file per run.
+
+    The first failure stops the study: queued runs are cancelled, running ones are stopped (their
+    last checkpoint stays, so the next call resumes them).
+    """
     todo = [r for r in runs if run_state(r) != "scored"]
     if len(todo) < len(runs):
         log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished: reused")
@@ -315,25 +320,32 @@ def execute(study: Study, runs: list[Run], parallel: int = 1, log=print) -> None
     slots = _slots(parallel)
     free = list(range(len(slots)))
     lock = threading.Lock()
+    children: set = set()  # live subprocesses, stopped if the study stops
     bar = tqdm(total=len(todo), desc=f"study {study.name}", unit="run", dynamic_ncols=True)
 
     def one(run: Run) -> None:
         with lock:
             slot = free.pop()
         try:
-            _train_and_score(study, run, slots[slot])
+            _train_and_score(study, run, slots[slot], children)
         finally:
             with lock:
                 free.append(slot)
-                bar.update(1)
-                tqdm.write(f"  {run.name}: done")
+        with lock:
+            bar.update(1)
+            tqdm.write(f"  {run.name}: trained and scored")
 
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(slots))
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
-            futures = [pool.submit(one, r) for r in todo]
-            for f in concurrent.futures.as_completed(futures):
-                f.result()
+        futures = [pool.submit(one, r) for r in todo]
+        for f in concurrent.futures.as_completed(futures):
+            f.result()
     finally:
+        for f in futures:
+            f.cancel()
+        for child in list(children):
+            child.terminate()
+        pool.shutdown(wait=True)
         bar.close()
 
 
@@ -361,20 +373,25 @@ class StudyRunError(RuntimeError):
     """A run of the study failed; the message names its log file."""
 
 
-def _train_and_score(study: Study, run: Run, env: dict) -> None:
+def _train_and_score(study: Study, run: Run, env: dict, children: set) -> None:
     log_path = study.dir / "runs" / f"{run.name}.log"
     with open(log_path, "a") as out:
         if run_state(run) not in ("trained", "scored"):
-            _call(train_command(run), env, out, log_path, "training")
+            _call(train_command(run), env, out, log_path, f"training {run.name}", children)
             _write_record(run, "trained")
-        _call(score_command(run, study.heldout_rows), env, out, log_path, "scoring")
+        _call(score_command(run, study.heldout_rows), env, out, log_path, f"scoring {run.name}", children)
         _write_record(run, "scored")
 
 
-def _call(cmd: list[str], env: dict, out, log_path: Path, what: str) -> None:
+def _call(cmd: list[str], env: dict, out, log_path: Path, what: str, children: set) -> None:
     out.write(f"$ {' '.join(cmd)}\n")
     out.flush()
-    rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    children.add(child)
+    try:
+        rc = child.wait()
+    finally:
+        children.discard(child)
     if rc != 0:
         raise StudyRunError(f"{what} failed (exit {rc}): see {log_path}")
 
@@ -402,6 +419,9 @@ def check_trained_configs(runs: list[Run]) -> None:
 
 # ----------------------------------------------------------------------------- command line
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -417,6 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (one GPU each where there are several)")
     parser.add_argument("--out", default=None, metavar="DIR", help="report folder (default studies/NAME)")
     args = parser.parse_args(argv)
+    # a scheduler's SIGTERM stops the study as Ctrl-C does: running runs are stopped, finished ones kept
+    signal.signal(signal.SIGTERM, _interrupt)
     command = " ".join(["python run_study.py", "--study", args.study,
                         *(f"--config {c}" for c in args.config), *(f"--set {s}" for s in args.set)])
     try:

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: timing, device description, training one variant, JSON output."""
+"""Helpers shared by the benchmarks: timing, device description, JSON output."""
 
 import argparse
 import json
@@ -9,9 +9,6 @@ from pathlib import Path
 
 import torch
 
-from experiment_config import load_config
-from generic_runner import train
-from train_logs import load_losses, load_times
 
 WARMUP_STEPS = 5  # first steps carry allocator and thread-pool warm-up; left out of the medians
 
@@ -52,19 +49,6 @@ def device_info(device: torch.device) -> dict:
 
 def peak_memory_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def train_variant(configs: list[str], sets: list[str], run_name: str) -> dict:
-    """Train one variant from scratch (overwriting an earlier benchmark run of that name).
-
-    Returns the trainer's summary plus the run's logs ("losses", "times") and the median step time.
-    """
-    cfg = load_config(configs, sets)
-    cfg.run_name = run_name
-    summary = train(cfg, force=True)
-    times = load_times(run_name, cfg.log_dir)
-    return {**summary, "cfg": cfg, "losses": load_losses(run_name, cfg.log_dir), "times": times,
-            "step_s": statistics.median(times["step_time"][WARMUP_STEPS:] or times["step_time"])}
 
 
 def device_name(device: str) -> str:

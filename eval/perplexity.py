@@ -15,7 +15,7 @@ Definitions (DESIGN section 6), each made once here:
   scored, so every target is scored exactly once, with as much left context as its window gives.
 - Per-row perplexity = exp(row NLL / row targets); the runner saves the list (pickle, in row
   order) and prints its mean (the seed's aggregate) and median, the corpus perplexity
-  exp(total NLL / total targets), and bits per byte = total NLL / ln 2 / UTF-8 bytes of the rows'
+  exp(total NLL / total targets), bits per token = corpus loss / ln 2, and bits per byte = total NLL / ln 2 / UTF-8 bytes of the rows'
   text (bytes of the text only: BOS/EOS have none, but EOS's NLL counts, as in the trainer).
 - `--packed` scores a split's token stream exactly as `Trainer.evaluate` does: blocks of
   context + 1 tokens at stride = context, total NLL / target tokens, the training model class in
@@ -199,6 +199,7 @@ def report(summary: dict) -> str:
         f"  {f'mean per-{unit} ppl':22s}{summary['mean']:12.3f}{seed}",
         f"  {f'median per-{unit} ppl':22s}{summary['median']:12.3f}",
         f"  {'corpus ppl':22s}{summary['corpus_ppl']:12.3f}   exp(total NLL / total tokens) = exp({summary['loss']:.4f})",
+        f"  {'bits per token':22s}{summary['loss'] / math.log(2):12.4f}   (loss / ln 2)",
         f"  {'bits per byte':22s}{summary['bpb']:12.4f}",
         f"  {summary['rows']:,} {unit}s in {summary['seconds']:.2f}s: {summary['rows_per_s']:,.1f} {unit}s/s, "
         f"{summary['tokens_per_s']:,.0f} tokens/s on {summary['device']} ({summary['dtype']})",

@@ -73,7 +73,7 @@ class Scores:
         return [math.exp(n / t) if t else math.nan for n, t in zip(self.nll.tolist(), self.tokens.tolist())]
 
     def summary(self) -> dict:
-        """rows, tokens, bytes, mean/median per-row perplexity, loss, corpus_ppl, bpb, speed."""
+        """rows, tokens, bytes, mean/median per-row perplexity, loss, corpus_ppl, bits per token and byte, speed."""
         ppl = self.perplexities()
         total_nll, total_tokens, total_bytes = float(self.nll.sum()), int(self.tokens.sum()), float(self.bytes.sum())
         loss = total_nll / total_tokens if total_tokens else math.nan
@@ -82,6 +82,7 @@ class Scores:
             "mean": statistics.fmean(ppl) if ppl else math.nan,
             "median": statistics.median(ppl) if ppl else math.nan,
             "loss": loss, "corpus_ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
+            "bits_per_token": loss / math.log(2),
             "bpb": total_nll / math.log(2) / total_bytes if total_bytes else math.nan,
             "seconds": self.seconds,
             "rows_per_s": len(ppl) / self.seconds if self.seconds > 0 else math.nan,

@@ -64,9 +64,6 @@ def logs(tmp_path):
                for k, d in enumerate(("greedy", "beam 5", "beam 10"))]
     (tmp_path / "generation_cpu.json").write_text(json.dumps(
         {"speed": speed, "quality": quality, "device": "cpu", "dtype": "float32"}))
-    results = [{"method": m, "val_loss": 3.0, "val_ppl": 20.1, "val_bpb": 1.1, "wall_s": 9.0, "step_s": 0.01,
-                "score_s": s, "overhead": s / 0.01} for m, s in (("none", 0.0), ("entropy", 0.003))]
-    (tmp_path / "tid_comparison_cpu.json").write_text(json.dumps({"results": results}))
     return log_dir
 
 
@@ -85,7 +82,6 @@ FIGURES = {
     "perplexity": lambda d, out: plots.perplexity(RUNS[:2], d, out_dir=out),
     "training_time": lambda d, out: plots.training_time(RUNS, d, out_dir=out),
     "generation_cpu": lambda d, out: plots.generation_speed(d.parent / "generation_cpu.json", out_dir=out),
-    "tid_comparison_cpu": lambda d, out: plots.tid_comparison(d.parent / "tid_comparison_cpu.json", out_dir=out),
 }
 
 
@@ -136,11 +132,10 @@ def test_missing_run_warns_and_the_others_still_plot(logs, tmp_path):
 
 def test_cli_writes_every_figure_and_fails_only_with_nothing_to_draw(logs, tmp_path, capsys):
     out = tmp_path / "figures"
-    bench = [str(logs.parent / "generation_cpu.json"), str(logs.parent / "tid_comparison_cpu.json")]
+    bench = [str(logs.parent / "generation_cpu.json")]
     rc = plots.main(["--runs", *RUNS, "ghost", "--log-dir", str(logs), "--out", str(out), "--svg", "--bench", *bench])
     assert rc == 0
-    names = {"loss", "lr_grad_norm", "tid", "moe_load", "perplexity", "training_time", "generation_cpu",
-             "tid_comparison_cpu"}
+    names = {"loss", "lr_grad_norm", "tid", "moe_load", "perplexity", "training_time", "generation_cpu"}
     assert {p.name for p in out.iterdir()} == {f"{n}.{ext}" for n in names for ext in ("png", "svg")}
     assert "warning: run 'ghost' left out" in capsys.readouterr().err
     assert plots.main(["--runs", "ghost", "--log-dir", str(logs), "--out", str(out), "--bench"]) == 1

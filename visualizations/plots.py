@@ -219,6 +219,9 @@ def loss_curves(runs, log_dir="logs", *, x=("step", "time", "tokens"), ema=0.9, 
         ax.set(xlabel=labels[axis], ylabel="loss (nats/token)", title=f"by {labels[axis].split(' (')[0]}")
         if log_scale:
             _log(ax)
+        else:  # the same loss in bits per token (what the TID study calls BPC)
+            ax.secondary_yaxis("right", functions=(lambda n: n / math.log(2), lambda b: b * math.log(2))
+                               ).set_ylabel("bits/token")
         if axis == "tokens":
             ax.xaxis.set_major_formatter(EngFormatter())
     train = f"train (EMA {ema})" if ema else "train"
@@ -415,19 +418,8 @@ def generation_speed(path, *, out_dir=None, formats=("png",)):
     return _finish(fig, Path(path).stem, out_dir, formats)
 
 
-def tid_comparison(path, *, out_dir=None, formats=("png",)):
-    """benchmarks/tid_comparison.py JSON: validation perplexity and scoring overhead per TID method."""
-    rows = json.loads(Path(path).read_text())["results"]
-    fig, axes = _figure(2)
-    names, ppl, over = ([r.get(k, math.nan) for r in rows] for k in ("method", "val_ppl", "overhead"))
-    _bars(axes[0, 0], names, ppl, [f"{v:.2f}" for v in ppl], "validation perplexity", "validation perplexity")
-    _bars(axes[0, 1], names, over, [f"{v:.0%}" for v in over], "scoring time / baseline step time", "scoring overhead")
-    fig.suptitle("Token-importance dropout methods against the baseline (method none)")
-    return _finish(fig, Path(path).stem, out_dir, formats)
-
-
 def benchmark(path, *, out_dir=None, formats=("png",)):
-    """The figure for a benchmark JSON, picked by its content (generation or TID comparison)."""
+    """The figure for a benchmark JSON (the generation benchmark's)."""
     path = _dir(path)
     if not path.is_file():
         _warn(f"no benchmark results at {path}: run the benchmark first, or check the path")
@@ -435,9 +427,7 @@ def benchmark(path, *, out_dir=None, formats=("png",)):
     data = json.loads(path.read_text())
     if "speed" in data or "quality" in data:
         return generation_speed(path, out_dir=out_dir, formats=formats)
-    if data.get("results") and "method" in data["results"][0]:
-        return tid_comparison(path, out_dir=out_dir, formats=formats)
-    _warn(f"{path}: not a generation or TID comparison benchmark; no figure")
+    _warn(f"{path}: not a generation benchmark; no figure")
     return None
 
 
@@ -466,14 +456,13 @@ def main(argv=None) -> int:
     parser.add_argument("--log-scale", action="store_true", help="loss on a log axis")
     parser.add_argument("--svg", action="store_true", help="SVG beside each PNG")
     parser.add_argument("--bench", nargs="*", default=None,
-                        help="benchmark JSONs (default: benchmarks/results/generation_*.json and "
-                             "tid_comparison_*.json; --bench alone: none)")
+                        help="benchmark JSONs (default: benchmarks/results/generation_*.json; --bench alone: none)")
     args = parser.parse_args(argv)
     if not 0 <= args.ema < 1:
         parser.error(f"--ema must be in [0, 1), got {args.ema}")
     plt.switch_backend("Agg")
     bench = args.bench if args.bench is not None else sorted(
-        p for pattern in ("generation_*.json", "tid_comparison_*.json") for p in (ROOT / "benchmarks/results").glob(pattern))
+        (ROOT / "benchmarks/results").glob("generation_*.json"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingLogWarning)
         saved = plot_all(args.runs, args.log_dir, args.out, ("png", "svg") if args.svg else ("png",), bench,
