@@ -36,6 +36,13 @@ def test_short_run_learns_and_writes_every_output(tmp_path):
     assert len(times["step_time"]) == 80 and times["total_elapsed"] > 0
     csv_rows = (tmp_path / "logs/csv/tiny.csv").read_text().splitlines()
     assert len(csv_rows) == 81 and csv_rows[0].startswith("step,train_loss,lr")
+    # bits per token (the TID study's "BPC") is the loss in bits, beside bits per byte
+    assert logs["val"]["bits_per_token"] == pytest.approx([x / math.log(2) for x in logs["val"]["loss"]], rel=1e-12)
+    header = csv_rows[0].split(",")
+    last = dict(zip(header, csv_rows[-1].split(",")))
+    assert float(last["val_bits_per_token"]) == pytest.approx(float(last["val_loss"]) / math.log(2), rel=1e-9)
+    assert "val_bpb" in header
+    assert summary["val_bpt"] == pytest.approx(summary["val_loss"] / math.log(2))
     for name in ("last.pt", "best.pt", "step_40.pt", "step_80.pt"):
         assert (tmp_path / "checkpoints/tiny" / name).is_file()
     ckpt = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")   # weights_only=True
@@ -162,7 +169,7 @@ def test_runner_cli_trains_and_refuses_overwrite(tmp_path):
     cmd += [a for s in sets for a in ("--set", s)]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "done cli: 3 steps" in r.stderr + r.stdout
+    assert "done cli [baseline (learned positions, layernorm, gelu)]: 3 steps" in r.stderr + r.stdout
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and "already has outputs" in again.stderr
     assert again.stderr.strip().count("\n") == 0
