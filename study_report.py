@@ -7,8 +7,10 @@ Statistics, each over the study's seeds:
   d[s, r] = NLL_arm[s, r] - NLL_ref[s, r], where NLL is the row's mean token NLL (the log of the
   row's perplexity, as the perplexity runner reports it). The estimate is the mean of d; its 95% CI
   is a percentile bootstrap that resamples seeds and rows with replacement (the same rows for
-  every seed of a replicate: rows and seeds are both random effects). Verdict: "better" when the
-  whole interval is below 0, "worse" when above, otherwise "no detectable difference at this budget".
+  every seed of a replicate: rows and seeds are both random effects). With few seeds, resampling
+  seeds understates the seed-to-seed spread, so the per-seed mean differences also get a 95% t
+  interval (n_seeds - 1 degrees of freedom). Verdict: "better" when both intervals lie below 0,
+  "worse" when both lie above, otherwise "no detectable difference at this budget".
 
 Writes studies/<name>/summary.md, summary.json and figures/{val_curves,heldout}.png.
 """
@@ -70,10 +72,11 @@ def paired_bootstrap(diff: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: i
     return float(diff.mean()), float(lo), float(hi)
 
 
-def verdict(lo: float, hi: float) -> str:
-    if hi < 0:
+def verdict(*intervals: tuple[float, float]) -> str:
+    """From one or more 95% intervals of (arm - reference) NLL: better / worse only when all agree."""
+    if all(hi < 0 for _, hi in intervals):
         return "better (lower held-out NLL)"
-    if lo > 0:
+    if all(lo > 0 for lo, _ in intervals):
         return "worse (higher held-out NLL)"
     return "no detectable difference at this budget"
 
@@ -133,8 +136,12 @@ def build_report(study, runs, differences: dict, command: str) -> dict:
             continue
         diff = np.stack([nll[(arm.name, s)] - nll[(study.reference, s)] for s in study.seeds])
         mean, lo, hi = paired_bootstrap(diff)
+        per_seed = diff.mean(axis=1)
+        seed_mean, half = t_interval(per_seed)
+        seed_ci = (seed_mean - half, seed_mean + half) if math.isfinite(half) else (-math.inf, math.inf)
         comparisons[arm.name] = {"delta_nll": mean, "ci95": [lo, hi], "delta_ppl_pct": 100 * math.expm1(mean),
-                                 "verdict": verdict(lo, hi)}
+                                 "per_seed_delta_nll": per_seed.tolist(), "seed_t_ci95": list(seed_ci),
+                                 "verdict": verdict((lo, hi), seed_ci)}
     t = runs[0].cfg.train
     return {
         "study": study.name, "description": study.description, "command": command, "reference": study.reference,
@@ -173,13 +180,17 @@ def markdown(report: dict) -> str:
     for arm, m in report["arms"].items():
         cells = [_pm(m[k]["mean"], m[k]["ci95"], METRICS[k][1]) for k in keys]
         lines.append(f"| {arm}{' (reference)' if arm == ref else ''} | " + " | ".join(cells) + " |")
-    lines += ["", f"Paired against `{ref}`: held-out NLL difference per row (nats/token, arm - {ref}), "
-              "95% bootstrap CI over rows and seeds.", "",
-              "| arm | Δ NLL | 95% CI | Δ ppl | verdict |", "| --- | ---: | ---: | ---: | --- |"]
+    lines += ["", f"Paired against `{ref}`: held-out NLL difference per row (nats/token, arm - {ref}) with its 95% "
+              "bootstrap CI over rows and seeds; the per-seed mean differences with their 95% t interval; the "
+              "verdict needs both intervals on one side of 0.", "",
+              "| arm | Δ NLL | 95% bootstrap CI | per-seed Δ NLL | 95% t interval | Δ ppl | verdict |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for arm, c in report["comparisons"].items():
         lo, hi = c["ci95"]
-        lines.append(f"| {arm} | {c['delta_nll']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {c['delta_ppl_pct']:+.2f}% | "
-                     f"{c['verdict']} |")
+        slo, shi = c["seed_t_ci95"]
+        seeds = ", ".join(f"{d:+.4f}" for d in c["per_seed_delta_nll"])
+        lines.append(f"| {arm} | {c['delta_nll']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {seeds} | [{slo:+.4f}, {shi:+.4f}] | "
+                     f"{c['delta_ppl_pct']:+.2f}% | {c['verdict']} |")
     lines += ["", f"Config differences from `{ref}` (resolved configs; every other key is equal):", ""]
     for arm, diff in report["config_differences"].items():
         if arm != ref:

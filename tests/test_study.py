@@ -120,10 +120,11 @@ def test_paired_bootstrap_covers_zero_for_identical_arms_and_not_for_a_shifted_o
     ref = rows + rng.normal(0, 0.05, size=(3, 400))            # 3 seeds
     same = rows + rng.normal(0, 0.05, size=(3, 400))           # the same arm trained again
     mean, lo, hi = study_report.paired_bootstrap(same - ref)
-    assert lo < 0 < hi and study_report.verdict(lo, hi) == "no detectable difference at this budget"
+    assert lo < 0 < hi and study_report.verdict((lo, hi)) == "no detectable difference at this budget"
     mean, lo, hi = study_report.paired_bootstrap(same + 0.02 - ref)
-    assert 0 < lo < 0.02 < hi and study_report.verdict(lo, hi).startswith("worse")
-    assert study_report.verdict(-hi, -lo).startswith("better")
+    assert 0 < lo < 0.02 < hi and study_report.verdict((lo, hi)).startswith("worse")
+    assert study_report.verdict((-hi, -lo)).startswith("better")
+    assert study_report.verdict((lo, hi), (-0.01, 0.05)) == "no detectable difference at this budget"  # seeds disagree
     # one seed: the bootstrap CI of a mean is close to the normal interval mean ± 1.96 sd / sqrt(n)
     d = rng.normal(0.1, 1.0, size=(1, 2000))
     mean, lo, hi = study_report.paired_bootstrap(d)
