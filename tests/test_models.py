@@ -127,7 +127,7 @@ def test_residual_projection_init():
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_drop_mask_zeroes_token_embeddings(name):
+def test_drop_mask_with_keep_position_zeroes_token_embeddings_only(name):
     model = tiny_model(name)
     cfg = model.cfg
     zero_id = cfg.vocab_size - 1
@@ -138,7 +138,8 @@ def test_drop_mask_zeroes_token_embeddings(name):
     reference.load_state_dict(model.state_dict())
     with torch.no_grad():
         reference.tok_emb.weight[zero_id] = 0.0
-        logits, loss, _ = model(tokens, targets=tokens, drop_mask=drop_mask)
+        # tid.keep_position=true: the token embedding is zeroed, an added position embedding stays
+        logits, loss, _ = model(tokens, targets=tokens, drop_mask=drop_mask, keep_position=True)
         expected, _, _ = reference(tokens.masked_fill(drop_mask, zero_id))
         plain, _, _ = model(tokens)
     # a tied head also zeroes logit zero_id in the reference; compare the other columns
