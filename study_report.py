@@ -17,13 +17,12 @@ Writes studies/<name>/summary.md, summary.json and figures/{val_curves,heldout}.
 
 import json
 import math
-import pickle
 import statistics
 from pathlib import Path
 
 import numpy as np
 
-from dataset_definitions.files import atomic_write
+from dataset_definitions.files import atomic_write, load_plain_pickle
 from train_logs import load_losses, load_times
 
 BOOTSTRAP_SAMPLES = 4000
@@ -110,8 +109,8 @@ def run_metrics(run) -> dict:
 
 def row_nll(run) -> np.ndarray:
     """Per held-out row mean token NLL (log of the row perplexities the runner saved)."""
-    with open(Path(run.cfg.log_dir) / "perplexity-losses" / f"{run.name}.pkl", "rb") as f:
-        return np.log(np.asarray(pickle.load(f), dtype=float))
+    return np.log(np.asarray(load_plain_pickle(Path(run.cfg.log_dir) / "perplexity-losses" / f"{run.name}.pkl"),
+                              dtype=float))
 
 
 # ----------------------------------------------------------------------------- the report
