@@ -23,7 +23,8 @@ same batches in the same order.
 
 Each run is trained by its runner in a subprocess (checkpoints/<run>/, logs/), then scored by the
 perplexity runner on the held-out rows (logs/perplexity-losses/<run>.*). A run is named
-<study>-<arm>-s<seed>-<hash of its resolved config>, so a changed config never reuses old results;
+<study>-<arm>-s<seed>-<hash of its resolved config and data key>, so a changed config or an edited
+data file never reuses old results;
 a finished run is reused, a killed one resumes from its last checkpoint. The report
 (study_report.py) goes to studies/<name>/: summary.md, summary.json and figures/.
 """
@@ -194,12 +195,15 @@ def compared(cfg: RunConfig) -> dict:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Short hash of what is trained, seed included: the keys that differ from RunConfig's defaults
-    (so a key added to the config tree later, at its default, keeps the names of finished runs)."""
+    """Short hash of what is trained, seed and data content included: the keys that differ from
+    RunConfig's defaults (so a key added to the config tree later, at its default, keeps the names of
+    finished runs) and the data key (so an edited data file never reuses runs trained on the old text)."""
+    from dataset_definitions.prepare import data_key
+
     defaults = compared(RunConfig())
     changed = {k: v for k, v in compared(cfg).items() if k not in defaults or defaults[k] != v}
-    return hashlib.sha256(json.dumps({**changed, "seed": cfg.seed}, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:8]
+    blob = {**changed, "seed": cfg.seed, "data_key": data_key(cfg)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def resolve_runs(study: Study, cli_configs: list[str] = (), cli_sets: list[str] = ()) -> list[Run]:

@@ -63,6 +63,21 @@ def test_a_different_runner_config_is_refused_unless_named(tmp_path, monkeypatch
         study.resolve_runs(s, ["configs/quickstart.yaml"], [*TINY, "tid.method=random"])
 
 
+def test_an_edited_data_file_renames_the_runs(tmp_path, monkeypatch):
+    """Finished runs are reused by name: a run trained on the old text must not answer for the new."""
+    monkeypatch.chdir(REPO)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\n" * 50, encoding="utf-8")
+    path = _study_file(tmp_path, {"baseline": {"runner": "run_tid.py", "set": {"tid.method": "none"}},
+                                  "random": {"runner": "run_tid.py", "set": {"tid.method": "random"}}})
+    sets = [*TINY, "data.source=text", f"data.path={corpus}", *_outputs(tmp_path)]
+    s = study.load_study(path)
+    before = study.resolve_runs(s, ["configs/quickstart.yaml"], sets)[0].name
+    assert study.resolve_runs(s, ["configs/quickstart.yaml"], sets)[0].name == before
+    corpus.write_text("the dog sat on the log\n" * 50, encoding="utf-8")
+    assert study.resolve_runs(s, ["configs/quickstart.yaml"], sets)[0].name != before
+
+
 def test_bad_study_files_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         study.load_study(tmp_path / "missing.yaml")
