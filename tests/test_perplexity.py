@@ -83,6 +83,44 @@ def test_uniform_predictor_gives_vocab_perplexity_and_known_bits_per_byte():
         assert s["bpb"] == pytest.approx(s["tokens"] * math.log(259) / math.log(2) / n_bytes, rel=1e-6)
 
 
+def positional(vocab: int):
+    """A causal toy model whose prediction at t depends on t (window-relative), the inputs up to t and the target."""
+    def logits_fn(x):
+        B, T = x.shape
+        h = 0.013 * x.cumsum(dim=1).double() + 0.37 * torch.arange(T, dtype=torch.float64)        # (B, T)
+        v = torch.arange(vocab, dtype=torch.float64)
+        return torch.sin(h[..., None] * (v + 1) * 0.11 + v * 0.7).float() * 3.0                    # (B, T, V)
+    return logits_fn
+
+
+def per_token_loop(logits_fn, row: list[int], context: int, stride: int) -> float:
+    """Summed NLL of row[1:], one forward per target: target j sees inputs from the first window
+    start (a multiple of stride) whose `context` inputs reach position j - 1."""
+    total = 0.0
+    for j in range(1, len(row)):
+        begin = max(0, -(-(j - context) // stride)) * stride
+        x = torch.tensor([row[begin:j]])
+        assert 1 <= x.size(1) <= context
+        total -= F.log_softmax(logits_fn(x)[0, -1].double(), dim=-1)[row[j]].item()
+    return total
+
+
+@pytest.mark.parametrize("context,stride", [(16, None), (16, 16), (16, 5), (16, 1), (7, 3)])
+def test_sliding_windows_equal_a_per_token_loop(context, stride):
+    """stride None is the runner's default (context // 2): the path every README number takes."""
+    tok = ByteTokenizer()
+    rows = encode_rows(tok, TEXTS)
+    logits_fn = positional(tok.vocab_size)
+    for batch in (1, 3):
+        nll, count = score_rows(token_nll(logits_fn), rows, context, stride=stride, batch_size=batch)
+        expected = [per_token_loop(logits_fn, r, context, stride or context // 2) for r in rows]
+        assert nll == pytest.approx(expected, rel=1e-5)
+        assert count.tolist() == [len(r) - 1 for r in rows]
+    scores = score_texts(token_nll(logits_fn), tok, TEXTS, context, stride=stride)
+    assert scores.perplexities() == pytest.approx([math.exp(e / (len(r) - 1)) for e, r in zip(expected, rows)],
+                                                  rel=1e-5)
+
+
 def test_rows_start_with_bos_and_end_with_eos_which_is_scored():
     tok = ByteTokenizer()
     assert encode_rows(tok, ["ab"]) == [[1, 3 + 97, 3 + 98, 2]]

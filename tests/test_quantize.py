@@ -1,4 +1,4 @@
-"""Weight-only int8: per-channel rounding error bounded, and a trained model's perplexity within 2%."""
+"""Weight-only int8: per-channel rounding error bounded, and a trained model's perplexity nearly unchanged."""
 
 import math
 
@@ -25,6 +25,24 @@ def test_int8_linear_error_is_within_half_a_step_per_weight():
     torch.testing.assert_close(q(x), F.linear(x, dequant, linear.bias))
 
 
+def test_int8_grid_is_per_channel_symmetric_127_steps():
+    """Each output row on its own grid: scale = max|w_row| / 127, the row's largest weight exactly +-127,
+    every weight the nearest grid point (round to nearest, not floor)."""
+    torch.manual_seed(1)
+    linear = nn.Linear(48, 6, bias=False)
+    with torch.no_grad():
+        linear.weight.mul_(torch.tensor([1.0, 10.0, 0.01, 3.0, 0.5, 100.0])[:, None])   # very different rows
+    q = Int8Linear(linear)
+    w = linear.weight.detach()
+    expected_scale = w.abs().amax(dim=1) / 127
+    torch.testing.assert_close(q.scale, expected_scale, rtol=1e-6, atol=0)
+    expected = torch.round(w / expected_scale[:, None])
+    assert torch.equal(q.weight.to(torch.int64), expected.to(torch.int64))
+    peak = w.abs().argmax(dim=1)
+    assert q.weight.gather(1, peak[:, None]).abs().flatten().tolist() == [127] * 6
+    assert q.weight.to(torch.int64).unique().numel() > 100       # the whole range is used, not a few levels
+
+
 def test_int8_perplexity_within_two_percent(tmp_path):
     cfg = tiny_run_config(tmp_path, ["train.max_steps=60", "train.lr=3e-3", "train.batch_size=16"])
     train(cfg)
@@ -39,7 +57,10 @@ def test_int8_perplexity_within_two_percent(tmp_path):
     fp32 = perplexity(Generator.build(ckpt, device="cpu"))
     int8_gen = Generator.build(ckpt, device="cpu", quantize="int8")
     assert any(isinstance(m, Int8Linear) for m in int8_gen.model.modules())
-    assert abs(perplexity(int8_gen) / fp32 - 1) < 0.02
+    change = perplexity(int8_gen) / fp32 - 1
+    # README's quickstart figure is +0.005%; this model measures about -0.002%: 0.02% leaves room for
+    # summation order, not for a wrong grid (an off-by-one scale or floor rounding moves it well past)
+    assert 0 < abs(change) < 2e-4
     assert int8_gen.text_completion(["Once upon a time"], temperature=0, max_gen_len=5)[0]["tokens"]
 
 

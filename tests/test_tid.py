@@ -1,5 +1,6 @@
 """Token-importance dropout: schedules, selection rules, each score against a direct computation."""
 
+import copy
 import math
 
 import pytest
@@ -21,6 +22,48 @@ def tiny_model(**overrides):
     cfg = ModelConfig.from_preset("baseline", vocab_size=V, context=16, d_model=32, n_layers=2, n_heads=4,
                                   d_ff=64, **overrides)
     return build(cfg).eval()
+
+
+@torch.no_grad()
+def explicit_attention_mass(model, tokens, layer):
+    """Attention each key receives in block `layer` of a learned-position model, summed over heads and
+    queries, from an explicit causal softmax (not the model's attention code)."""
+    B, T = tokens.shape
+    H = model.cfg.n_heads
+    hd = model.cfg.d_model // H
+    x = model.tok_emb(tokens) + model.pos_emb.weight[:T]
+    for block in model.blocks[:layer % len(model.blocks)]:
+        x, _ = block(x)
+    block = model.blocks[layer]
+    qkv = block.norm1(x) @ block.attn.wqkv.weight.T + block.attn.wqkv.bias
+    q, k, _ = qkv.view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)     # 3 x (B, H, T, hd)
+    att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+    att = att.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
+    return att.sum(dim=(1, 2))                                     # over heads and queries
+
+
+@torch.no_grad()
+def explicit_entropy(model, tokens):
+    """score[:, t] = entropy of the prediction of token t, made at t - 1; 0 at t = 0."""
+    p = F.softmax(model(tokens)[0].double(), dim=-1)
+    entropy = -(p * p.log()).sum(-1)
+    return F.pad(entropy[:, :-1], (1, 0))
+
+
+def explicit_gradient_norm(model, tokens, targets):
+    """||d loss / d token embedding||, the embedding output made a leaf by a hook on the lookup."""
+    leaf = {}
+
+    def hook(module, args, out):
+        leaf["x"] = out.detach().requires_grad_()
+        return leaf["x"]
+    handle = model.tok_emb.register_forward_hook(hook)
+    try:
+        _, loss, _ = model(tokens, targets)
+        (grad,) = torch.autograd.grad(loss, leaf["x"])
+    finally:
+        handle.remove()
+    return grad.norm(dim=-1)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -134,25 +177,9 @@ def test_attention_mass_equals_an_explicit_softmax_attention(layer):
     model = tiny_model()
     tokens = torch.randint(0, V, (2, 16))
     scores = attention_mass_scores(model, tokens, layer)
-    with torch.no_grad():
-        x = model.tok_emb(tokens) + model.pos_emb.weight[:16]
-        for block in model.blocks[:layer]:
-            x, _ = block(x)
-        block = model.blocks[layer]
-        qkv = block.norm1(x) @ block.attn.wqkv.weight.T + block.attn.wqkv.bias
-        q, k, _ = qkv.view(2, 16, 3, 4, 8).permute(2, 0, 3, 1, 4)   # 3 x (B, H, T, hd)
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(8)
-        att = att.masked_fill(torch.ones(16, 16).triu(1).bool(), float("-inf")).softmax(-1)
-        expected = att.sum(dim=(1, 2))                            # over heads and queries
+    expected = explicit_attention_mass(model, tokens, layer)
     assert torch.allclose(scores, expected, atol=1e-5)
     assert torch.allclose(scores.sum(1), torch.full((2,), 4.0 * 16), atol=1e-4)  # each query spends 1 per head
-
-
-def test_eval_never_drops(tmp_path):
-    plain = Trainer(tiny_run_config(tmp_path, ["run_name=a"]), setup_env(tiny_run_config(tmp_path)), False)
-    cfg = tiny_run_config(tmp_path, ["run_name=b", "tid.method=random", "tid.p_start=0.9", "tid.p_end=0.9"])
-    with_tid = Trainer(cfg, setup_env(cfg), False)
-    assert with_tid.evaluate() == plain.evaluate()
 
 
 @pytest.mark.parametrize("method", ["random", "entropy", "gradient_norm", "attention_mass"])
@@ -179,3 +206,60 @@ def test_compiled_scoring_equals_eager_and_leaves_parameters_trainable():
         assert torch.allclose(compiled.scores(model, tokens, tokens), expected, rtol=1e-4, atol=1e-5), method
     assert model.training and all(p.requires_grad for p in model.parameters()) and all(
         p.grad is None for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def tid_dir(tmp_path_factory):
+    """One prepared data cache for the trainer-path tests."""
+    return tmp_path_factory.mktemp("tid")
+
+
+def _first_step(tmp, sets):
+    """Build a Trainer, run one train_step; returns (trainer, loss, the tokens and drop_mask the training
+    forward got, the input of the first block in that forward)."""
+    cfg = tiny_run_config(tmp, sets)
+    trainer = Trainer(cfg, setup_env(cfg), False)
+    seen, block_inputs = {}, []
+
+    def record(module, args, kwargs):
+        if "drop_mask" in kwargs:                                 # the training forward (scoring passes pass none)
+            seen.update(tokens=args[0], targets=args[1], drop_mask=kwargs["drop_mask"])
+    hooks = [trainer.raw_model.register_forward_pre_hook(record, with_kwargs=True),
+             trainer.raw_model.blocks[0].register_forward_pre_hook(lambda m, a: block_inputs.append(a[0].detach()))]
+    scoring_model = copy.deepcopy(trainer.raw_model).eval()        # the weights the scores are taken on
+    loss, _, _ = trainer.train_step()
+    for h in hooks:
+        h.remove()
+    return trainer, scoring_model, loss.item(), seen, block_inputs[-1]
+
+
+@pytest.mark.parametrize("method", ["entropy", "gradient_norm", "attention_mass"])
+@pytest.mark.parametrize("drop", ["high", "low"])
+def test_trainer_drops_the_intended_tokens(tid_dir, method, drop):
+    """The trainer's own step: the mask it applies is the chosen end of an independently computed ranking,
+    the dropped positions reach the first block without their token embedding, and the loss changes."""
+    ratio = 0.25
+    sets = [f"tid.method={method}", f"tid.drop={drop}", f"tid.p_start={ratio}", f"tid.p_end={ratio}", "tid.layer=1",
+            f"run_name=tid-{method}-{drop}"]
+    trainer, model, loss, seen, x0 = _first_step(tid_dir, sets)
+    tokens, targets, mask = seen["tokens"], seen["targets"], seen["drop_mask"]
+    assert mask is not None and mask.shape == tokens.shape
+    if method == "entropy":
+        scores = explicit_entropy(model, tokens)
+    elif method == "gradient_norm":
+        scores = explicit_gradient_norm(model, tokens, targets)
+    else:
+        scores = explicit_attention_mass(model, tokens, 1)
+    tok = trainer.data.tokenizer
+    for b in range(tokens.size(0)):
+        droppable = [t for t in range(1, tokens.size(1)) if tokens[b, t] not in (tok.bos_id, tok.pad_id)]
+        ranked = sorted(droppable, key=lambda t: scores[b, t].item(), reverse=drop == "high")
+        expected = sorted(ranked[:round(ratio * len(droppable))])
+        assert mask[b].nonzero().flatten().tolist() == expected, (b, method, drop)
+    # the first block sees position embeddings alone where a token was dropped
+    pos = model.pos_emb.weight[:tokens.size(1)].detach()         # the weights before the step
+    full = model.tok_emb.weight.detach()[tokens] + pos
+    torch.testing.assert_close(x0[mask], pos.expand_as(full)[mask])
+    torch.testing.assert_close(x0[~mask], full[~mask])
+    _, _, plain_loss, _, _ = _first_step(tid_dir, [f"run_name=plain-{method}-{drop}"])
+    assert abs(loss - plain_loss) > 1e-4                          # same batch and weights: only the mask differs
