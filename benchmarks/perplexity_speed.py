@@ -94,15 +94,8 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     except ImportError:
         print("skip the Hugging Face reference: pip install transformers")
 
-    best = min((r for r in out if r["scorer"].startswith("ours")), key=lambda r: r["seconds"])
-    bare = next(r for r in out if r["scorer"].startswith("bare"))
-    for r in out:
-        r["vs_bare_forward"] = bare["seconds"] / r["seconds"]
-    goals = []
-    if dev.type == "cuda" and not quick:
-        goals = [{"target": "10,000 rows in <= 1.5 s", "value": best["seconds"], "met": best["seconds"] <= 1.5},
-                 {"target": ">= 0.6x the bare forward's speed", "value": best["vs_bare_forward"],
-                  "met": best["vs_bare_forward"] >= 0.6}]
+    goals = targets(out)                      # also fills vs_bare_forward, printed below
+    goals = goals if dev.type == "cuda" and not quick else []
     print(f"\nperplexity scoring on {device_info(dev)['device']}: {s['preset']} ({cfg.n_layers} layers), "
           f"{s['rows']:,} rows x {s['row_len']} tokens, batch {s['batch']}, {str(dtype).removeprefix('torch.')}")
     print(f"{'scorer':28s} {'seconds':>8s} {'rows/s':>10s} {'vs bare':>8s} {'compile s':>9s}")
@@ -115,6 +108,18 @@ def run(device: str = "auto", quick: bool = False) -> dict:
             "row_len": s["row_len"], "batch": s["batch"], "dtype": str(dtype).removeprefix("torch."),
             "peak_gb": peak_memory_gb(dev), "nll_ours": ours_total, "nll_reference": reference,
             "nll_agree": agree, "results": out, "targets": goals}
+
+
+def targets(out: list[dict]) -> list[dict]:
+    """Add vs_bare_forward (the bare forward's seconds over the row's) to every row; the goals of the
+    fastest of ours: 10,000 rows in <= 1.5 s and >= 0.6x the bare forward's speed."""
+    bare = next(r for r in out if r["scorer"].startswith("bare"))
+    for r in out:
+        r["vs_bare_forward"] = bare["seconds"] / r["seconds"]
+    best = min((r for r in out if r["scorer"].startswith("ours")), key=lambda r: r["seconds"])
+    return [{"target": "10,000 rows in <= 1.5 s", "value": best["seconds"], "met": best["seconds"] <= 1.5},
+            {"target": ">= 0.6x the bare forward's speed", "value": best["vs_bare_forward"],
+             "met": best["vs_bare_forward"] >= 0.6}]
 
 
 def main(argv=None) -> None:

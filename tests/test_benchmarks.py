@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import run_all
+from benchmarks import decode_speed, perplexity_speed, run_all, tid_overhead, train_speed
 from benchmarks.synthetic import RandomTokens
 from benchmarks.train_speed import flops_per_token, model_sets
 from conftest import tiny_run_config
@@ -21,7 +21,8 @@ def test_run_all_smoke_on_cpu(tmp_path):
     assert {r["model"] for r in train_rows} >= {"ours tiny", "HF GPT2LMHeadModel", "HF LlamaForCausalLM"}
     assert all(r["tokens_per_s"] > 0 and r["step_s"] > 0 for r in train_rows)
     tid_rows = json.loads((tmp_path / "tid_overhead_cpu.json").read_text())["rows"]
-    assert [r["method"] for r in tid_rows][0] == "none" and tid_rows[0]["overhead"] == 0.0
+    assert [r["method"] for r in tid_rows] == ["none", "random", "entropy", "attention_mass", "gradient_norm"]
+    assert all(r["tokens_per_s"] > 0 and r["step_s"] > 0 for r in tid_rows)
     ppl = json.loads((tmp_path / "perplexity_speed_cpu.json").read_text())
     assert ppl["nll_agree"] and ppl["nll_ours"] > 0                  # the timed path computes the real NLL
     assert {r["scorer"] for r in ppl["results"]} >= {"ours score_rows", "bare forward", "HF GPT2LMHeadModel"}
@@ -51,3 +52,60 @@ def test_flops_per_token_of_gpt2_124m_is_nanogpts():
     flops = flops_per_token(model_sets("gpt2_shape", 1024, 50304))
     n = 124_475_904 - 1024 * 768                                     # all params, less the position table
     assert flops == 6 * n + 12 * 12 * 768 * 1024
+
+
+# ----------------------------------------------------------------------------- targets, on made-up rows
+# (the real rows only come from a GPU run, so a wrong comparison would otherwise never be seen)
+
+def _verdicts(goals):
+    return [(g["target"], round(g["value"], 6), g["met"]) for g in goals]
+
+
+def test_train_speed_targets_use_the_fastest_compiled_row_and_the_fastest_reference():
+    ours = lambda arch, T, tps, compile=True, mfu=0.3: {"model": f"ours {arch}", "arch": arch, "context": T,
+                                                         "compile": compile, "tokens_per_s": tps, "mfu": mfu}
+    hf = lambda kind, T, tps: {"model": f"HF {kind}", "context": T, "compile": False, "tokens_per_s": tps}
+    rows = [ours("gpt2_shape", 1024, 550e3, mfu=0.45), ours("gpt2_shape", 1024, 500e3, mfu=0.41),
+            ours("gpt2_shape", 1024, 900e3, compile=False),          # eager rows never count
+            ours("gpt2_shape", 128, 589e3), ours("gpt2_125m", 1024, 551e3),
+            hf("GPT2LMHeadModel", 1024, 540e3), hf("LlamaForCausalLM", 1024, 560e3), hf("GPT2LMHeadModel", 128, 589e3)]
+    assert _verdicts(train_speed.targets(rows)) == [
+        ("ours gpt2_shape T=1024 >= 550k tokens/s", 550e3, True),     # exactly at the goal: met
+        ("ours gpt2_shape T=128 >= 590k tokens/s", 589e3, False),
+        ("ours gpt2_125m T=1024 >= 550k tokens/s", 551e3, True),
+        ("ours T=1024 ahead of every HF model (ratio to the fastest)", round(550 / 560, 6), False),
+        ("ours T=128 ahead of every HF model (ratio to the fastest)", 1.0, False),   # a tie is not ahead
+        ("MFU >= 0.45 at T=1024", 0.45, True)]
+    assert train_speed.targets([hf("GPT2LMHeadModel", 1024, 1.0)]) == []           # nothing of ours: no targets
+
+
+def test_decode_speed_targets():
+    row = lambda decoder, batch, tps: {"decoder": decoder, "batch": batch, "tokens_per_s": tps}
+    rows = [row("ours, KV cache", 1, 9000), row("ours, cache + compile", 1, 6000), row("ours, cache + compile", 32, 59000),
+            row("ours, KV cache", 32, 70000), row("ours, beam 5 + compile", 1, 2000), row("HF generate", 32, 99000)]
+    assert _verdicts(decode_speed.targets(rows)) == [
+        ("batch 1 >= 5,000 new tokens/s", 6000, True), ("batch 32 >= 60,000 new tokens/s", 59000, False),
+        ("beam 5 >= 1/3 of greedy (ratio)", round(2000 / 6000, 6), True)]
+    rows[4]["tokens_per_s"] = 1999
+    assert decode_speed.targets(rows)[2]["met"] is False
+
+
+def test_tid_overhead_targets():
+    rows = [{"method": m, "step_s": s} for m, s in
+            (("random", 1.015), ("none", 1.0), ("entropy", 1.36), ("attention_mass", 1.25), ("gradient_norm", 1.79))]
+    tid_overhead.judge(rows)
+    assert [round(r["overhead"], 6) for r in rows] == [0.015, 0.0, 0.36, 0.25, 0.79]
+    assert _verdicts(tid_overhead.targets(rows)) == [
+        ("random overhead <= 0.02", 0.015, True), ("entropy overhead <= 0.35", 0.36, False),
+        ("attention_mass overhead <= 0.40", 0.25, True), ("gradient_norm overhead <= 0.80", 0.79, True)]
+
+
+def test_perplexity_speed_targets():
+    out = [{"scorer": "ours score_rows", "seconds": 3.0}, {"scorer": "ours score_rows compiled", "seconds": 1.5},
+           {"scorer": "bare forward compiled", "seconds": 1.0}, {"scorer": "HF GPT2LMHeadModel", "seconds": 0.5}]
+    goals = perplexity_speed.targets(out)
+    assert [r["vs_bare_forward"] for r in out] == pytest.approx([1 / 3, 2 / 3, 1.0, 2.0])
+    assert _verdicts(goals) == [("10,000 rows in <= 1.5 s", 1.5, True),
+                                (">= 0.6x the bare forward's speed", round(2 / 3, 6), True)]
+    out[1]["seconds"] = 1.7
+    assert [g["met"] for g in perplexity_speed.targets(out)] == [False, False]

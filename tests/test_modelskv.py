@@ -18,6 +18,9 @@ def pair(preset, extra, max_batch=3):
                                   d_ff=64, **extra)
     torch.manual_seed(0)
     train = models.build(cfg).eval()
+    with torch.no_grad():  # norm weights away from 1 and biases away from 0: a mixed-up tensor shows
+        for p in train.parameters():
+            p.add_(0.1 * torch.randn_like(p))
     kv = modelskv.build(cfg, max_batch=max_batch)
     kv.load_state_dict(train.state_dict(), strict=True)     # the training checkpoint's names
     return train, kv
