@@ -1,5 +1,6 @@
 """Shared test fixtures: the repo on sys.path and the read-only reference data beside the repo."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,11 +14,20 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def in_ci() -> bool:
+    """True where the environment variable CI is set (and not 0 or false), as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _shared(relpath: str) -> Path:
-    """A path under shared/data, or skip the test naming what is missing."""
+    """A path under shared/data; if it is missing, skip the test naming it, or fail it under CI (where a
+    skip would silently drop the only coverage of the GPT-2 and Llama tokenizers)."""
     path = SHARED_DATA / relpath
     if not path.exists():
-        pytest.skip(f"reference data <repo>/../shared/data/{relpath} not found (see shared/data/README.md)")
+        message = f"reference data <repo>/../shared/data/{relpath} not found (see shared/data/README.md)"
+        if in_ci():
+            pytest.fail(f"{message}; CI is set, so missing reference data is an error", pytrace=False)
+        pytest.skip(message)
     return path
 
 
