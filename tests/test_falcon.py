@@ -219,7 +219,8 @@ def test_bf16_autocast_router_in_fp32():
     assert stats["moe_z_l0"].dtype == torch.float32
     assert torch.equal(stats["moe_z_l0"], stats32["moe_z_l0"])
     assert y.dtype == x.dtype and torch.isfinite(y).all()
-    torch.testing.assert_close(y, y32, atol=2e-3, rtol=5e-2)     # experts ran in bf16
+    assert y32.abs().max() > 5e-3                               # outputs large enough for the bound to mean something
+    torch.testing.assert_close(y, y32, atol=2e-4, rtol=2e-2)     # experts ran in bf16: ~0.4% apart
 
 
 def test_overfits_one_batch():

@@ -87,6 +87,51 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     assert a["val"] == b["val"]
 
 
+_HARD_KILL = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_run_config
+from generic_runner import Trainer, train
+real = Trainer.train_step
+def train_step(self):
+    if self.step == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)   # no handler, no flush: as a scheduler's kill -9
+    return real(self)
+Trainer.train_step = train_step
+from pathlib import Path
+train(tiny_run_config(Path({tmp!r}), {sets!r}))
+"""
+
+
+def test_resume_after_kill_9_carries_best_loss_best_checkpoint_early_stopping_and_logs(tmp_path):
+    """A learning rate of ~0: the best val loss is at step 10, evals 15 and 20 do not improve, patience 3
+    stops the run at 25. Killed at step 23 (last save at 20), the resumed run must stop at 25 too, keep
+    step 10's best.pt, and leave logs equal to the uninterrupted run's (steps 21-23 logged once)."""
+    sets = ["train.max_steps=60", "train.eval_every=5", "train.save_every=10", "train.lr=1e-9", "train.min_lr=0",
+            "train.patience=3"]
+    straight = tiny_run_config(tmp_path, sets + ["run_name=straight"])
+    expected = train(straight)
+    assert expected["steps"] == 25 and expected["stop"].startswith("early stop")
+    killed_sets = sets + ["run_name=killed"]
+    code = _HARD_KILL.format(tests=str(REPO / "tests"), step=23, tmp=str(tmp_path), sets=killed_sets)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    ckpt = tmp_path / "checkpoints/killed"
+    assert load_checkpoint(ckpt / "last.pt")["step"] == 20
+    resumed = tiny_run_config(tmp_path, killed_sets)
+    summary = train(resumed, resume=True)
+    assert (summary["steps"], summary["stop"]) == (expected["steps"], expected["stop"])
+    assert summary["best_val_loss"] == expected["best_val_loss"]
+    best, best_straight = load_checkpoint(ckpt / "best.pt"), load_checkpoint(tmp_path / "checkpoints/straight/best.pt")
+    assert best["step"] == best_straight["step"] == 10
+    assert all(torch.equal(best["model"][k], v) for k, v in best_straight["model"].items())
+    a, b = _losses(straight), _losses(resumed)
+    assert b["step"] == list(range(1, 26))
+    assert a["train_loss"] == b["train_loss"] and a["val"] == b["val"]
+    csv_steps = [int(row.split(",")[0]) for row in (tmp_path / "logs/csv/killed.csv").read_text().splitlines()[1:]]
+    assert csv_steps == list(range(1, 26))
+
+
 def test_existing_outputs_are_not_overwritten(tmp_path):
     cfg = tiny_run_config(tmp_path, ["train.max_steps=4"])
     train(cfg)
