@@ -30,6 +30,121 @@ def gen(ckpt):
 PROMPTS = ["Once upon a time", "Tom and his dog went to the", "Lily"]
 
 
+# ----------------------------------------------------------------------------- beam search on a stub
+# (first in the file: fast, and a failure here stops a mutation run before the trained fixture)
+
+class PrefixModel(torch.nn.Module):
+    """Stub with the modelskv interface whose next-token logits are a fixed random function of the whole
+    prefix; its "cache" is the token history per row, reordered as a KV cache is."""
+    V, EOS = 3, 2
+
+    def __init__(self, max_batch=16, max_seq_len=16):
+        super().__init__()
+        self.max_batch, self.max_seq_len = max_batch, max_seq_len
+        self.history = torch.zeros(max_batch, max_seq_len, dtype=torch.long)
+
+    @classmethod
+    def logits_of(cls, prefix) -> torch.Tensor:
+        g = torch.Generator().manual_seed(hash(tuple(int(t) for t in prefix)) % 2**31)
+        return 2.0 * torch.randn(cls.V, generator=g)
+
+    def logp(self, prefix) -> list[float]:
+        return F.log_softmax(self.logits_of(prefix).double(), dim=-1).tolist()
+
+    def forward(self, tokens, start_pos=0):
+        B, T = tokens.shape
+        self.history[:B, start_pos:start_pos + T] = tokens
+        return torch.stack([torch.stack([self.logits_of(self.history[b, :start_pos + t + 1]) for t in range(T)])
+                            for b in range(B)])
+
+    def reorder_caches(self, index):
+        self.history[:len(index)] = self.history[index].clone()
+
+
+def _hypotheses(model, prompt, max_len, alpha):
+    """Every hypothesis (tokens, logprob, score, finished): all EOS endings inside the horizon and all
+    max_len-token continuations, enumerated one by one."""
+    out = []
+
+    def walk(gen, lp):
+        logp = model.logp(prompt + gen)
+        n = len(gen) + 1
+        out.append((gen, lp + logp[model.EOS], (lp + logp[model.EOS]) / n ** alpha, True))
+        for t in range(model.V):
+            if t != model.EOS:
+                if n == max_len:
+                    out.append((gen + [t], lp + logp[t], (lp + logp[t]) / n ** alpha, False))
+                else:
+                    walk(gen + [t], lp + logp[t])
+    walk([], 0.0)
+    return sorted(out, key=lambda h: h[2], reverse=True)
+
+
+def _reference_beam(model, prompt, k, max_len, alpha, early_stopping):
+    """Textbook beam search over lists: every alive beam x every token, best first; EOS candidates finish."""
+    alive, finished = [([], 0.0)], []
+    for step in range(max_len):
+        cands = sorted(((lp + l, gen, t) for gen, lp in alive for t, l in enumerate(model.logp(prompt + gen))),
+                       key=lambda c: c[0], reverse=True)[:2 * k]
+        kept = []
+        for lp, gen, t in cands:
+            if t == model.EOS:
+                finished.append((gen, lp, lp / (len(gen) + 1) ** alpha, True))
+            else:
+                kept.append((gen + [t], lp))
+            if len(kept) == k:
+                break
+        enough = early_stopping and len(finished) >= k
+        if enough or not kept or step == max_len - 1:
+            if not enough:
+                finished += [(g, lp, lp / len(g) ** alpha, False) for g, lp in kept]
+            break
+        alive = kept
+    return sorted(finished, key=lambda h: h[2], reverse=True)[:k]
+
+
+def _as_tuples(hyps):
+    return [(h.tokens, h.logprob, h.score, h.finished) for h in hyps]
+
+
+def _assert_same(got, expected):
+    assert [(g[0], g[3]) for g in got] == [(e[0], e[3]) for e in expected]
+    assert [g[1] for g in got] == pytest.approx([e[1] for e in expected], abs=1e-5)
+    assert [g[2] for g in got] == pytest.approx([e[2] for e in expected], abs=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7, 1.0])
+def test_beam_wide_enough_to_keep_everything_finds_the_best_hypotheses(alpha):
+    """With 2^4 beams nothing is pruned: the result is the exact top 16 of every hypothesis, EOS endings
+    inside the horizon (scored with their EOS and length) included."""
+    tok = SimpleNamespace(eos_id=PrefixModel.EOS, pad_id=0, bos_id=None)
+    model = PrefixModel()
+    gen = Generator(model, tok, torch.device("cpu"))
+    prompt = [0, 1, 0]                                   # greedy ends after 2 tokens; the best is elsewhere
+    every = _hypotheses(model, prompt, 4, alpha)
+    got = beam_search(gen, prompt, beam_size=16, max_gen_len=4, length_penalty=alpha, early_stopping=False)
+    _assert_same(_as_tuples(got), every[:16])
+    assert any(h.finished for h in got) and any(not h.finished for h in got)
+    # beam 1 is greedy; the exact best is at least as likely as greedy's sequence, and here strictly
+    greedy = gen.generate([prompt], max_gen_len=4, temperature=0)[0][0]
+    (one,) = beam_search(gen, prompt, beam_size=1, max_gen_len=4, length_penalty=alpha)
+    assert one.tokens == greedy
+    if alpha == 0.0:
+        assert got[0].logprob > one.logprob + 1e-3
+
+
+@pytest.mark.parametrize("k,alpha,early_stopping", [(2, 1.0, True), (3, 0.0, False), (3, 0.7, True), (5, 1.0, False)])
+def test_pruned_beam_search_equals_a_reference_beam_search(k, alpha, early_stopping):
+    tok = SimpleNamespace(eos_id=PrefixModel.EOS, pad_id=0, bos_id=None)
+    model = PrefixModel(max_batch=k)
+    gen = Generator(model, tok, torch.device("cpu"))
+    for prompt in ([1], [0, 0, 1, 1]):
+        got = beam_search(gen, prompt, beam_size=k, max_gen_len=6, length_penalty=alpha, early_stopping=early_stopping)
+        _assert_same(_as_tuples(got), _reference_beam(model, prompt, k, 6, alpha, early_stopping))
+
+
+# ----------------------------------------------------------------------------- a trained model
+
 def test_greedy_with_cache_equals_without_for_unequal_prompts(gen):
     encoded = [gen.prompt_tokens(p) for p in PROMPTS]
     assert len({len(e) for e in encoded}) == 3
@@ -161,113 +276,3 @@ def test_compiled_decode_step_gives_the_same_greedy_tokens_and_beams(ckpt):
     beams = beam_search(gen, prompts[0], beam_size=3, max_gen_len=10)   # 3 rows every step: the same graph
     assert [b.tokens for b in beams] == [b.tokens for b in eager_beams]
     assert [b.score for b in beams] == pytest.approx([b.score for b in eager_beams], abs=1e-4)
-
-
-class PrefixModel(torch.nn.Module):
-    """Stub with the modelskv interface whose next-token logits are a fixed random function of the whole
-    prefix; its "cache" is the token history per row, reordered as a KV cache is."""
-    V, EOS = 3, 2
-
-    def __init__(self, max_batch=16, max_seq_len=16):
-        super().__init__()
-        self.max_batch, self.max_seq_len = max_batch, max_seq_len
-        self.history = torch.zeros(max_batch, max_seq_len, dtype=torch.long)
-
-    @classmethod
-    def logits_of(cls, prefix) -> torch.Tensor:
-        g = torch.Generator().manual_seed(hash(tuple(int(t) for t in prefix)) % 2**31)
-        return 2.0 * torch.randn(cls.V, generator=g)
-
-    def logp(self, prefix) -> list[float]:
-        return F.log_softmax(self.logits_of(prefix).double(), dim=-1).tolist()
-
-    def forward(self, tokens, start_pos=0):
-        B, T = tokens.shape
-        self.history[:B, start_pos:start_pos + T] = tokens
-        return torch.stack([torch.stack([self.logits_of(self.history[b, :start_pos + t + 1]) for t in range(T)])
-                            for b in range(B)])
-
-    def reorder_caches(self, index):
-        self.history[:len(index)] = self.history[index].clone()
-
-
-def _hypotheses(model, prompt, max_len, alpha):
-    """Every hypothesis (tokens, logprob, score, finished): all EOS endings inside the horizon and all
-    max_len-token continuations, enumerated one by one."""
-    out = []
-
-    def walk(gen, lp):
-        logp = model.logp(prompt + gen)
-        n = len(gen) + 1
-        out.append((gen, lp + logp[model.EOS], (lp + logp[model.EOS]) / n ** alpha, True))
-        for t in range(model.V):
-            if t != model.EOS:
-                if n == max_len:
-                    out.append((gen + [t], lp + logp[t], (lp + logp[t]) / n ** alpha, False))
-                else:
-                    walk(gen + [t], lp + logp[t])
-    walk([], 0.0)
-    return sorted(out, key=lambda h: h[2], reverse=True)
-
-
-def _reference_beam(model, prompt, k, max_len, alpha, early_stopping):
-    """Textbook beam search over lists: every alive beam x every token, best first; EOS candidates finish."""
-    alive, finished = [([], 0.0)], []
-    for step in range(max_len):
-        cands = sorted(((lp + l, gen, t) for gen, lp in alive for t, l in enumerate(model.logp(prompt + gen))),
-                       key=lambda c: c[0], reverse=True)[:2 * k]
-        kept = []
-        for lp, gen, t in cands:
-            if t == model.EOS:
-                finished.append((gen, lp, lp / (len(gen) + 1) ** alpha, True))
-            else:
-                kept.append((gen + [t], lp))
-            if len(kept) == k:
-                break
-        enough = early_stopping and len(finished) >= k
-        if enough or not kept or step == max_len - 1:
-            if not enough:
-                finished += [(g, lp, lp / len(g) ** alpha, False) for g, lp in kept]
-            break
-        alive = kept
-    return sorted(finished, key=lambda h: h[2], reverse=True)[:k]
-
-
-def _as_tuples(hyps):
-    return [(h.tokens, h.logprob, h.score, h.finished) for h in hyps]
-
-
-def _assert_same(got, expected):
-    assert [(g[0], g[3]) for g in got] == [(e[0], e[3]) for e in expected]
-    assert [g[1] for g in got] == pytest.approx([e[1] for e in expected], abs=1e-5)
-    assert [g[2] for g in got] == pytest.approx([e[2] for e in expected], abs=1e-5)
-
-
-@pytest.mark.parametrize("alpha", [0.0, 0.7, 1.0])
-def test_beam_wide_enough_to_keep_everything_finds_the_best_hypotheses(alpha):
-    """With 2^4 beams nothing is pruned: the result is the exact top 16 of every hypothesis, EOS endings
-    inside the horizon (scored with their EOS and length) included."""
-    tok = SimpleNamespace(eos_id=PrefixModel.EOS, pad_id=0, bos_id=None)
-    model = PrefixModel()
-    gen = Generator(model, tok, torch.device("cpu"))
-    prompt = [0, 1, 0]                                   # greedy ends after 2 tokens; the best is elsewhere
-    every = _hypotheses(model, prompt, 4, alpha)
-    got = beam_search(gen, prompt, beam_size=16, max_gen_len=4, length_penalty=alpha, early_stopping=False)
-    _assert_same(_as_tuples(got), every[:16])
-    assert any(h.finished for h in got) and any(not h.finished for h in got)
-    # beam 1 is greedy; the exact best is at least as likely as greedy's sequence, and here strictly
-    greedy = gen.generate([prompt], max_gen_len=4, temperature=0)[0][0]
-    (one,) = beam_search(gen, prompt, beam_size=1, max_gen_len=4, length_penalty=alpha)
-    assert one.tokens == greedy
-    if alpha == 0.0:
-        assert got[0].logprob > one.logprob + 1e-3
-
-
-@pytest.mark.parametrize("k,alpha,early_stopping", [(2, 1.0, True), (3, 0.0, False), (3, 0.7, True), (5, 1.0, False)])
-def test_pruned_beam_search_equals_a_reference_beam_search(k, alpha, early_stopping):
-    tok = SimpleNamespace(eos_id=PrefixModel.EOS, pad_id=0, bos_id=None)
-    model = PrefixModel(max_batch=k)
-    gen = Generator(model, tok, torch.device("cpu"))
-    for prompt in ([1], [0, 0, 1, 1]):
-        got = beam_search(gen, prompt, beam_size=k, max_gen_len=6, length_penalty=alpha, early_stopping=early_stopping)
-        _assert_same(_as_tuples(got), _reference_beam(model, prompt, k, 6, alpha, early_stopping))
