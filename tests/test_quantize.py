@@ -43,6 +43,19 @@ def test_int8_grid_is_per_channel_symmetric_127_steps():
     assert q.weight.to(torch.int64).unique().numel() > 100       # the whole range is used, not a few levels
 
 
+def test_int8_linear_keeps_a_bf16_model_in_bf16():
+    """Scales are stored in the layer's dtype (half the bytes of fp32) and the output stays in the input's."""
+    torch.manual_seed(2)
+    linear = nn.Linear(64, 16).to(torch.bfloat16)
+    q = Int8Linear(linear)
+    assert q.scale.dtype == torch.bfloat16 and q.weight.dtype == torch.int8
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    y = q(x)
+    assert y.dtype == torch.bfloat16
+    expected = F.linear(x.float(), q.weight.float() * q.scale.float()[:, None], linear.bias.float())
+    torch.testing.assert_close(y.float(), expected, atol=0.05, rtol=0.02)
+
+
 def test_int8_perplexity_within_two_percent(tmp_path):
     cfg = tiny_run_config(tmp_path, ["train.max_steps=60", "train.lr=3e-3", "train.batch_size=16"])
     train(cfg)
