@@ -139,7 +139,10 @@ def test_pruned_beam_search_equals_a_reference_beam_search(k, alpha, early_stopp
     model = PrefixModel(max_batch=k)
     gen = Generator(model, tok, torch.device("cpu"))
     for prompt in ([1], [0, 0, 1, 1]):
-        got = beam_search(gen, prompt, beam_size=k, max_gen_len=6, length_penalty=alpha, early_stopping=early_stopping)
+        # the defaults, length_penalty 1 (the mean log-prob) and early stopping, are left out where they apply
+        kwargs = {**({} if alpha == 1.0 else {"length_penalty": alpha}),
+                  **({} if early_stopping else {"early_stopping": False})}
+        got = beam_search(gen, prompt, beam_size=k, max_gen_len=6, **kwargs)
         _assert_same(_as_tuples(got), _reference_beam(model, prompt, k, 6, alpha, early_stopping))
 
 
