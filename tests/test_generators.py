@@ -142,8 +142,11 @@ def test_pruned_beam_search_equals_a_reference_beam_search(k, alpha, early_stopp
         # the defaults, length_penalty 1 (the mean log-prob) and early stopping, are left out where they apply
         kwargs = {**({} if alpha == 1.0 else {"length_penalty": alpha}),
                   **({} if early_stopping else {"early_stopping": False})}
-        got = beam_search(gen, prompt, beam_size=k, max_gen_len=6, **kwargs)
-        _assert_same(_as_tuples(got), _reference_beam(model, prompt, k, 6, alpha, early_stopping))
+        for max_len in (1, 6):
+            got = beam_search(gen, prompt, beam_size=k, max_gen_len=max_len, **kwargs)
+            _assert_same(_as_tuples(got), _reference_beam(model, prompt, k, max_len, alpha, early_stopping))
+    with pytest.raises(ValueError, match="no room"):
+        beam_search(gen, [1] * model.max_seq_len, beam_size=k, max_gen_len=3)
 
 
 # ----------------------------------------------------------------------------- a trained model
