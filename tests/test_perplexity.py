@@ -105,17 +105,18 @@ def per_token_loop(logits_fn, row: list[int], context: int, stride: int) -> floa
     return total
 
 
-@pytest.mark.parametrize("context,stride", [(16, None), (16, 16), (16, 5), (16, 1), (7, 3)])
-def test_sliding_windows_equal_a_per_token_loop(context, stride):
-    """stride None is the runner's default (context // 2): the path every README number takes."""
+@pytest.mark.parametrize("context,stride", [(16, None), (16, 16), (16, 5), (16, 1), (7, 3), (3, None)])
+def test_sliding_windows_equal_a_per_token_loop(context, stride, capsys):
+    """stride None is the runner's default (context // 2, at least 1): the path every README number takes."""
     tok = ByteTokenizer()
     rows = encode_rows(tok, TEXTS)
     logits_fn = positional(tok.vocab_size)
     for batch in (1, 3):
         nll, count = score_rows(token_nll(logits_fn), rows, context, stride=stride, batch_size=batch)
-        expected = [per_token_loop(logits_fn, r, context, stride or context // 2) for r in rows]
+        expected = [per_token_loop(logits_fn, r, context, stride or max(1, context // 2)) for r in rows]
         assert nll == pytest.approx(expected, rel=1e-5)
         assert count.tolist() == [len(r) - 1 for r in rows]
+    assert capsys.readouterr().err == ""                           # no progress bar unless asked for
     scores = score_texts(token_nll(logits_fn), tok, TEXTS, context, stride=stride)
     assert scores.perplexities() == pytest.approx([math.exp(e / (len(r) - 1)) for e, r in zip(expected, rows)],
                                                   rel=1e-5)
