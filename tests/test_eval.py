@@ -29,6 +29,10 @@ def test_bleu_by_hand_and_as_sacrebleu():
     by_hand = 100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
     assert bleu([hyp], [ref]) == pytest.approx(by_hand, abs=1e-9)
     assert bleu([hyp], [ref]) == pytest.approx(sacrebleu.sentence_bleu(hyp, [ref]).score, abs=1e-9)
+    # BLEU-1 of the same pair: unigram precision 5/6 alone (with "effective order", a hypothesis of
+    # fewer than 4 tokens would score the same under BLEU-1 and BLEU-4, so this pair tells them apart)
+    assert bleu([hyp], [ref], max_order=1) == pytest.approx(100 * 5 / 6, abs=1e-9)
+    assert compute(["bleu-1", "bleu-4"], [hyp], [ref]) == pytest.approx({"bleu-1": 100 * 5 / 6, "bleu-4": by_hand})
     assert bleu([ref, ""], [ref, ref]) == pytest.approx(50.0)  # mean over items; empty = 0
 
 
