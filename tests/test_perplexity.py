@@ -111,8 +111,9 @@ def test_sliding_windows_equal_a_per_token_loop(context, stride, capsys):
     tok = ByteTokenizer()
     rows = encode_rows(tok, TEXTS)
     logits_fn = positional(tok.vocab_size)
-    for batch in (1, 3):
-        nll, count = score_rows(token_nll(logits_fn), rows, context, stride=stride, batch_size=batch)
+    for batch, fixed_shapes in ((1, False), (3, False), (3, True)):
+        nll, count = score_rows(token_nll(logits_fn), rows, context, stride=stride, batch_size=batch,
+                                fixed_shapes=fixed_shapes)
         expected = [per_token_loop(logits_fn, r, context, stride or max(1, context // 2)) for r in rows]
         assert nll == pytest.approx(expected, rel=1e-5)
         assert count.tolist() == [len(r) - 1 for r in rows]
