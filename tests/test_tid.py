@@ -88,9 +88,12 @@ def test_drop_count_per_sequence_follows_the_schedule():
     tokens = torch.randint(4, V, (6, 40))
     tokens[2, 10:20] = 0                                          # padding in one row
     tokens[4, 5] = 1                                              # a bos in another
+    droppable = torch.ones_like(tokens, dtype=torch.bool)         # by hand: not the first 3, not pad or bos
+    droppable[:, :3] = False
+    droppable &= (tokens != 0) & (tokens != 1)
+    assert torch.equal(droppable_mask(tokens, 3, (1, 0, None)), droppable)
     for step in (0, 37, 100):
         mask, stats = tid.mask(None, tokens, tokens, step)
-        droppable = droppable_mask(tokens, 3, (1, 0))
         expected = torch.round(drop_ratio(cfg, step, 100) * droppable.sum(1).float()).long()
         assert (mask.sum(1) == expected).all()
         assert not (mask & ~droppable).any()
@@ -170,6 +173,21 @@ def test_gradient_norm_scores_equal_autograd_of_the_embeddings():
     loss.backward()
     direct = model.tok_emb.weight.grad[tokens].norm(dim=-1)
     assert torch.allclose(scores, direct, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_attention_mass_of_a_rotary_model_equals_hugging_face_attentions(layer):
+    """Rotary positions enter the scores: the reference is HF Llama's own attention weights on the same weights."""
+    pytest.importorskip("transformers")
+    from models.convert import to_hf_model
+    model = tiny_model(position="rotary", norm="rmsnorm", mlp="swiglu", bias=False)
+    ckpt = {"model": model.state_dict(), "config": {"model": model.cfg.__dict__}}
+    hf = to_hf_model(ckpt, special_ids=(None, 0))
+    hf.config._attn_implementation = "eager"                       # attention weights are returned
+    tokens = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        expected = hf(tokens, output_attentions=True).attentions[layer].sum(dim=(1, 2))
+    assert torch.allclose(attention_mass_scores(model, tokens, layer), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("layer", [0, 1])
