@@ -28,6 +28,7 @@ CORE=(
 [ $# -gt 0 ] && CORE=("$@")
 python tests/mutation/unwrap.py .mutation/repo
 cd .mutation/repo
+rm -f mutants/mutmut-stats.json   # the copy has no git history to tell changed tests: map tests to code anew
 export OMP_NUM_THREADS=1   # one thread per worker: the workers run side by side
 start=$(date +%s)
 nice -n 10 mutmut run --max-children "${MAX_CHILDREN:-2}" "${CORE[@]}"
