@@ -100,6 +100,14 @@ def test_drop_count_per_sequence_follows_the_schedule():
         assert stats["tid_drop_ratio"] == pytest.approx(float(mask.sum() / droppable.sum()))
 
 
+def test_realised_ratio_with_a_single_droppable_position():
+    tid = TokenImportanceDropout(TIDConfig(method="random", p_start=0.6, p_end=0.6), 10, (0,), n_layers=2)
+    tokens = torch.tensor([[5, 7, 0, 0]])                        # position 0 protected, 2 and 3 padding
+    mask, stats = tid.mask(None, tokens, tokens, 0)
+    assert mask.tolist() == [[False, True, False, False]] and float(stats["tid_drop_ratio"]) == 1.0
+    assert stats["tid_target_ratio"] == pytest.approx(0.6)
+
+
 def test_low_and_high_pick_opposite_ends_and_protected_positions_stay():
     scores = torch.tensor([[9.0, 1.0, 5.0, 3.0, 7.0, 2.0, 8.0, 4.0]])
     droppable = torch.ones_like(scores, dtype=torch.bool)
@@ -206,7 +214,7 @@ def test_every_method_trains_and_logs_its_overhead(tmp_path, method):
                                      "train.max_steps=3", "train.grad_accum=2", "tid.layer=-1"])
     train(cfg)
     stats = load_losses(cfg.run_name, cfg.log_dir)["stats"]
-    assert stats["tid_method"] == [method] * 3
+    assert stats["tid_method"] == [method] * 3 and stats["tid_target_ratio"] == pytest.approx([0.25] * 3)
     assert all(abs(r - 0.25) < 0.02 for r in stats["tid_drop_ratio"])
     assert all(t > 0 for t in stats["tid_score_time"])
     assert all(t > 0 for t in stats["tid_step_time_without_scoring"])
