@@ -189,6 +189,9 @@ def test_attention_mass_of_a_rotary_model_equals_hugging_face_attentions(layer):
     pytest.importorskip("transformers")
     from models.convert import to_hf_model
     model = tiny_model(position="rotary", norm="rmsnorm", mlp="swiglu", bias=False)
+    with torch.no_grad():                                          # sharp attention: at init it is near uniform
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     ckpt = {"model": model.state_dict(), "config": {"model": model.cfg.__dict__}}
     hf = to_hf_model(ckpt, special_ids=(None, 0))
     hf.config._attn_implementation = "eager"                       # attention weights are returned
@@ -201,9 +204,13 @@ def test_attention_mass_of_a_rotary_model_equals_hugging_face_attentions(layer):
 @pytest.mark.parametrize("layer", [0, 1])
 def test_attention_mass_equals_an_explicit_softmax_attention(layer):
     model = tiny_model()
+    with torch.no_grad():                                          # sharp attention: at init it is near uniform
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     tokens = torch.randint(0, V, (2, 16))
     scores = attention_mass_scores(model, tokens, layer)
     expected = explicit_attention_mass(model, tokens, layer)
+    assert expected.std() > 0.5                                    # far from uniform attention
     assert torch.allclose(scores, expected, atol=1e-5)
     assert torch.allclose(scores.sum(1), torch.full((2,), 4.0 * 16), atol=1e-4)  # each query spends 1 per head
 
