@@ -1,10 +1,13 @@
 """Weights to and from Hugging Face, Meta and safetensors: same logits as transformers, exact round trips."""
 
+import dataclasses
+import math
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import models
 from conftest import REPO, tiny_run_config
@@ -32,7 +35,7 @@ def _no_tokenizer_files(monkeypatch):
 
 @pytest.mark.parametrize("preset,arch", [("baseline", "gpt2"), ("gpt2_125m", "llama"), ("llama", "llama")])
 def test_exported_model_has_the_same_logits(preset, arch):
-    model, ckpt = _ckpt(preset)
+    model, ckpt = _perturbed(preset, {})                     # a swapped norm or bias shows only off their init
     assert hf_architecture(model.cfg) == arch
     hf = to_hf_model(ckpt)
     x = torch.randint(0, 97, (2, 24))
@@ -136,32 +139,85 @@ def test_cli_export_loads_with_automodel_and_generates_our_greedy_tokens(tmp_pat
     assert r.returncode == 0 and sf.stat().st_size > 10_000
 
 
-def _interleaved_rope(x, theta=10000.0):
-    """Meta's reference rotary: consecutive pairs (2i, 2i+1) rotated as complex numbers. x (T, H, hd)."""
-    T, H, hd = x.shape
-    freqs = theta ** (-torch.arange(0, hd, 2).float() / hd)
-    angles = torch.outer(torch.arange(T).float(), freqs)                         # (T, hd/2)
-    z = torch.view_as_complex(x.float().reshape(T, H, hd // 2, 2))
-    return torch.view_as_real(z * torch.polar(torch.ones_like(angles), angles)[:, None]).reshape(T, H, hd)
+def _meta_forward(params: dict, w: dict, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of Meta's Llama reference (llama/model.py) written out: RMSNorm, interleaved complex rotary,
+    causal attention, SwiGLU FFN w2(silu(w1 x) * w3 x), the FFN width derived from params as Meta does."""
+    dim, H, L, eps = params["dim"], params["n_heads"], params["n_layers"], params["norm_eps"]
+    hd = dim // H
+    hidden = int(params["ffn_dim_multiplier"] * int(2 * 4 * dim / 3))
+    hidden = params["multiple_of"] * ((hidden + params["multiple_of"] - 1) // params["multiple_of"])
+    rms = lambda x, weight: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    B, T = tokens.shape
+    freqs = 1.0 / (params["rope_theta"] ** (torch.arange(0, hd, 2)[: hd // 2].float() / hd))
+    cis = torch.polar(torch.ones(T, hd // 2), torch.outer(torch.arange(T).float(), freqs))      # (T, hd/2)
+    rotate = lambda x: torch.view_as_real(torch.view_as_complex(x.reshape(B, T, H, hd // 2, 2))
+                                          * cis[None, :, None]).reshape(B, T, H, hd)
+    mask = torch.full((T, T), float("-inf")).triu(1)
+    h = w["tok_embeddings.weight"][tokens]
+    for i in range(L):
+        a = f"layers.{i}."
+        assert w[a + "feed_forward.w1.weight"].shape == (hidden, dim)
+        x = rms(h, w[a + "attention_norm.weight"])
+        q, k, v = ((x @ w[a + f"attention.w{n}.weight"].T).view(B, T, H, hd) for n in "qkv")
+        q, k = rotate(q).transpose(1, 2), rotate(k).transpose(1, 2)                             # (B, H, T, hd)
+        att = ((q @ k.transpose(2, 3)) / math.sqrt(hd) + mask).softmax(-1)
+        out = (att @ v.transpose(1, 2)).transpose(1, 2).reshape(B, T, dim)
+        h = h + out @ w[a + "attention.wo.weight"].T
+        x = rms(h, w[a + "ffn_norm.weight"])
+        ff = F.silu(x @ w[a + "feed_forward.w1.weight"].T) * (x @ w[a + "feed_forward.w3.weight"].T)
+        h = h + ff @ w[a + "feed_forward.w2.weight"].T
+    return rms(h, w["norm.weight"]) @ w["output.weight"].T
 
 
-def test_meta_export_gives_the_same_attention_scores_under_metas_rotary(tmp_path):
-    from models.blocks import apply_rotary, rotary_table
+@dataclasses.dataclass
+class MetaModelArgs:
+    """The fields of Meta's llama/model.py ModelArgs; its loader builds ModelArgs(max_seq_len=...,
+    max_batch_size=..., **params.json)."""
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    vocab_size: int = -1
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000
+    max_batch_size: int = 32
+    max_seq_len: int = 2048
+
+
+@pytest.mark.parametrize("preset", ["llama", "gpt2_125m"])
+def test_meta_export_has_the_same_logits_under_metas_reference(preset):
     from models.convert import to_meta
-    model, ckpt = _ckpt("llama")
-    params, meta = to_meta(model.cfg, ckpt["model"])
-    assert params["dim"] == 32 and int(params["multiple_of"] * ((int(params["ffn_dim_multiplier"] * int(8 * 32 / 3))
-                                                                   + params["multiple_of"] - 1) // params["multiple_of"])) == 64
-    x = torch.randn(10, 32)
-    H, hd = 4, 8
-    wq, wk, _ = ckpt["model"]["blocks.0.attn.wqkv.weight"].split(32)
-    cos, sin = rotary_table(hd, 10)
-    ours = lambda w: apply_rotary((x @ w.T).view(10, H, hd).transpose(0, 1), cos, sin)   # (H, T, hd)
-    theirs = lambda w: _interleaved_rope((x @ w.T).view(10, H, hd)).transpose(0, 1)
-    q_m, k_m = meta["layers.0.attention.wq.weight"], meta["layers.0.attention.wk.weight"]
-    torch.testing.assert_close(theirs(q_m) @ theirs(k_m).transpose(1, 2), ours(wq) @ ours(wk).transpose(1, 2),
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(meta["layers.0.feed_forward.w1.weight"], ckpt["model"]["blocks.0.mlp.up.weight"][:64])
+    model, ckpt = _perturbed(preset, {})
+    params, weights = to_meta(model.cfg, ckpt["model"])
+    args = MetaModelArgs(max_seq_len=32, max_batch_size=1, **params)   # an unknown or colliding key: TypeError
+    cfg = model.cfg
+    assert (args.dim, args.n_layers, args.n_heads, args.vocab_size, args.norm_eps, args.rope_theta) == (
+        cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.vocab_size, cfg.norm_eps, cfg.rope_theta)
+    assert args.n_kv_heads in (None, cfg.n_heads)
+    x = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(_meta_forward(params, weights, x), model(x)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_hf_llama_import_computes_transformers_logits(tmp_path):
+    # a Llama made by transformers itself, every weight (norms included) moved off its init
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "llama")
+    from models.convert import from_hf
+    cfg, sd = from_hf(tmp_path / "llama")
+    ours = models.build(cfg).eval()
+    ours.load_state_dict(sd, strict=True)
+    x = torch.randint(0, 97, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], hf(x).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_hf_gpt2_import_computes_transformers_logits(tmp_path):
@@ -213,14 +269,11 @@ def test_cli_import_of_every_format(tmp_path):
     assert r.returncode != 0 and r.stderr.startswith("error:") and "--context" in r.stderr
 
 
-def test_hf_import_then_export_round_trips(tmp_path, monkeypatch):
+def test_hf_import_then_export_round_trips(tmp_path, llama_model):
     from models.checkpoint import load_checkpoint
     from models.convert import main as convert_main
-    from conftest import SHARED_DATA
-    tok = SHARED_DATA / "tokenizers/llama/tokenizer.model"
-    if not tok.is_file():
-        pytest.skip("the Llama tokenizer.model of ../shared/data is missing")
-    model, ckpt = _ckpt("llama", vocab_size=32000)
+    tok = llama_model
+    model, ckpt = _perturbed("llama", {"vocab_size": 32000})
     hf_dir = tmp_path / "hf_llama"
     to_hf_model(ckpt).save_pretrained(hf_dir)
     convert_main(["--from", "hf", str(hf_dir), "--tokenizer", str(tok), "--out", str(tmp_path / "imported.pt")])
