@@ -43,11 +43,11 @@ def explicit_attention_mass(model, tokens, layer):
 
 
 @torch.no_grad()
-def explicit_entropy(model, tokens):
-    """score[:, t] = entropy of the prediction of token t, made at t - 1; 0 at t = 0."""
+def explicit_entropy(model, tokens, of: str = "next"):
+    """score[:, t] = entropy of the prediction made at t (next), or of token t, made at t - 1 (current; 0 at t = 0)."""
     p = F.softmax(model(tokens)[0].double(), dim=-1)
     entropy = -(p * p.log()).sum(-1)
-    return F.pad(entropy[:, :-1], (1, 0))
+    return entropy if of == "next" else F.pad(entropy[:, :-1], (1, 0))
 
 
 def explicit_gradient_norm(model, tokens, targets):
@@ -270,15 +270,15 @@ def _first_step(tmp, sets):
 @pytest.mark.parametrize("drop", ["high", "low"])
 def test_trainer_drops_the_intended_tokens(tid_dir, method, drop):
     """The trainer's own step: the mask it applies is the chosen end of an independently computed ranking,
-    the dropped positions reach the first block without their token embedding, and the loss changes."""
+    the dropped positions reach the first block as zero vectors, and the loss changes."""
     ratio = 0.25
     sets = [f"tid.method={method}", f"tid.drop={drop}", f"tid.p_start={ratio}", f"tid.p_end={ratio}", "tid.layer=1",
-            f"run_name=tid-{method}-{drop}"]
+            "tid.entropy_of=next", "tid.keep_position=false", f"run_name=tid-{method}-{drop}"]
     trainer, model, loss, seen, x0 = _first_step(tid_dir, sets)
     tokens, targets, mask = seen["tokens"], seen["targets"], seen["drop_mask"]
     assert mask is not None and mask.shape == tokens.shape
     if method == "entropy":
-        scores = explicit_entropy(model, tokens)
+        scores = explicit_entropy(model, tokens, "next")
     elif method == "gradient_norm":
         scores = explicit_gradient_norm(model, tokens, targets)
     else:
@@ -289,10 +289,10 @@ def test_trainer_drops_the_intended_tokens(tid_dir, method, drop):
         ranked = sorted(droppable, key=lambda t: scores[b, t].item(), reverse=drop == "high")
         expected = sorted(ranked[:round(ratio * len(droppable))])
         assert mask[b].nonzero().flatten().tolist() == expected, (b, method, drop)
-    # the first block sees position embeddings alone where a token was dropped
+    # keep_position=false: the first block sees a zero input vector where a token was dropped
     pos = model.pos_emb.weight[:tokens.size(1)].detach()         # the weights before the step
     full = model.tok_emb.weight.detach()[tokens] + pos
-    torch.testing.assert_close(x0[mask], pos.expand_as(full)[mask])
+    assert x0[mask].abs().max() == 0
     torch.testing.assert_close(x0[~mask], full[~mask])
     _, _, plain_loss, _, _ = _first_step(tid_dir, [f"run_name=plain-{method}-{drop}"])
     assert abs(loss - plain_loss) > 1e-4                          # same batch and weights: only the mask differs
