@@ -10,7 +10,6 @@ Relative paths in the tree are relative to the working directory (run commands f
 import dataclasses
 import math
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -274,13 +273,3 @@ def _coerce(value, hint, key: str):
     expected = hint.__name__ + (" or null" if optional else "")
     raise ConfigError(f"config key '{key}' expects {expected}, got {value!r}")
 
-
-def exit_on_config_error(fn):
-    """Decorator for CLI entry points: a ConfigError becomes one line on stderr and exit status 2."""
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-    return wrapper

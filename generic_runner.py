@@ -18,7 +18,6 @@ import math
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 import models
 import optimizers
+from cli import exit_with
 from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.files import LockedError, UnsafeFileError, exclusive_lock
@@ -38,6 +38,7 @@ from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from dataset_definitions.tokenization import load_word_vectors
 from experiment_config import ConfigError, RunConfig, check_run_name, load_config, run_identity_diff, to_dict
+from runtime import resolve_device
 from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights, model_config,
                                non_finite_tensors, save_checkpoint)
 from models.lora import apply_lora, merged_state_dict
@@ -77,18 +78,13 @@ def main(default_config: str, argv: list[str] | None = None) -> None:
         cfg.run_name = args.run_name or cfg.run_name or default_run_name([default_config, *args.config], args.set)
         train(cfg, resume=args.resume, force=args.force)
     except ConfigError as e:
-        _exit(f"error: {e}", 2)
+        exit_with(f"error: {e}", 2)
     except Interrupted as e:
-        _exit(f"interrupted: {e}", 128 + e.signum)
+        exit_with(f"interrupted: {e}", 128 + e.signum)
     except (DataError, TrainingError, CheckpointError, FileNotFoundError, UnsafeFileError) as e:
-        _exit(f"error: {e}", 1)
+        exit_with(f"error: {e}", 1)
     except KeyboardInterrupt:
-        _exit("interrupted outside the training loop: nothing saved since the last checkpoint", 130)
-
-
-def _exit(message: str, code: int) -> None:
-    print(message, file=sys.stderr)
-    sys.exit(code)
+        exit_with("interrupted outside the training loop: nothing saved since the last checkpoint", 130)
 
 
 def default_run_name(config_paths: list[str], sets: list[str]) -> str:
@@ -129,14 +125,11 @@ def setup_env(cfg: RunConfig) -> Env:
     """Read torchrun's environment, join the process group, pick device and precision, enable TF32."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device: {cfg.device!r} requested but CUDA is not available (use device=cpu)")
-        if device.type == "cuda" and world > 1:
-            device = torch.device(f"cuda:{local_rank}")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {cfg.device!r} requested but CUDA is not available (use device=cpu)")
+    if device.type == "cuda" and (cfg.device == "auto" or world > 1):
+        device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -9,15 +9,10 @@ from pathlib import Path
 
 import torch
 
+from runtime import resolve_device
+
 
 WARMUP_STEPS = 5  # first steps carry allocator and thread-pool warm-up; left out of the medians
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def sync(device: torch.device) -> None:

@@ -17,8 +17,8 @@ import time
 import torch
 
 import modelskv
-from benchmarks.common import (benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets,
-                               resolve_device)
+from benchmarks.common import benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets
+from runtime import resolve_device
 from benchmarks.synthetic import IdTokenizer
 from generators.beam_search import beam_search
 from generators.generation import Generator

@@ -15,7 +15,8 @@ import torch
 
 import models
 import optimizers
-from benchmarks.common import default_out, device_info, resolve_device, write_results
+from benchmarks.common import default_out, device_info, write_results
+from runtime import resolve_device
 from models import ModelConfig
 
 

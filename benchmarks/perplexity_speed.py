@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import modelskv
-from benchmarks.common import (benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets,
-                               resolve_device)
+from benchmarks.common import benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets
+from runtime import resolve_device
 from eval.scoring import score_rows, token_nll
 from models import ModelConfig
 

@@ -12,7 +12,8 @@ import importlib
 import time
 from pathlib import Path
 
-from benchmarks.common import device_info, resolve_device, write_results
+from benchmarks.common import device_info, write_results
+from runtime import resolve_device
 
 BENCHMARKS = ("train_speed", "tid_overhead", "perplexity_speed", "decode_speed")
 

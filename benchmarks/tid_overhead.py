@@ -9,7 +9,8 @@ training model, compiled when the step is (see tid.py).
 """
 
 
-from benchmarks.common import benchmark_cli, device_info, resolve_device
+from benchmarks.common import benchmark_cli, device_info
+from runtime import resolve_device
 from benchmarks.train_speed import model_sets, train_on_random_tokens
 
 METHODS = ("none", "random", "entropy", "attention_mass", "gradient_norm")

@@ -20,7 +20,8 @@ import torch
 
 import models
 from benchmarks.common import (WARMUP_STEPS, benchmark_cli, device_info, median_seconds, peak_memory_gb,
-                               print_targets, resolve_device)
+                               print_targets)
+from runtime import resolve_device
 from benchmarks.synthetic import RandomTokens
 from experiment_config import load_config
 from generic_runner import PEAK_FLOPS, train

@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from cli import run_or_exit
 
 from dataset_definitions.datasets import DocumentRows, TokenBlocks
 from dataset_definitions.dedup import Deduplicator
@@ -311,18 +312,9 @@ def main(argv=None) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
     parser.add_argument("--verify", action="store_true", help="re-hash every cached file against meta.json")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config([args.base, *(args.config or ["configs/quickstart.yaml"])], args.set)
-        prepare_data(cfg, force=args.force, verify=args.verify)
-    except ConfigError as e:
-        sys.exit(_fail(e, 2))
-    except DataError as e:
-        sys.exit(_fail(e, 1))
-
-
-def _fail(e: Exception, code: int) -> int:
-    print(f"error: {e}", file=sys.stderr)
-    return code
+    run_or_exit(lambda: prepare_data(load_config([args.base, *(args.config or ["configs/quickstart.yaml"])], args.set),
+                                     force=args.force, verify=args.verify),
+                {ConfigError: 2, DataError: 1})
 
 
 if __name__ == "__main__":

@@ -44,12 +44,14 @@ from dataset_definitions.files import atomic_write, load_plain_pickle
 from dataset_definitions.prepare import PreparedData, prepare_data
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
+from cli import run_or_exit
 from eval.scoring import (IGNORE, LogitsFn, NllFn, Scores, encode_rows, score_packed, score_rows, score_texts,
                           token_nll, window_plan)
 from experiment_config import ConfigError, RunConfig, from_dict
-from generators.generation import resolve_device, resolve_dtype
+from generators.generation import resolve_dtype
 from models.checkpoint import CheckpointError, load_checkpoint, load_weights, model_config
 from modelskv.quantize import quantize_int8
+from runtime import resolve_device
 
 __all__ = ["IGNORE", "Scores", "Scorer", "compare_table", "encode_rows", "load_result", "load_scorer", "main",
            "main_text", "prepared_data", "report", "save_results", "score_packed", "score_rows", "score_texts",
@@ -240,31 +242,23 @@ def main(argv: list[str] | None = None) -> None:
     """run_perplexity.py: held-out (or val) rows of the checkpoint's data, or the packed stream."""
     args = _parser(text_file=False).parse_args(argv)
     if args.compare:
-        _guard(lambda: print(compare_table(args.compare, args.log_dir)))
+        run_or_exit(lambda: print(compare_table(args.compare, args.log_dir)), EXIT_CODES)
         return
-    _guard(lambda: _run(args, text_file=False))
+    run_or_exit(lambda: _run(args, text_file=False), EXIT_CODES)
 
 
 def main_text(argv: list[str] | None = None) -> None:
     """run_text_perplexity.py: rows of another text file."""
     args = _parser(text_file=True).parse_args(argv)
-    _guard(lambda: _run(args, text_file=True))
+    run_or_exit(lambda: _run(args, text_file=True), EXIT_CODES)
 
 
 class UsageError(ValueError):
     """A bad command-line value (exit status 2)."""
 
 
-def _guard(fn) -> None:
-    """User errors become one line on stderr: exit status 2 for a bad argument, 1 for the rest."""
-    try:
-        fn()
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (CheckpointError, DataError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+# user errors become one line on stderr: exit status 2 for a bad argument, 1 for the rest
+EXIT_CODES = {UsageError: 2, (CheckpointError, DataError, ConfigError, FileNotFoundError, ValueError): 1}
 
 
 def _run(args, text_file: bool) -> None:

@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from cli import exit_with
+
 from generators.beam_search import beam_search
 from generators.generation import Generator
 from generators.sampling import check_sampling
@@ -45,30 +47,30 @@ def main(argv=None) -> None:
             with open(args.prompt_file, encoding="utf-8") as f:
                 prompts += [line.rstrip("\n") for line in f if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
-            _fail(f"cannot read --prompt-file {args.prompt_file}: {e}", 2)
+            exit_with(f"error: cannot read --prompt-file {args.prompt_file}: {e}", 2)
     if not prompts:
-        _fail("give --prompt TEXT (repeatable) or --prompt-file FILE", 2)
+        exit_with("error: give --prompt TEXT (repeatable) or --prompt-file FILE", 2)
     if (args.beam is not None or args.stream) and len(prompts) > 1:
-        _fail("--beam and --stream take one prompt", 2)
+        exit_with("error: --beam and --stream take one prompt", 2)
     if args.max_new_tokens < 1:
-        _fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", 2)
+        exit_with(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}", 2)
     if args.beam is not None and args.beam < 1:
-        _fail(f"--beam must be >= 1 (beams kept per step), got {args.beam}", 2)
+        exit_with(f"error: --beam must be >= 1 (beams kept per step), got {args.beam}", 2)
     try:
         check_sampling(args.temperature, args.top_p, args.top_k, cli=True)
     except ValueError as e:
-        _fail(str(e), 2)
+        exit_with(f"error: {e}", 2)
     try:
         generator = Generator.build(args.ckpt, max_batch_size=max(len(prompts), args.beam or 1), device=args.device,
                                     dtype=args.dtype, compile=args.compile, quantize=args.quantize)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        _fail(str(e), 1)
+        exit_with(f"error: {e}", 1)
     try:
         check_sampling(args.temperature, args.top_p, args.top_k, generator.tokenizer.vocab_size, cli=True)
         tokens = [generator.fit_prompt(generator.prompt_tokens(p), args.max_new_tokens, args.truncate)
                   for p in prompts]
     except ValueError as e:
-        _fail(str(e), 2)
+        exit_with(f"error: {e}", 2)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -93,11 +95,6 @@ def main(argv=None) -> None:
     seconds = time.perf_counter() - t0
     print(f"{n_new} new tokens in {seconds:.2f}s ({n_new / seconds:,.1f} tokens/s, "
           f"{'no ' if args.no_kv_cache else ''}KV cache, {generator.device})", file=sys.stderr)
-
-
-def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def _echo(pieces):

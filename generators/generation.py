@@ -21,15 +21,10 @@ from dataset_definitions.tokenization import Tokenizer, load_tokenizer
 from generators.sampling import check_sampling, next_token
 from models.checkpoint import load_checkpoint, load_weights, model_config
 from modelskv.quantize import quantize_int8
+from runtime import resolve_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EOS_CHECK_EVERY = 8  # decode steps between reads of "every row has ended" (each read waits for the GPU)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
