@@ -43,7 +43,7 @@ from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoi
                                non_finite_tensors, save_checkpoint)
 from models.lora import apply_lora, merged_state_dict
 from tid import TokenImportanceDropout
-from train_logs import RunLogger, run_log_paths
+from train_logs import RunLogger, capped_perplexity, run_log_paths
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense bf16
 
@@ -709,7 +709,7 @@ class Trainer:
             else:
                 self.evals_since_best += 1
                 stop = cfg.train.patience > 0 and self.evals_since_best >= cfg.train.patience
-            self.env.log(f"step {step}: val loss {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.2f}, "
+            self.env.log(f"step {step}: val loss {val_loss:.4f} (ppl {capped_perplexity(val_loss):.2f}, "
                          f"{val_loss / math.log(2):.3f} bits/token, {bpb:.3f} bits/byte){' *' if improved else ''}")
         if step > 0 and (step % cfg.train.save_every == 0 or stop):
             self._save_last(logger, paths)
@@ -749,7 +749,7 @@ def _train_locked(cfg: RunConfig, env: Env, resume: bool, data) -> dict:
         dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts
     summary.update(best_val_loss=trainer.best_val, run=cfg.run_name)
     val_loss, bpb = getattr(trainer, "last_val", (math.nan, math.nan))
-    summary.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)), val_bpt=val_loss / math.log(2),
+    summary.update(val_loss=val_loss, val_ppl=capped_perplexity(val_loss), val_bpt=val_loss / math.log(2),
                    val_bpb=bpb, model=model_family(cfg))
     mfu = (summary["tokens_per_s"] * trainer.flops_per_token / trainer.peak) if trainer.peak else None
     summary["mfu"] = mfu

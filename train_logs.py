@@ -28,6 +28,14 @@ from pathlib import Path
 
 from dataset_definitions.files import atomic_write, load_plain_pickle
 
+PPL_CAP_LOSS = 50.0  # a diverged loss still prints a finite perplexity
+
+
+def capped_perplexity(loss: float) -> float:
+    """Perplexity of a mean NLL in nats: exp(min(loss, 50))."""
+    return math.exp(min(loss, PPL_CAP_LOSS))
+
+
 CSV_FIELDS = ["step", "train_loss", "lr", "grad_norm", "step_time", "tokens_per_s", "elapsed",
               "val_loss", "val_ppl", "val_bits_per_token", "val_bpb"]
 
@@ -144,7 +152,7 @@ class RunLogger:
 
     def log_eval(self, step: int, loss: float, bpb: float, stats: dict | None = None) -> None:
         loss, bpb, stats = _plain(loss), _plain(bpb), _plain(stats)
-        ppl, bpt = math.exp(min(loss, 50.0)), loss / math.log(2)
+        ppl, bpt = capped_perplexity(loss), loss / math.log(2)
         val = self.losses["val"]
         for k, v in zip(("step", "loss", "ppl", "bits_per_token", "bpb"), (step, loss, ppl, bpt, bpb)):
             val[k].append(v)

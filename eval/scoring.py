@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dataset_definitions.datasets import TokenBlocks
 from dataset_definitions.tokenization import Tokenizer
 
 IGNORE = -100                   # target id that cross_entropy skips (padding, already-scored targets)
@@ -180,14 +181,14 @@ def score_packed(nll_fn: NllFn, tokens: np.ndarray, context: int, bytes_per_toke
     the summary's bpb is the trainer's loss / ln 2 / bytes_per_token.
     """
     device = torch.device(device)
-    n_blocks = max(0, (len(tokens) - context - 1) // context + 1)
+    blocks = TokenBlocks(tokens, context)  # the trainer's validation blocks
+    n_blocks = len(blocks)
     block_nll = torch.zeros(n_blocks, device=device, dtype=torch.float64)
     t0 = time.perf_counter()
     for start in tqdm(range(0, n_blocks, batch_size), desc=f"scoring {n_blocks:,} blocks", unit=" batches",
                       disable=not progress, dynamic_ncols=True):
         index = np.arange(start, min(start + batch_size, n_blocks))
-        chunk = torch.from_numpy(tokens[index[:, None] * context + np.arange(context + 1)].astype(np.int64))
-        x, y = _to_device(chunk[:, :-1], device), _to_device(chunk[:, 1:], device)  # (B, T) each
+        x, y = (_to_device(t, device) for t in blocks.batch(index))  # (B, T) each
         with _autocast(device, dtype):
             block_nll[index[0]:index[-1] + 1] = nll_fn(x, y).sum(1).double()
     nll = block_nll.cpu().numpy()
