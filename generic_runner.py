@@ -33,7 +33,7 @@ import optimizers
 from cli import exit_with
 from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.datasets import BlockSampler
-from dataset_definitions.files import LockedError, UnsafeFileError, exclusive_lock
+from fileio import LockedError, UnsafeFileError, exclusive_lock
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from dataset_definitions.tokenization import load_word_vectors

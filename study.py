@@ -401,7 +401,7 @@ def _call(cmd: list[str], env: dict, out, log_path: Path, what: str, children: s
 
 
 def _write_record(run: Run, state: str) -> None:
-    from dataset_definitions.files import atomic_write
+    from fileio import atomic_write
 
     atomic_write(_record_path(run), json.dumps({"run": run.name, "arm": run.arm, "seed": run.seed, "state": state,
                                                 "runner": run.runner, "configs": run.configs, "set": run.sets}))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_definitions.files import atomic_write, load_plain_pickle
+from fileio import atomic_write, load_plain_pickle
 from train_logs import load_losses, load_times
 
 BOOTSTRAP_SAMPLES = 4000

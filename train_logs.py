@@ -26,7 +26,7 @@ import math
 import pickle
 from pathlib import Path
 
-from dataset_definitions.files import atomic_write, load_plain_pickle
+from fileio import atomic_write, load_plain_pickle
 
 PPL_CAP_LOSS = 50.0  # a diverged loss still prints a finite perplexity
 

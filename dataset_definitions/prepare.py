@@ -37,7 +37,7 @@ from cli import run_or_exit
 
 from dataset_definitions.datasets import DocumentRows, TokenBlocks
 from dataset_definitions.dedup import Deduplicator
-from dataset_definitions.files import atomic_write, content_sha256, exclusive_lock, process_alive, sha256_file
+from fileio import atomic_write, content_sha256, exclusive_lock, process_alive, sha256_file
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
 

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from dataset_definitions.config import TOKENIZER_KINDS, TokenizerConfig
-from dataset_definitions.files import atomic_write, sha256_file
+from fileio import atomic_write, sha256_file
 
 BPE_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")   # ids 0..3, also used for sentencepiece
 WORD_SPECIALS = ("<sos>", "<eos>", "<pad>", "<unk>")  # ids 0..3

@@ -40,7 +40,7 @@ import torch
 import models
 import modelskv
 from dataset_definitions.config import DataConfig
-from dataset_definitions.files import atomic_write, load_plain_pickle
+from fileio import atomic_write, load_plain_pickle
 from dataset_definitions.prepare import PreparedData, prepare_data
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer

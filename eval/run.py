@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset_definitions.files import atomic_write
+from fileio import atomic_write
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from eval import tasks as task_defs

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from dataset_definitions.files import atomic_write
+from fileio import atomic_write
 
 from .config import ModelConfig
 

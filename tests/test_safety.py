@@ -20,7 +20,7 @@ import torch
 import generic_runner
 from conftest import REPO, tiny_run_config, tiny_sets
 from dataset_definitions.datasets import BlockSampler
-from dataset_definitions.files import atomic_write, load_plain_pickle
+from fileio import atomic_write, load_plain_pickle
 from dataset_definitions.prepare import data_key, prepare_data
 from models.checkpoint import load_checkpoint
 from train_logs import load_losses
@@ -123,7 +123,7 @@ def test_force_deletes_only_the_runs_own_outputs(tmp_path, capsys):
 def test_second_writer_of_a_run_is_refused_until_the_first_dies(tmp_path, capsys):
     lock = tmp_path / "checkpoints" / ".locks" / "tiny.lock"   # (logs/.locks/tiny.lock is the other one)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom dataset_definitions.files import exclusive_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom fileio import exclusive_lock\n"
          "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)", str(lock)],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter, StrMethodFormatter
 
-from dataset_definitions.files import UnsafeFileError, atomic_write, load_plain_pickle
+from fileio import UnsafeFileError, atomic_write, load_plain_pickle
 from train_logs import load_losses, load_times
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""File helpers shared by the data pipeline, tokenizers, checkpoints, logs and evaluation outputs."""
+"""Files that lose nothing: atomic writes, locks, content hashes, and a pickle loader that runs no
+code. Used by the data pipeline, checkpoints, logs and results."""
 
 import contextlib
 import errno
