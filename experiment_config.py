@@ -134,7 +134,7 @@ def check_run_name(name: str | None) -> None:
 
 def run_identity_diff(old: dict, new: dict) -> list[str]:
     """The keys (other than RESUMABLE_KEYS) whose values differ between two config dicts, as 'key: a -> b'."""
-    a, b, default = _flatten(old), _flatten(new), _flatten(to_dict(RunConfig()))
+    a, b, default = flatten(old), flatten(new), flatten(to_dict(RunConfig()))
     diffs = []
     for key in sorted(a.keys() | b.keys()):
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS):
@@ -145,11 +145,12 @@ def run_identity_diff(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
@@ -159,7 +160,7 @@ def load_config(paths: list[str | Path] = (), sets: list[str] = ()) -> RunConfig
     """Merge YAML files in order, apply `key=value` overrides, and build the typed tree."""
     merged: dict = {}
     for path in paths:
-        merged = _merge(merged, _read_yaml(Path(path)), str(path))
+        merged = _merge(merged, read_yaml(Path(path)), str(path))
     for item in sets:
         key, value = _parse_set(item)
         node = merged
@@ -187,15 +188,18 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "config file",
+              where: str = "configs live in configs/, e.g. configs/quickstart.yaml") -> dict:
+    """A YAML file holding a mapping; a missing file, bad YAML or another shape is a ConfigError
+    naming `what` and the file (`where` says where such files live)."""
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found (configs live in configs/, e.g. configs/quickstart.yaml)")
+        raise ConfigError(f"{what} {path} not found ({where})")
     try:
         d = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}".splitlines()[0]) from None
     if not isinstance(d, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(d).__name__}")
+        raise ConfigError(f"{what} {path} must hold a mapping of keys, got {type(d).__name__}")
     return d
 
 

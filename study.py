@@ -41,10 +41,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
-from experiment_config import ConfigError, RunConfig, load_config, to_dict
+from experiment_config import ConfigError, RunConfig, flatten, load_config, read_yaml, to_dict
 
 DEFAULT_SEEDS = (1, 2, 3)
 STUDY_KEYS = {"description", "configs", "set", "seeds", "reference", "heldout_rows", "arms"}
@@ -102,14 +101,7 @@ class Run:
 def load_study(path: str | Path) -> Study:
     """Read and check a study file; errors name the key and the fix (ConfigError)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {path} not found (studies live in configs/studies/, e.g. configs/studies/tid.yaml)")
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"study file {path} is not valid YAML: {e}".splitlines()[0]) from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"study file {path} must hold a mapping of keys")
+    d = read_yaml(path, "study file", "studies live in configs/studies/, e.g. configs/studies/tid.yaml")
     unknown = set(d) - STUDY_KEYS
     if unknown:
         raise ConfigError(f"study file {path}: unknown key(s) {sorted(unknown)}; valid: {sorted(STUDY_KEYS)}")
@@ -178,20 +170,9 @@ def set_keys(sets: list[str]) -> set[str]:
     return {s.partition("=")[0].strip() for s in sets}
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def compared(cfg: RunConfig) -> dict:
     """The flat config that defines what is trained (no output places, seed or device)."""
-    return {k: v for k, v in flat(to_dict(cfg)).items() if k.split(".")[0] not in NOT_COMPARED}
+    return {k: v for k, v in flatten(to_dict(cfg)).items() if k.split(".")[0] not in NOT_COMPARED}
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -201,20 +201,27 @@ def test_meta_export_has_the_same_logits_under_metas_reference(preset):
         torch.testing.assert_close(_meta_forward(params, weights, x), model(x)[0], atol=1e-4, rtol=1e-4)
 
 
+def _import_perturbed_hf(model_class, config, folder):
+    """Build a transformers model, move every weight (norms included) off its init, save it, import it
+    with from_hf; returns (hf model, our config, our model)."""
+    from models.convert import from_hf
+    torch.manual_seed(0)
+    hf = model_class(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(folder)
+    cfg, sd = from_hf(folder)
+    ours = models.build(cfg).eval()
+    ours.load_state_dict(sd, strict=True)
+    return hf, cfg, ours
+
+
 def test_hf_llama_import_computes_transformers_logits(tmp_path):
     # a Llama made by transformers itself, every weight (norms included) moved off its init
     config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32)
-    torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    hf.save_pretrained(tmp_path / "llama")
-    from models.convert import from_hf
-    cfg, sd = from_hf(tmp_path / "llama")
-    ours = models.build(cfg).eval()
-    ours.load_state_dict(sd, strict=True)
+    hf, cfg, ours = _import_perturbed_hf(transformers.LlamaForCausalLM, config, tmp_path / "llama")
     x = torch.randint(0, 97, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(ours(x)[0], hf(x).logits, atol=1e-5, rtol=1e-5)
@@ -223,17 +230,8 @@ def test_hf_llama_import_computes_transformers_logits(tmp_path):
 def test_hf_gpt2_import_computes_transformers_logits(tmp_path):
     # a GPT-2 made by transformers itself: tanh GELU ("gelu_new"), n_inner unset, Conv1D weights
     config = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
-    torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    hf.save_pretrained(tmp_path / "gpt2")
-    from models.convert import from_hf
-    cfg, sd = from_hf(tmp_path / "gpt2")
+    hf, cfg, ours = _import_perturbed_hf(transformers.GPT2LMHeadModel, config, tmp_path / "gpt2")
     assert (cfg.mlp, cfg.d_ff, cfg.position, cfg.tie_embeddings) == ("gelu_tanh", 128, "learned", True)
-    ours = models.build(cfg).eval()
-    ours.load_state_dict(sd, strict=True)
     x = torch.randint(0, 97, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(ours(x)[0], hf(x).logits, atol=1e-5, rtol=0)
