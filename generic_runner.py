@@ -33,17 +33,17 @@ import optimizers
 from cli import exit_with
 from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.datasets import BlockSampler
-from fileio import LockedError, UnsafeFileError, exclusive_lock
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from dataset_definitions.tokenization import load_word_vectors
 from experiment_config import ConfigError, RunConfig, check_run_name, load_config, run_identity_diff, to_dict
-from runtime import resolve_device
+from fileio import LockedError, UnsafeFileError, exclusive_lock
 from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights, model_config,
                                non_finite_tensors, save_checkpoint)
 from models.lora import apply_lora, merged_state_dict
+from runtime import resolve_device
 from tid import TokenImportanceDropout
-from train_logs import RunLogger, capped_perplexity, run_log_paths
+from train_logs import RunLogger, bits_per_token, capped_perplexity, run_log_paths
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense bf16
 
@@ -611,7 +611,7 @@ class Trainer:
         loss = (nll / count).item()
         if not math.isfinite(loss):
             self._stop_non_finite(f"validation loss is {loss}")
-        bpb = loss / math.log(2) / self.data.bytes_per_token("val")
+        bpb = bits_per_token(loss) / self.data.bytes_per_token("val")
         return loss, bpb, {k: float(v) for k, v in stats.items()}
 
     # -- the loop
@@ -710,7 +710,7 @@ class Trainer:
                 self.evals_since_best += 1
                 stop = cfg.train.patience > 0 and self.evals_since_best >= cfg.train.patience
             self.env.log(f"step {step}: val loss {val_loss:.4f} (ppl {capped_perplexity(val_loss):.2f}, "
-                         f"{val_loss / math.log(2):.3f} bits/token, {bpb:.3f} bits/byte){' *' if improved else ''}")
+                         f"{bits_per_token(val_loss):.3f} bits/token, {bpb:.3f} bits/byte){' *' if improved else ''}")
         if step > 0 and (step % cfg.train.save_every == 0 or stop):
             self._save_last(logger, paths)
         if step > 0 and cfg.train.keep_every and step % cfg.train.keep_every == 0:
@@ -749,7 +749,7 @@ def _train_locked(cfg: RunConfig, env: Env, resume: bool, data) -> dict:
         dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts
     summary.update(best_val_loss=trainer.best_val, run=cfg.run_name)
     val_loss, bpb = getattr(trainer, "last_val", (math.nan, math.nan))
-    summary.update(val_loss=val_loss, val_ppl=capped_perplexity(val_loss), val_bpt=val_loss / math.log(2),
+    summary.update(val_loss=val_loss, val_ppl=capped_perplexity(val_loss), val_bpt=bits_per_token(val_loss),
                    val_bpb=bpb, model=model_family(cfg))
     mfu = (summary["tokens_per_s"] * trainer.flops_per_token / trainer.peak) if trainer.peak else None
     summary["mfu"] = mfu

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fileio import atomic_write, load_plain_pickle
-from train_logs import load_losses, load_times
+from train_logs import bits_per_token, load_losses, load_times
 
 BOOTSTRAP_SAMPLES = 4000
 METRICS = {  # key -> (column title, format)
@@ -97,9 +97,9 @@ def run_metrics(run) -> dict:
     return {
         "run": run.name, "arm": run.arm, "seed": run.seed,
         "heldout_mean_ppl": heldout["mean"], "heldout_corpus_ppl": heldout["corpus_ppl"],
-        "heldout_bits_per_token": heldout["loss"] / math.log(2), "heldout_bits_per_byte": heldout["bpb"],
+        "heldout_bits_per_token": bits_per_token(heldout["loss"]), "heldout_bits_per_byte": heldout["bpb"],
         "heldout_rows": heldout["rows"], "heldout_data": heldout.get("data_dir"), "heldout_step": heldout["step"],
-        "val_loss": val["loss"][-1], "val_bits_per_token": val["loss"][-1] / math.log(2),
+        "val_loss": val["loss"][-1], "val_bits_per_token": bits_per_token(val["loss"][-1]),
         "val_bits_per_byte": val["bpb"][-1], "final_step": losses["step"][-1] if losses["step"] else 0,
         "wall_s": wall, "tokens_per_s": t.max_steps * t.batch_size * t.grad_accum * cfg.model.context / wall,
         "scoring_overhead": overhead,

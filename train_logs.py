@@ -36,6 +36,11 @@ def capped_perplexity(loss: float) -> float:
     return math.exp(min(loss, PPL_CAP_LOSS))
 
 
+def bits_per_token(loss: float) -> float:
+    """A mean NLL in nats as bits per token (the TID study's "BPC"): loss / ln 2."""
+    return loss / math.log(2)
+
+
 CSV_FIELDS = ["step", "train_loss", "lr", "grad_norm", "step_time", "tokens_per_s", "elapsed",
               "val_loss", "val_ppl", "val_bits_per_token", "val_bpb"]
 
@@ -99,7 +104,7 @@ class RunLogger:
             self.losses["val"] = {k: v[:keep_val] for k, v in old["val"].items() if k != "stats"}
             self.losses["val"]["stats"] = {k: v[:keep_val] for k, v in old["val"]["stats"].items()}
             # logs written before bits per token was logged: derive it from the loss
-            self.losses["val"].setdefault("bits_per_token", [x / math.log(2) for x in self.losses["val"]["loss"]])
+            self.losses["val"].setdefault("bits_per_token", [bits_per_token(x) for x in self.losses["val"]["loss"]])
         if self.paths["times"].is_file():
             old = _load(self.paths["times"])
             keep = sum(s <= step for s in old["step"])
@@ -152,7 +157,7 @@ class RunLogger:
 
     def log_eval(self, step: int, loss: float, bpb: float, stats: dict | None = None) -> None:
         loss, bpb, stats = _plain(loss), _plain(bpb), _plain(stats)
-        ppl, bpt = capped_perplexity(loss), loss / math.log(2)
+        ppl, bpt = capped_perplexity(loss), bits_per_token(loss)
         val = self.losses["val"]
         for k, v in zip(("step", "loss", "ppl", "bits_per_token", "bpb"), (step, loss, ppl, bpt, bpb)):
             val[k].append(v)

@@ -34,12 +34,11 @@ import numpy as np
 from tqdm import tqdm
 
 from cli import run_or_exit
-
 from dataset_definitions.datasets import DocumentRows, TokenBlocks
 from dataset_definitions.dedup import Deduplicator
-from fileio import atomic_write, content_sha256, exclusive_lock, process_alive, sha256_file
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
+from fileio import atomic_write, content_sha256, exclusive_lock, process_alive, sha256_file
 
 FORMAT_VERSION = 1
 REBUILD = ("rebuild it: python -m dataset_definitions.prepare --base <the runner's config> with the run's "

@@ -39,15 +39,15 @@ import torch
 
 import models
 import modelskv
+from cli import run_or_exit
 from dataset_definitions.config import DataConfig
-from fileio import atomic_write, load_plain_pickle
 from dataset_definitions.prepare import PreparedData, prepare_data
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
-from cli import run_or_exit
 from eval.scoring import (IGNORE, LogitsFn, NllFn, Scores, encode_rows, score_packed, score_rows, score_texts,
                           token_nll, window_plan)
 from experiment_config import ConfigError, RunConfig, from_dict
+from fileio import atomic_write, load_plain_pickle
 from generators.generation import resolve_dtype
 from models.checkpoint import CheckpointError, load_checkpoint, load_weights, model_config
 from modelskv.quantize import quantize_int8
@@ -201,7 +201,7 @@ def report(summary: dict) -> str:
         f"  {f'mean per-{unit} ppl':22s}{summary['mean']:12.3f}{seed}",
         f"  {f'median per-{unit} ppl':22s}{summary['median']:12.3f}",
         f"  {'corpus ppl':22s}{summary['corpus_ppl']:12.3f}   exp(total NLL / total tokens) = exp({summary['loss']:.4f})",
-        f"  {'bits per token':22s}{summary['loss'] / math.log(2):12.4f}   (loss / ln 2)",
+        f"  {'bits per token':22s}{summary['bits_per_token']:12.4f}   (loss / ln 2)",
         f"  {'bits per byte':22s}{summary['bpb']:12.4f}",
         f"  {summary['rows']:,} {unit}s in {summary['seconds']:.2f}s: {summary['rows_per_s']:,.1f} {unit}s/s, "
         f"{summary['tokens_per_s']:,.0f} tokens/s on {summary['device']} ({summary['dtype']})",

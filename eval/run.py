@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fileio import atomic_write
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from eval import tasks as task_defs
 from eval.metrics import METRICS, compute
 from experiment_config import ConfigError, from_dict
+from fileio import atomic_write
 from generators.generation import Generator
 from models.checkpoint import CheckpointError, load_checkpoint
 

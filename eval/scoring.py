@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from dataset_definitions.datasets import TokenBlocks
 from dataset_definitions.tokenization import Tokenizer
+from train_logs import bits_per_token
 
 IGNORE = -100                   # target id that cross_entropy skips (padding, already-scored targets)
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]               # tokens (B, T) -> logits (B, T, V)
@@ -83,8 +84,8 @@ class Scores:
             "mean": statistics.fmean(ppl) if ppl else math.nan,
             "median": statistics.median(ppl) if ppl else math.nan,
             "loss": loss, "corpus_ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
-            "bits_per_token": loss / math.log(2),
-            "bpb": total_nll / math.log(2) / total_bytes if total_bytes else math.nan,
+            "bits_per_token": bits_per_token(loss),
+            "bpb": bits_per_token(total_nll) / total_bytes if total_bytes else math.nan,
             "seconds": self.seconds,
             "rows_per_s": len(ppl) / self.seconds if self.seconds > 0 else math.nan,
             "tokens_per_s": total_tokens / self.seconds if self.seconds > 0 else math.nan,

@@ -20,8 +20,8 @@ import torch
 import generic_runner
 from conftest import REPO, tiny_run_config, tiny_sets
 from dataset_definitions.datasets import BlockSampler
-from fileio import atomic_write, load_plain_pickle
 from dataset_definitions.prepare import data_key, prepare_data
+from fileio import atomic_write, load_plain_pickle
 from models.checkpoint import load_checkpoint
 from train_logs import load_losses
 
