@@ -41,7 +41,7 @@ from fileio import LockedError, UnsafeFileError, exclusive_lock
 from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights, model_config,
                                non_finite_tensors, save_checkpoint)
 from models.lora import apply_lora, merged_state_dict
-from runtime import resolve_device
+from runtime import autocast, resolve_device, resolve_dtype, to_device
 from tid import TokenImportanceDropout
 from train_logs import RunLogger, bits_per_token, capped_perplexity, run_log_paths
 
@@ -116,18 +116,17 @@ class Env:
             tqdm.write(" ".join(str(a) for a in args))
 
     def autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.dtype)
 
 
 def setup_env(cfg: RunConfig) -> Env:
     """Read torchrun's environment, join the process group, pick device and precision, enable TF32."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {cfg.device!r} requested but CUDA is not available (use device=cpu)")
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if device.type == "cuda" and (cfg.device == "auto" or world > 1):
         device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
@@ -136,12 +135,9 @@ def setup_env(cfg: RunConfig) -> Env:
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "fp32" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    if precision == "fp16" and device.type != "cuda":
+    if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = resolve_dtype(cfg.train.precision, device, training=True)
     return Env(rank, local_rank, world, device, dtype)
 
 
@@ -574,9 +570,7 @@ class Trainer:
         return rows
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
-        if self.env.device.type == "cuda":
-            return x.pin_memory().to(self.env.device, non_blocking=True), y.pin_memory().to(self.env.device, non_blocking=True)
-        return x.to(self.env.device), y.to(self.env.device)
+        return to_device(x, self.env.device), to_device(y, self.env.device)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float, dict]:

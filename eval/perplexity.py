@@ -48,10 +48,9 @@ from eval.scoring import (IGNORE, LogitsFn, NllFn, Scores, encode_rows, score_pa
                           token_nll, window_plan)
 from experiment_config import ConfigError, RunConfig, from_dict
 from fileio import atomic_write, load_plain_pickle
-from generators.generation import resolve_dtype
 from models.checkpoint import CheckpointError, load_checkpoint, load_weights, model_config
 from modelskv.quantize import quantize_int8
-from runtime import resolve_device
+from runtime import resolve_device, resolve_dtype
 
 __all__ = ["IGNORE", "Scores", "Scorer", "compare_table", "encode_rows", "load_result", "load_scorer", "main",
            "main_text", "prepared_data", "report", "save_results", "score_packed", "score_rows", "score_texts",
@@ -96,8 +95,6 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
     checkpoint = load_checkpoint(ckpt)
     cfg = from_dict(checkpoint["config"])
     dev = resolve_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available (use --device cpu)")
     torch_dtype = resolve_dtype(dtype, dev)
     mcfg = model_config(checkpoint)
     if training_model:

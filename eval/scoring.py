@@ -8,7 +8,6 @@ so a compiled one fuses the fp32 log-softmax into the head instead of writing fp
 and come back to the host once, at the end.
 """
 
-import contextlib
 import math
 import statistics
 import time
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from dataset_definitions.datasets import TokenBlocks
 from dataset_definitions.tokenization import Tokenizer
+from runtime import autocast, to_device
 from train_logs import bits_per_token
 
 IGNORE = -100                   # target id that cross_entropy skips (padding, already-scored targets)
@@ -92,19 +92,6 @@ class Scores:
         }
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast to dtype as the trainer does (weights stay fp32); fp32 = plain."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 @torch.inference_mode()
 def score_rows(nll_fn: NllFn, rows: Sequence[Sequence[int]], context: int, stride: int | None = None,
                batch_size: int = 16, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -148,8 +135,8 @@ def score_rows(nll_fn: NllFn, rows: Sequence[Sequence[int]], context: int, strid
                 x[b, :n] = rows[i][begin:end]
                 y[b, n - n_new:n] = rows[i][end - n_new + 1:end + 1]
                 count[i] += n_new
-            xt, yt = _to_device(torch.from_numpy(x), device), _to_device(torch.from_numpy(y), device)
-            with _autocast(device, dtype):
+            xt, yt = to_device(torch.from_numpy(x), device), to_device(torch.from_numpy(y), device)
+            with autocast(device, dtype):
                 token_nll_ = nll_fn(xt, yt)                                          # (B, T), 0 where ignored
             window_nll[start:start + len(batch)] = token_nll_[:len(batch)].sum(1).double()
             bar.update(len(batch))
@@ -189,8 +176,8 @@ def score_packed(nll_fn: NllFn, tokens: np.ndarray, context: int, bytes_per_toke
     for start in tqdm(range(0, n_blocks, batch_size), desc=f"scoring {n_blocks:,} blocks", unit=" batches",
                       disable=not progress, dynamic_ncols=True):
         index = np.arange(start, min(start + batch_size, n_blocks))
-        x, y = (_to_device(t, device) for t in blocks.batch(index))  # (B, T) each
-        with _autocast(device, dtype):
+        x, y = (to_device(t, device) for t in blocks.batch(index))  # (B, T) each
+        with autocast(device, dtype):
             block_nll[index[0]:index[-1] + 1] = nll_fn(x, y).sum(1).double()
     nll = block_nll.cpu().numpy()
     seconds = time.perf_counter() - t0

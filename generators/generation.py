@@ -21,19 +21,9 @@ from dataset_definitions.tokenization import Tokenizer, load_tokenizer
 from generators.sampling import check_sampling, next_token
 from models.checkpoint import load_checkpoint, load_weights, model_config
 from modelskv.quantize import quantize_int8
-from runtime import resolve_device
+from runtime import resolve_device, resolve_dtype
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EOS_CHECK_EVERY = 8  # decode steps between reads of "every row has ended" (each read waits for the GPU)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on a GPU that has it, else fp32."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {['auto', *DTYPES]}")
-    return DTYPES[dtype]
 
 
 @dataclass
