@@ -1,4 +1,5 @@
-"""The optimizer of `train.optimizer`: AdamW in fp32 state, or torchao's 8-bit / 4-bit AdamW.
+"""The optimizer of `train.optimizer` (AdamW in fp32 state, or torchao's 8-bit / 4-bit AdamW), its
+parameter groups and the learning-rate schedule.
 
     adamw      torch.optim.AdamW (fused on CUDA); state 8 bytes per parameter
     adamw8bit  torchao.optim.AdamW8bit: both moments block-wise quantised to 8 bits (~2 bytes/param)
@@ -14,6 +15,8 @@ Checkpoints hold only plain tensors (they load with weights_only=True): `plain_s
 quantised moment as its inner tensors and attributes, `restore_state` rebuilds it for `load_state_dict`.
 """
 
+import math
+
 import torch
 
 OPTIMIZERS = ("adamw", "adamw8bit", "adamw4bit")
@@ -28,6 +31,22 @@ def make_optimizer(groups: list[dict], name: str, lr: float, betas: tuple[float,
     if name not in _LOWBIT:
         raise ValueError(f"train.optimizer: {name!r} is not one of {list(OPTIMIZERS)}")
     return getattr(_torchao_optim(name), _LOWBIT[name])(groups, lr=lr, betas=betas)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings only, not on norms and biases (MoE biases are 2-D)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight comes once
+    decay = [p for n, p in params if p.dim() >= 2 and not n.endswith("bias")]
+    no_decay = [p for n, p in params if p.dim() < 2 or n.endswith("bias")]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
 def set_lr(optimizer, lr: float) -> None:

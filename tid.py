@@ -5,7 +5,9 @@ the schedule, and for each sequence the round(ratio * droppable) tokens at one e
 become `drop_mask`, which the model applies to its first block's input. The loss still covers
 every target; evaluation and generation never drop.
 
-Scores (`tid.method`), all (B, T), higher = more of the named quantity:
+Scores (`tid.method`), all (B, T), higher = more of the named quantity; each asks the model only
+through the interface every family keeps (models/gpt.py: embed_tokens, forward_from_embeddings,
+attention_probs):
     random          uniform noise (no scoring pass)
     entropy         entropy of a softmax of the model (no-grad pass); `tid.entropy_of` says which:
                       next     H(softmax(logits[t])): the prediction made AT t, of token t+1 (the
@@ -39,6 +41,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from run_stats import Stat
 
 METHODS = ("none", "random", "entropy", "gradient_norm", "attention_mass")
 SCHEDULES = ("constant", "linear_decay", "linear_warmup", "cosine", "sigmoid")
@@ -113,7 +117,7 @@ def entropy_scores(model, tokens: torch.Tensor, of: str = "next") -> torch.Tenso
     of="next": score[:, t] = entropy of the prediction made at t (of token t+1), the TID study's.
     of="current": score[:, t] = entropy of the prediction of token t (made at t-1); score[:, 0] = 0.
     """
-    logits, _, _ = model(tokens)
+    logits = model(tokens).logits
     logp = F.log_softmax(logits.float(), dim=-1)                                   # (B, T, V)
     entropy = -(logp.exp() * logp).sum(-1)                                         # (B, T)
     return entropy if of == "next" else F.pad(entropy[:, :-1], (1, 0))            # current: shift by one
@@ -125,9 +129,9 @@ def gradient_norm_scores(model, tokens: torch.Tensor, targets: torch.Tensor) -> 
     Only the embeddings' gradient is asked for: with the parameters frozen (as `scores` does) the
     backward pass skips every weight gradient.
     """
-    embeddings = model.tok_emb(tokens).detach().requires_grad_()                   # (B, T, C)
+    embeddings = model.embed_tokens(tokens).detach().requires_grad_()              # (B, T, C)
     with torch.enable_grad():
-        _, loss, _ = model(tokens, targets, token_embeddings=embeddings)
+        loss = model.forward_from_embeddings(embeddings, targets).objective  # as training minimises it
         (grad,) = torch.autograd.grad(loss, embeddings)                            # (B, T, C)
     return grad.float().norm(dim=-1)
 
@@ -136,16 +140,9 @@ def gradient_norm_scores(model, tokens: torch.Tensor, targets: torch.Tensor) -> 
 def attention_mass_scores(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
     """score[:, t] = attention that token t receives in block `layer`, summed over heads and queries.
 
-    The pass stops at that block; SDPA returns no weights, so they are computed explicitly from
-    the block's own q and k.
+    The pass stops at that block (`attention_probs` computes the weights SDPA does not return).
     """
-    x, rope = model.embed(tokens)
-    layer = layer % len(model.blocks)
-    for block in model.blocks[:layer]:
-        x, _ = block(x, rope)
-    block = model.blocks[layer]
-    q, k, _ = block.attn.project(block.norm1(x), rope)
-    weights = block.attn.attention_weights(q, k)                                   # (B, H, Tq, Tk)
+    weights = model.attention_probs(tokens, layer)                                 # (B, H, Tq, Tk)
     return weights.float().sum(dim=(1, 2))                                         # (B, Tk)
 
 
@@ -204,6 +201,14 @@ class TokenImportanceDropout:
     def enabled(self) -> bool:
         return self.cfg.method != "none"
 
+    def describe(self) -> str:
+        """The settings in words, for the run log."""
+        cfg = self.cfg
+        return (f"{cfg.method}, drop {cfg.resolved_drop}" + (" (auto)" if cfg.drop == "auto" else "")
+                + (f", entropy of the {cfg.entropy_of} token's prediction" if cfg.method == "entropy" else "")
+                + f", {'token embedding only' if cfg.keep_position else 'whole input'} zeroed, "
+                f"{cfg.schedule} {cfg.p_start:g} -> {cfg.p_end:g}")
+
     def scores(self, model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Scores (B, T) from a pass in eval mode: dropout noise would blur the ranking."""
         method = self.cfg.method
@@ -228,5 +233,6 @@ class TokenImportanceDropout:
         scores = self.scores(model, tokens, targets)
         droppable = droppable_mask(tokens, self.cfg.protect_first, self.special_ids)
         drop = select_drops(scores, droppable, ratio, self.cfg.resolved_drop == "high")
-        stats = {"tid_target_ratio": ratio, "tid_drop_ratio": drop.sum() / droppable.sum().clamp(min=1)}
+        stats = {"tid_target_ratio": Stat.mean(ratio),
+                 "tid_drop_ratio": Stat.mean(drop.sum() / droppable.sum().clamp(min=1))}
         return drop, stats

@@ -24,7 +24,8 @@ from benchmarks.common import (WARMUP_STEPS, benchmark_cli, device_info, median_
 from runtime import resolve_device
 from benchmarks.synthetic import RandomTokens
 from experiment_config import load_config
-from generic_runner import PEAK_FLOPS, train
+from generic_runner import train
+from runtime import PEAK_FLOPS
 from train_logs import load_times
 
 H100_BF16 = PEAK_FLOPS["H100"]

@@ -1,27 +1,27 @@
-"""Model registry: preset name -> model class, `build(cfg)`, and the FLOPs count used for MFU."""
+"""The model families: `build(cfg)`, the family records and the FLOPs count used for MFU.
+
+Importing the package registers every family (each file ends with its `register(Family(...))`);
+models/family.py says what a record holds and what adding a family takes.
+"""
 
 import torch.nn as nn
 
-from .condor import Condor
-from .config import PRESETS, ModelConfig
+from .condor import Condor  # each family file registers its records on import
+from .config import ModelConfig
 from .falcon import Falcon
-from .gpt import GPT
-
-# Registering a family: its preset in config.PRESETS and its class here; the trainer only calls build.
-FAMILIES: dict[str, type[nn.Module]] = {
-    "baseline": GPT,
-    "gpt2_125m": GPT,
-    "llama": GPT,
-    "falcon": Falcon,
-    "condor": Condor,
-}
+from .family import FAMILIES, Family, family_of
+from .gpt import GPT, ModelOutput
 
 
 def build(cfg: ModelConfig) -> nn.Module:
-    """The model of cfg.preset's family, freshly initialised."""
-    if cfg.preset not in FAMILIES:
-        raise ValueError(f"model.preset: no model registered for {cfg.preset!r}; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[cfg.preset](cfg)
+    """The training model of cfg.preset's family, freshly initialised."""
+    return family_of(cfg.preset).model(cfg)
+
+
+def describe(cfg: ModelConfig) -> str:
+    """The architecture in words: preset and the choices that tell the families apart."""
+    parts = [f"{cfg.position} positions", cfg.norm, cfg.mlp, *family_of(cfg.preset).describe(cfg)]
+    return f"{cfg.preset} ({', '.join(parts)})"
 
 
 def flops_per_token(cfg: ModelConfig, n_params: int) -> int:
@@ -33,4 +33,5 @@ def flops_per_token(cfg: ModelConfig, n_params: int) -> int:
     return 6 * n_params + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * cfg.context
 
 
-__all__ = ["FAMILIES", "GPT", "ModelConfig", "PRESETS", "build", "flops_per_token"]
+__all__ = ["FAMILIES", "GPT", "Condor", "Falcon", "Family", "ModelConfig", "ModelOutput", "build", "describe", "family_of",
+           "flops_per_token"]

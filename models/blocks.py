@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from run_stats import combine
+
 from .config import ModelConfig
 
 
@@ -78,8 +80,6 @@ class CausalSelfAttention(nn.Module):
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self.key_dim = cfg.head_dim  # width of the keys `project` returns (what a KV cache stores)
-        # True: softmax(QK^T/sqrt(d) + mask) written out; same output as SDPA, for tests and analysis
-        self.explicit = False
 
     def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
         """q, k, v, each (B, H, T, hd), from x (B, T, C); rotary applied when rope=(cos, sin)."""
@@ -107,10 +107,7 @@ class CausalSelfAttention(nn.Module):
         """
         B, H, Tq, _ = q.shape
         p = self.dropout if self.training else 0.0
-        if self.explicit:
-            att = F.dropout(self.attention_weights(q, k, mask), p=p, training=self.training)
-            y = att @ v                                                              # (B, H, Tq, hd)
-        elif mask is None and Tq == k.size(-2):
+        if mask is None and Tq == k.size(-2):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.scale)
         else:
             # is_causal aligns the mask top-left, wrong once keys outnumber queries
@@ -158,21 +155,13 @@ def activate(h: torch.Tensor, kind: str) -> torch.Tensor:
     return F.gelu(h, approximate="tanh" if kind == "gelu_tanh" else "none")
 
 
-def merge_stats(total: dict, new: dict) -> dict:
-    """Sum statistics key by key (losses add over layers; families report per-layer shares)."""
-    out = dict(total)
-    for key, value in new.items():
-        out[key] = out[key] + value if key in out else value
-    return out
-
-
-def _split_stats(out) -> tuple[torch.Tensor, dict]:
-    # a sub-module returns a tensor, or (tensor, stats) when it has something to log (MoE routing)
-    return out if isinstance(out, tuple) else (out, {})
+def _split(out) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    # a sub-module returns a tensor, or (tensor, aux_loss, stats) when it has more to say (MoE routing)
+    return out if isinstance(out, tuple) else (out, None, {})
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm1(x)), then x + mlp(norm2(x)); returns (x, stats)."""
+    """Pre-norm residual block: x + attn(norm1(x)), then x + mlp(norm2(x)); returns (x, aux_loss, stats)."""
 
     def __init__(self, cfg: ModelConfig, attn: nn.Module | None = None, mlp: nn.Module | None = None):
         super().__init__()
@@ -184,9 +173,16 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache=None, start_pos=0):
-        """x (B, T, C) -> (x, stats); `cache` and `start_pos` are the attention's KV cache (inference only)."""
-        a, attn_stats = _split_stats(self.attn(self.norm1(x), rope, cache, start_pos))
+        """x (B, T, C) -> (x, aux_loss or None, stats); `cache` and `start_pos` are the attention's
+        KV cache (inference only)."""
+        a, attn_aux, attn_stats = _split(self.attn(self.norm1(x), rope, cache, start_pos))
         x = x + self.drop(a)                                                         # (B, T, C)
-        m, mlp_stats = _split_stats(self.mlp(self.norm2(x)))
+        m, mlp_aux, mlp_stats = _split(self.mlp(self.norm2(x)))
         x = x + self.drop(m)
-        return x, merge_stats(attn_stats, mlp_stats)
+        aux = [a for a in (attn_aux, mlp_aux) if a is not None]
+        return x, sum(aux) if aux else None, combine(attn_stats, mlp_stats)
+
+    def attention_probs(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """The attention probabilities (B, H, T, T) this block's attention gives the input x (B, T, C)."""
+        q, k, _ = self.attn.project(self.norm1(x), rope)
+        return self.attn.attention_weights(q, k)

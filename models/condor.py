@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .blocks import Block, CausalSelfAttention, apply_rotary, causal_mask
 from .config import ModelConfig
+from .family import Family, register
 from .gpt import GPT
 
 
@@ -94,3 +95,17 @@ class Condor(GPT):
 
     def make_block(self, cfg: ModelConfig, layer: int) -> nn.Module:
         return Block(cfg, attn=ATTENTION[cfg.attention](cfg))
+
+
+_NOT_IN_HF = {"head_linear_silu": "per-head Linear+SiLU after attention (condor head_linear_silu)",
+              "self_score": "second attention-score projection (condor self_score)"}
+
+register(Family(
+    "condor", Condor,
+    # the TinyStories Condor at its last version: the baseline cut to one layer, two heads and a
+    # narrow MLP, standard attention (model.attention picks the other variants)
+    defaults=dict(n_layers=1, n_heads=2, d_ff=128, attention="standard"),
+    missing_in_hf=lambda cfg: _NOT_IN_HF.get(cfg.attention),
+    describe=lambda cfg: [f"{cfg.attention} attention"],
+    own_keys=("attention",),
+))

@@ -1,7 +1,9 @@
-"""ModelConfig and the named presets of the design page (section 3)."""
+"""ModelConfig: the model section of a run config; presets come from the family records (models/family.py)."""
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from .family import FAMILIES, family_of
 
 
 @dataclass
@@ -43,15 +45,17 @@ class ModelConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"model.preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        family = family_of(self.preset)
         for key in ("context", "d_model", "n_layers", "n_heads", "d_ff", "vocab_size"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
-        if self.attention != "standard" and self.preset != "condor":
-            raise ValueError(f"model.attention={self.attention} is a Condor variant: use model.preset=condor (run_condor.py)")
+        for other in FAMILIES.values():  # a key only another family reads would be silently ignored
+            for key in set(other.own_keys) - set(family.own_keys):
+                if getattr(self, key) != DEFAULTS[key]:
+                    raise ValueError(f"model.{key}={getattr(self, key)} is a {other.name} setting: "
+                                     f"use model.preset={other.name}")
         if self.freeze_embeddings and not self.word_vectors:
             raise ValueError("model.freeze_embeddings=true needs model.word_vectors (a word2vec/fastText text file)")
         if self.freeze_embeddings and self.tie_embeddings:
@@ -72,10 +76,8 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ModelConfig":
-        """The preset's defaults with `overrides` on top."""
-        if name not in PRESETS:
-            raise ValueError(f"model.preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides, "preset": name})
+        """The preset's defaults (its family record) with `overrides` on top."""
+        return cls(**{**family_of(name).defaults, **overrides, "preset": name})
 
 
 CHOICES = {
@@ -86,22 +88,4 @@ CHOICES = {
     "balance_count": ("after_capacity", "before_capacity"),
 }
 RENAMED_ATTENTION = {"head_mlp": "head_linear_silu"}  # old name -> current name
-
-# Each preset names only what differs from the ModelConfig defaults (the TinyStories baseline).
-# Registering a new family means adding its preset here and its builder in models/__init__.py.
-PRESETS: dict[str, dict] = {
-    "baseline": {},
-    "gpt2_125m": dict(
-        d_model=768, n_layers=12, n_heads=12, d_ff=2048, norm="rmsnorm", position="rotary",
-        mlp="swiglu", bias=False, vocab_size=50257,
-    ),
-    # the TinyStories Falcon: the baseline with every FFN an 8-expert top-2 mixture
-    "falcon": dict(n_experts=8, top_k=2),
-    # the TinyStories Condor at its last version: the baseline cut to one layer, two heads and a
-    # narrow MLP, standard attention (model.attention picks the other variants)
-    "condor": dict(n_layers=1, n_heads=2, d_ff=128, attention="standard"),
-    "llama": dict(
-        d_model=512, n_layers=8, n_heads=8, d_ff=1376, norm="rmsnorm", position="rotary",
-        mlp="swiglu", bias=False, vocab_size=32000, context=256, tie_embeddings=False,
-    ),
-}
+DEFAULTS = {f.name: f.default for f in fields(ModelConfig)}

@@ -33,28 +33,23 @@ import torch
 
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, model_config, save_checkpoint
 from .config import ModelConfig
+from .family import family_of
 
 
 class ConversionError(ValueError):
     """The model has no equivalent in the requested format, or the files are not what we read."""
 
 
-# What a Hugging Face / Meta model lacks, per family feature we have: (predicate, description)
-_NOT_IN_HF_OR_META = (
-    (lambda c: c.preset == "falcon", "mixture-of-experts FFN (falcon)"),
-    (lambda c: c.attention == "head_linear_silu", "per-head Linear+SiLU after attention (condor head_linear_silu)"),
-    (lambda c: c.attention == "self_score", "second attention-score projection (condor self_score)"),
-)
 _GPT2_LAYOUT = ("learned", "layernorm", ("gelu", "gelu_tanh"), True)
 _LLAMA_LAYOUT = ("rotary", "rmsnorm", ("swiglu",), False)
 
 
 def hf_architecture(cfg: ModelConfig, fmt: str = "Hugging Face") -> str:
     """"gpt2" or "llama": the HF family whose computation equals this model's, or ConversionError."""
-    for lacks, what in _NOT_IN_HF_OR_META:
-        if lacks(cfg):
-            raise ConversionError(f"{fmt} has no {what}: no Hugging Face or Meta model computes it "
-                                  "(export to safetensors instead)")
+    missing = family_of(cfg.preset).missing_in_hf(cfg)
+    if missing:
+        raise ConversionError(f"{fmt} has no {missing}: no Hugging Face or Meta model computes it "
+                              "(export to safetensors instead)")
     for arch, (position, norm, mlps, bias) in (("gpt2", _GPT2_LAYOUT), ("llama", _LLAMA_LAYOUT)):
         if (cfg.position, cfg.norm, cfg.bias) == (position, norm, bias) and cfg.mlp in mlps:
             return arch

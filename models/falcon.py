@@ -20,14 +20,18 @@ counts every top-k choice, so routing that overflows an expert is penalised in f
 """
 
 import math
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from run_stats import Stat
+
 from .blocks import Block, activate
 from .config import ModelConfig
+from .family import Family, register
 from .gpt import GPT
 
 
@@ -116,14 +120,14 @@ class MoE(nn.Module):
         # a token picks distinct experts, so no expert can receive more than n_tokens
         return min(n_tokens, math.ceil(factor * n_tokens * cfg.top_k / cfg.n_experts))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Stat]]:
         """Mix the experts' outputs for each token.
 
         Args:
             x: (B, T, C) normalised residual stream.
         Returns:
-            y (B, T, C), zero for a token every chosen expert dropped, and a dict of stats: the
-            weighted `aux_loss` (with gradient) and detached per-layer diagnostics.
+            y (B, T, C), zero for a token every chosen expert dropped; the weighted auxiliary loss
+            (balance + z-loss, with gradient); detached diagnostics, per layer and averaged over layers.
         """
         B, T, C = x.shape
         E, k, cap = self.cfg.n_experts, self.cfg.top_k, self.capacity(B * T)
@@ -147,15 +151,15 @@ class MoE(nn.Module):
         y = y.view(T, B, C).transpose(0, 1).to(x.dtype)                              # (B, T, C)
 
         cfg, i = self.cfg, self.layer
+        aux_loss = cfg.balance_coef * r.balance + cfg.z_loss_coef * r.z
         stats = {
-            "aux_loss": cfg.balance_coef * r.balance + cfg.z_loss_coef * r.z,
-            f"moe_balance_l{i}": r.balance.detach(),
-            f"moe_z_l{i}": r.z.detach(),
-            f"moe_dropped_l{i}": r.dropped.detach(),
-            "moe_dropped": r.dropped.detach() / cfg.n_layers,  # summed over layers: the mean
+            f"moe_balance_l{i}": Stat.mean(r.balance.detach()),
+            f"moe_z_l{i}": Stat.mean(r.z.detach()),
+            f"moe_dropped_l{i}": Stat.mean(r.dropped.detach()),
+            "moe_dropped": Stat.mean(r.dropped.detach()),  # every layer reports it: the mean over layers
         }
-        stats.update({f"moe_load_l{i}_e{j}": r.load[j].detach() for j in range(E)})
-        return y, stats
+        stats.update({f"moe_load_l{i}_e{j}": Stat.mean(r.load[j].detach()) for j in range(E)})
+        return y, aux_loss, stats
 
 
 class Falcon(GPT):
@@ -177,3 +181,14 @@ class Falcon(GPT):
         batched = [p for b in self.blocks for p in (*b.mlp.up.parameters(), *b.mlp.down.parameters())]
         per_expert = sum(p[0].numel() for p in batched)  # one expert's slice, summed over layers
         return self.num_params(exclude_embeddings) - idle * per_expert
+
+
+register(Family(
+    "falcon", Falcon,
+    # the TinyStories Falcon: the baseline with every FFN an 8-expert top-2 mixture
+    defaults=dict(n_experts=8, top_k=2),
+    missing_in_hf=lambda cfg: "mixture-of-experts FFN (falcon)",
+    describe=lambda cfg: [f"top-{cfg.top_k} of {cfg.n_experts} experts"],
+    # inference routes without capacity drops: decoding one token at a time equals a full forward
+    for_inference=lambda cfg: replace(cfg, eval_capacity_factor=float(cfg.n_experts)),
+))

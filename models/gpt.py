@@ -1,14 +1,39 @@
-"""GPT family: the presets `baseline`, `gpt2_125m` and `llama` (one class, options from ModelConfig)."""
+"""GPT family: the presets `baseline`, `gpt2_125m` and `llama` (one class, options from ModelConfig).
+
+GPT is also the interface every family keeps (other families subclass it and override `make_block`):
+    forward(tokens, targets, drop_mask, keep_position, loss_chunk) -> ModelOutput
+    embed_tokens(tokens)                     the token embeddings alone, (B, T, C)
+    forward_from_embeddings(emb, targets)    forward with given token embeddings (TID gradient scores)
+    attention_probs(tokens, layer)           run to block `layer`, its attention probabilities (TID)
+    embed / head                             first-block input and logits (the KV-cache forward)
+"""
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import Block, make_norm, merge_stats, rotary_table, sinusoidal_table
+from run_stats import Stat, combine
+
+from .blocks import Block, make_norm, rotary_table, sinusoidal_table
 from .config import ModelConfig
+from .family import Family, register
 from .loss import linear_cross_entropy
+
+
+class ModelOutput(NamedTuple):
+    """What the training forward returns."""
+    logits: torch.Tensor | None     # (B, T, V); None when the fused head computed the loss
+    loss: torch.Tensor | None       # mean cross-entropy over targets != -100; None without targets
+    aux_loss: torch.Tensor | None   # the family's weighted auxiliary loss (MoE balance + z-loss), or None
+    stats: dict[str, Stat]          # detached diagnostics, each declaring how it combines
+
+    @property
+    def objective(self) -> torch.Tensor | None:
+        """What training minimises: the cross-entropy plus the auxiliary loss (None without targets)."""
+        return self.loss if self.loss is None or self.aux_loss is None else self.loss + self.aux_loss
 
 
 class GPT(nn.Module):
@@ -21,7 +46,6 @@ class GPT(nn.Module):
         if cfg.position == "learned":
             self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.loss_chunk = 0  # > 0: tokens per chunk of the fused head + cross-entropy (set by the trainer)
         self.blocks = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layers))
         self.norm_f = make_norm(cfg, cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -101,25 +125,32 @@ class GPT(nn.Module):
             self.tok_emb.weight.copy_(weight.to(self.tok_emb.weight))
         self.tok_emb.weight.requires_grad_(not freeze)
 
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The token embeddings (B, T, C) of tokens (B, T), before positions."""
+        return self.tok_emb(tokens)
+
     def embed(self, tokens: torch.Tensor, drop_mask: torch.Tensor | None = None, start_pos=0,
-              token_embeddings: torch.Tensor | None = None, keep_position: bool = False):
+              keep_position: bool = False):
         """Input of the first block, x (B, T, C), and the rotary (cos, sin) for positions start_pos...
 
         drop_mask (B, T) bool: True zeroes that position's whole input vector (token-importance
         dropout, as the TID study did); with keep_position=True only the token embedding is zeroed
-        and an added position embedding stays (rotary presets: the same either way). start_pos (int, or a 0-d tensor for a compiled decode
-        step) is where these tokens sit after a cached prefix; training always starts at 0.
-        token_embeddings (B, T, C): use these instead of looking the tokens up (a tensor to
-        differentiate with respect to, as gradient-norm scoring does).
+        and an added position embedding stays (rotary presets: the same either way). start_pos
+        (int, or a 0-d tensor for a compiled decode step) is where these tokens sit after a cached
+        prefix; training always starts at 0.
         """
-        B, T = tokens.shape
+        return self.add_positions(self.embed_tokens(tokens), drop_mask, start_pos, keep_position)
+
+    def add_positions(self, x: torch.Tensor, drop_mask: torch.Tensor | None = None, start_pos=0,
+                      keep_position: bool = False):
+        """`embed` from the token embeddings x (B, T, C) instead of the tokens."""
+        T = x.size(1)
         if isinstance(start_pos, int) and start_pos + T > self.cfg.context:
             raise ValueError(f"positions up to {start_pos + T} exceed model.context={self.cfg.context}; "
                              "crop the input or raise model.context")
-        x = self.tok_emb(tokens) if token_embeddings is None else token_embeddings   # (B, T, C)
         if drop_mask is not None and keep_position:
             x = x.masked_fill(drop_mask.unsqueeze(-1), 0.0)
-        positions = start_pos + torch.arange(T, device=tokens.device)                # (T,)
+        positions = start_pos + torch.arange(T, device=x.device)                # (T,)
         rope = None
         if self.cfg.position == "learned":
             x = x + self.pos_emb(positions)                                          # (T, C) broadcast
@@ -136,33 +167,61 @@ class GPT(nn.Module):
         return self.lm_head(self.norm_f(x))
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
-                drop_mask: torch.Tensor | None = None, token_embeddings: torch.Tensor | None = None,
-                keep_position: bool = False):
-        """(logits (B, T, V), loss or None, stats) from tokens (B, T); see the design page, sections 3-4.
+                drop_mask: torch.Tensor | None = None, keep_position: bool = False,
+                loss_chunk: int = 0, reduction: str = "mean") -> ModelOutput:
+        """Logits, loss, auxiliary loss and stats of tokens (B, T); see the design page, sections 3-4.
 
-        drop_mask (B, T) bool and keep_position: token-importance dropout (see `embed`); the loss still covers every
-        target != -100. token_embeddings: see `embed`. With `loss_chunk` > 0 and targets given, the
-        loss comes from the fused chunked head and logits is None.
+        drop_mask (B, T) bool and keep_position: token-importance dropout (see `embed`); the loss
+        still covers every target != -100. loss_chunk > 0 (with targets): the head and the loss are
+        fused in chunks of that many tokens (models/loss.py) and logits is None. reduction="none":
+        loss is each token's NLL (B, T), 0 where the target is -100 (evaluation; no gradient when fused).
         """
-        B, T = tokens.shape
-        x, rope = self.embed(tokens, drop_mask, token_embeddings=token_embeddings, keep_position=keep_position)
-        stats = {}
+        x, rope = self.embed(tokens, drop_mask, keep_position=keep_position)
+        return self._run(x, rope, targets, loss_chunk, reduction)
+
+    def forward_from_embeddings(self, token_embeddings: torch.Tensor, targets: torch.Tensor) -> ModelOutput:
+        """`forward` with the token embeddings (B, T, C) given, e.g. a tensor to differentiate by."""
+        x, rope = self.add_positions(token_embeddings)
+        return self._run(x, rope, targets)
+
+    def attention_probs(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Attention probabilities (B, H, T, T) of block `layer` (negative counts from the end); stops there."""
+        x, rope = self.embed(tokens)
+        layer = layer % len(self.blocks)
+        for block in self.blocks[:layer]:
+            x, _, _ = block(x, rope)
+        return self.blocks[layer].attention_probs(x, rope)
+
+    def _run(self, x: torch.Tensor, rope, targets: torch.Tensor | None, loss_chunk: int = 0,
+             reduction: str = "mean") -> ModelOutput:
+        """The blocks, the head and the loss from the first block's input x (B, T, C)."""
+        B, T, _ = x.shape
+        aux_loss, stats = None, {}
         for block in self.blocks:
-            x, block_stats = block(x, rope)
-            stats = merge_stats(stats, block_stats)
+            x, block_aux, block_stats = block(x, rope)
+            stats = combine(stats, block_stats)
+            if block_aux is not None:
+                aux_loss = block_aux if aux_loss is None else aux_loss + block_aux
         logits, loss = None, None
-        if targets is not None and self.loss_chunk and isinstance(self.lm_head, nn.Linear):
+        if targets is not None and loss_chunk and isinstance(self.lm_head, nn.Linear):
             # head and loss fused in chunks: the (B, T, V) logits are never made (models/loss.py)
             loss = linear_cross_entropy(self.norm_f(x).view(B * T, -1), self.lm_head.weight,
-                                        targets.reshape(B * T), self.loss_chunk)
+                                        targets.reshape(B * T), loss_chunk, reduction)
         else:
             logits = self.head(x)                                                    # (B, T, V)
             if targets is not None:
                 # fp32 log-softmax: under bf16 autocast the large-vocab sum loses precision
-                loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
-        if loss is not None and "aux_loss" in stats:  # e.g. MoE balance and z-loss, already weighted by the family
-            stats["ce_loss"] = loss.detach()
-            loss = loss + stats["aux_loss"]
-        if "aux_loss" in stats:  # reported for the logs; its gradient travels through `loss` only
-            stats["aux_loss"] = stats["aux_loss"].detach()
-        return logits, loss, stats
+                loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=-100,
+                                       reduction=reduction)
+        if loss is not None and reduction == "none":
+            loss = loss.view(B, T)
+        return ModelOutput(logits, loss, aux_loss, stats)
+
+
+register(Family("baseline", GPT))
+register(Family("gpt2_125m", GPT, defaults=dict(
+    d_model=768, n_layers=12, n_heads=12, d_ff=2048, norm="rmsnorm", position="rotary",
+    mlp="swiglu", bias=False, vocab_size=50257)))
+register(Family("llama", GPT, defaults=dict(
+    d_model=512, n_layers=8, n_heads=8, d_ff=1376, norm="rmsnorm", position="rotary",
+    mlp="swiglu", bias=False, vocab_size=32000, context=256, tie_embeddings=False)))

@@ -15,13 +15,15 @@ IGNORE_INDEX = -100
 
 
 def _chunked(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int, grad_x: bool,
-             grad_w: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Mean loss and, when asked, its gradients with respect to x and weight, chunk by chunk."""
+             grad_w: bool, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Mean loss (per_row: each row's loss, 0 on ignored rows) and, when asked, its gradients with
+    respect to x and weight, chunk by chunk."""
     autocast = torch.is_autocast_enabled(x.device.type)
     dtype = torch.get_autocast_dtype(x.device.type) if autocast else weight.dtype
     xs, w = x.to(dtype), weight.to(dtype)                                             # the matmul precision
     n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
     loss = torch.zeros((), device=x.device, dtype=torch.float32)
+    rows_loss = torch.zeros(x.size(0), device=x.device, dtype=torch.float32) if per_row else None
     dx = torch.empty_like(x) if grad_x else None
     dw = torch.zeros_like(weight, dtype=torch.float32) if grad_w else None
     with torch.autocast(x.device.type, enabled=False):
@@ -32,7 +34,10 @@ def _chunked(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk
             valid = tc != IGNORE_INDEX
             safe = tc.clamp(min=0)
             lse = torch.logsumexp(logits, dim=-1)                                     # (n,)
-            loss += ((lse - logits.gather(1, safe[:, None])[:, 0]) * valid).sum()
+            nll = (lse - logits.gather(1, safe[:, None])[:, 0]) * valid                 # (n,)
+            loss += nll.sum()
+            if per_row:
+                rows_loss[rows] = nll
             if not (grad_x or grad_w):
                 continue
             # d loss / d logits = (softmax - one_hot) / n_valid on the valid rows, in place of the logits
@@ -43,7 +48,7 @@ def _chunked(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk
                 dx[rows] = (grad @ w).to(x.dtype)
             if grad_w:
                 dw += (grad.T @ xc).float()
-    return loss / n_valid, dx, dw
+    return (rows_loss if per_row else loss / n_valid), dx, dw
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -65,10 +70,16 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk_rows: int = 4096) -> torch.Tensor:
-    """F.cross_entropy(x @ weight.T, targets, ignore_index=-100) for x (N, C), weight (V, C), targets (N,)."""
+                         chunk_rows: int = 4096, reduction: str = "mean") -> torch.Tensor:
+    """F.cross_entropy(x @ weight.T, targets, ignore_index=-100, reduction=reduction) for x (N, C),
+    weight (V, C), targets (N,); reduction "mean", or "none" (evaluation only: no gradient)."""
     if x.dim() != 2 or targets.shape != x.shape[:1]:
         raise ValueError(f"expected x (N, C) and targets (N,), got {tuple(x.shape)} and {tuple(targets.shape)}")
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if reduction == "none":
+        if needs_grad:
+            raise ValueError("linear_cross_entropy(reduction='none') has no gradient: call it under torch.no_grad()")
+        return _chunked(x, weight, targets, chunk_rows, False, False, per_row=True)[0]
+    if needs_grad:
         return LinearCrossEntropy.apply(x, weight, targets, chunk_rows)
     return _chunked(x, weight, targets, chunk_rows, False, False)[0]  # evaluation: the loss alone

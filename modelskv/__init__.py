@@ -1,6 +1,6 @@
 """Inference copies of the models with a static KV cache (Meta Llama's `forward(tokens, start_pos)`)."""
 
 from modelskv.cache import KVCache
-from modelskv.model import FAMILIES, KVCacheMixin, build
+from modelskv.model import KVCacheMixin, build, cached_class
 
-__all__ = ["FAMILIES", "KVCache", "KVCacheMixin", "build"]
+__all__ = ["KVCache", "KVCacheMixin", "build", "cached_class"]

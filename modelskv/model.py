@@ -5,17 +5,16 @@
     logits = model(prompt_tokens, start_pos=0)                    # prefill, (B, T, V)
     logits = model(next_tokens, start_pos=T)                      # one-token decode step
 
-Each class is its training family with `KVCacheMixin` in front: the blocks, embeddings and head
-come from `models/` unchanged; the mixin hangs a `KVCache` on every attention layer and replaces
-`forward` with Meta Llama's `forward(tokens, start_pos)`.
+Each class is its family's training class (models/family.py) with `KVCacheMixin` in front, made
+on first use: the blocks, embeddings and head come from `models/` unchanged; the mixin hangs a
+`KVCache` on every attention layer and replaces `forward` with Meta Llama's `forward(tokens, start_pos)`.
 """
 
-import torch
-import torch.nn as nn
+import functools
 
-from models import GPT, ModelConfig
-from models.condor import Condor
-from models.falcon import Falcon
+import torch
+
+from models import ModelConfig, family_of
 from modelskv.cache import KVCache
 
 
@@ -44,12 +43,12 @@ class KVCacheMixin:
         """Logits (B, T, V) of tokens (B, T) placed at positions start_pos.. after the cached prefix."""
         x, rope = self.embed(tokens, start_pos=start_pos)
         for block in self.blocks:
-            x, _ = block(x, rope, block.kv_cache, start_pos)
+            x, _, _ = block(x, rope, block.kv_cache, start_pos)
         return self.head(x)
 
     def forward_full(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits of the whole sequence without the cache (the training forward): the no-cache baseline."""
-        return super().forward(tokens)[0]
+        return super().forward(tokens).logits
 
     def reorder_caches(self, index: torch.Tensor) -> None:
         """Keep cache rows `index` (beam search)."""
@@ -57,33 +56,21 @@ class KVCacheMixin:
             block.kv_cache.reorder(index)
 
 
-class KVGPT(KVCacheMixin, GPT):
-    """baseline, gpt2_125m and llama with a KV cache."""
-
-
-class KVFalcon(KVCacheMixin, Falcon):
-    """Falcon with a KV cache; inference routes without capacity drops (see `build`)."""
-
-
-class KVCondor(KVCacheMixin, Condor):
-    """Condor (every attention variant) with a KV cache."""
-
-
-FAMILIES: dict[str, type[nn.Module]] = {
-    "baseline": KVGPT, "gpt2_125m": KVGPT, "llama": KVGPT, "falcon": KVFalcon, "condor": KVCondor,
-}
+@functools.cache
+def cached_class(model_class: type) -> type:
+    """`model_class` of models/ with a KV cache: KVCacheMixin in front of it."""
+    return type(f"KV{model_class.__name__}", (KVCacheMixin, model_class),
+                {"__doc__": f"{model_class.__name__} with a KV cache.", "__module__": __name__})
 
 
 def build(cfg: ModelConfig, max_batch: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None):
     """The inference model of cfg.preset's family with caches for (max_batch, max_seq_len), in eval mode.
 
-    Mixture-of-experts layers get an eval capacity that drops nothing: at inference every token
-    reaches its experts, so decoding one token at a time equals a full forward.
+    The family may adjust the config for inference (`Family.for_inference`: mixture-of-experts
+    layers get an eval capacity that drops nothing, so decoding one token at a time equals a full
+    forward).
     """
-    if cfg.preset not in FAMILIES:
-        raise ValueError(f"no inference model for preset {cfg.preset!r}; known: {sorted(FAMILIES)}")
-    if cfg.preset == "falcon":
-        cfg = type(cfg)(**{**cfg.__dict__, "eval_capacity_factor": float(cfg.n_experts)})
-    model = FAMILIES[cfg.preset](cfg)
+    family = family_of(cfg.preset)
+    model = cached_class(family.model)(family.for_inference(cfg))
     model.setup_caches(max_batch, max_seq_len or cfg.context, dtype)
     return model.eval()

@@ -73,18 +73,36 @@ def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
 def assert_causal(model, tokens, t: int = 7) -> dict:
     """Changing tokens at positions >= t leaves logits before t unchanged (and changes later ones).
 
-    Returns the model's stats on the original tokens.
+    Returns the model's statistics (their values) on the original tokens.
     """
     import torch
+
+    from run_stats import values
 
     changed = tokens.clone()
     changed[:, t:] = (changed[:, t:] + 1) % model.cfg.vocab_size
     with torch.no_grad():
-        a, _, stats = model(tokens)
-        b, _, _ = model(changed)
+        a, _, _, stats = model(tokens)
+        b = model(changed).logits
     torch.testing.assert_close(a[:, :t], b[:, :t], atol=1e-6, rtol=0)
     assert not torch.allclose(a[:, t:], b[:, t:])
-    return stats
+    return values(stats)
+
+
+def written_out_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """F.scaled_dot_product_attention written out: softmax(q k^T * scale + mask) v, the causal mask
+    aligned top-left as SDPA's is_causal; a reference for the attention modules (no dropout)."""
+    import math
+
+    import torch
+
+    assert dropout_p == 0.0
+    scores = (q @ k.transpose(-2, -1)) * (scale or 1 / math.sqrt(q.size(-1)))       # (B, H, Tq, Tk)
+    if is_causal:
+        attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.float().softmax(dim=-1).type_as(q) @ v
 
 
 def random_tokens(cfg, B: int = 2, T: int | None = None, seed: int = 1):
@@ -104,5 +122,5 @@ def assert_initial_loss_is_uniform(model, tol: float = 0.1) -> None:
     tokens = random_tokens(model.cfg, B=4)
     targets = random_tokens(model.cfg, B=4, seed=2)
     with torch.no_grad():
-        _, loss, _ = model(tokens, targets=targets)
+        loss = model(tokens, targets=targets).objective
     assert abs(loss.item() - math.log(model.cfg.vocab_size)) < tol

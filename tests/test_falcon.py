@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import assert_causal, random_tokens
 from models import FAMILIES, build, ModelConfig
 from models.falcon import MoE, Falcon, route
+from run_stats import values
 
 TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, vocab_size=97, context=16)
 
@@ -63,28 +64,32 @@ def forced_input(moe: MoE, B: int, T: int) -> torch.Tensor:
 
 def test_contract_and_stats():
     model = tiny_model()
-    assert isinstance(model, FAMILIES["falcon"]) and FAMILIES["falcon"] is Falcon
+    assert isinstance(model, FAMILIES["falcon"].model) and FAMILIES["falcon"].model is Falcon
     tokens = random_tokens(model.cfg)
     for train in (True, False):
         model.train(train)
-        logits, loss, stats = model(tokens, targets=tokens)
+        logits, loss, aux_loss, stats = model(tokens, targets=tokens)
         assert logits.shape == (2, model.cfg.context, model.cfg.vocab_size)
         E, L = model.cfg.n_experts, model.cfg.n_layers
-        keys = {"aux_loss", "ce_loss", "moe_dropped"}
+        keys = {"moe_dropped"}
         for i in range(L):
             keys |= {f"moe_balance_l{i}", f"moe_z_l{i}", f"moe_dropped_l{i}"}
             keys |= {f"moe_load_l{i}_e{j}" for j in range(E)}
         assert set(stats) == keys
-        torch.testing.assert_close(loss, stats["ce_loss"] + stats["aux_loss"])
-        assert not [k for k, v in stats.items() if v.requires_grad]   # logged values; aux_loss trains via loss
+        stats = values(stats)
+        # loss is the cross-entropy alone; training minimises it plus the auxiliary loss
+        ce = F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
+        torch.testing.assert_close(loss, ce)
+        torch.testing.assert_close(model(tokens, targets=tokens).objective, ce + aux_loss)
+        assert aux_loss.requires_grad and not [k for k, v in stats.items() if v.requires_grad]  # logged values
         # aux_loss is the weighted sum over layers; moe_dropped the mean; loads sum to k per layer
         expected = sum(0.01 * stats[f"moe_balance_l{i}"] + 1e-3 * stats[f"moe_z_l{i}"] for i in range(L))
-        torch.testing.assert_close(stats["aux_loss"].detach(), expected)
+        torch.testing.assert_close(aux_loss.detach(), expected)
         torch.testing.assert_close(stats["moe_dropped"], sum(stats[f"moe_dropped_l{i}"] for i in range(L)) / L)
         total_load = sum(stats[f"moe_load_l0_e{j}"] for j in range(E))
         torch.testing.assert_close(total_load, torch.tensor(float(model.cfg.top_k)))
-    _, loss, stats = model(tokens)                      # no targets: still reports the aux loss
-    assert loss is None and "aux_loss" in stats and "ce_loss" not in stats
+    out = model(tokens)                                 # no targets: still reports the aux loss
+    assert out.loss is None and out.objective is None and out.aux_loss is not None
 
 
 def test_causality_with_drops():
@@ -105,7 +110,8 @@ def test_matches_dense_reference(mlp, bias):
         moe.router.weight.normal_(0.0, 1.0)                     # well-separated top-k choices
     x = torch.randn(2, 5, moe.cfg.d_model, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        y, stats = moe(x)
+        y, _, stats = moe(x)
+        stats = values(stats)
     assert stats["moe_dropped"] == 0
     assert moe.width == 64 // 2 and moe.up.weight.shape[-1] == (64 if mlp == "swiglu" else 32)
     torch.testing.assert_close(y, dense_reference(moe, x), atol=1e-5, rtol=0)
@@ -117,7 +123,8 @@ def test_capacity_keeps_earliest_positions():
     x = forced_input(moe, B, T)
     assert moe.capacity(B * T) == 3                            # ceil(0.75 * 8 * 2 / 4)
     with torch.no_grad():
-        y, stats = moe(x)
+        y, _, stats = moe(x)
+        stats = values(stats)
         full = dense_reference(moe, x)
     # experts 0 and 1 each take 3 tokens, position-major: (b0, t0), (b1, t0), (b0, t1)
     kept = torch.zeros(B, T, dtype=torch.bool)
@@ -179,7 +186,8 @@ def test_balance_count_option_reaches_the_loss(count):
     assert ModelConfig.from_preset("falcon").balance_count == "after_capacity"
     x = forced_input(moe, 2, 4)                      # every token to experts 0 and 1; 3 of 8 kept each
     with torch.no_grad():
-        _, stats = moe(x)
+        _, _, stats = moe(x)
+        stats = values(stats)
         probs = (x.reshape(8, -1) @ moe.router.weight.T).softmax(-1).mean(0)
     load = torch.tensor([3 / 8, 3 / 8, 0, 0]) if count == "after_capacity" else torch.tensor([1.0, 1.0, 0, 0])
     torch.testing.assert_close(stats["moe_balance_l0"], 4 * (probs * load / 2).sum())
@@ -188,7 +196,7 @@ def test_balance_count_option_reaches_the_loss(count):
 def test_router_gets_gradient():
     model = tiny_model().train()
     tokens = random_tokens(model.cfg)
-    _, loss, _ = model(tokens, targets=tokens)
+    loss = model(tokens, targets=tokens).objective
     loss.backward()
     for block in model.blocks:
         assert block.mlp.router.weight.grad.abs().sum() > 0
@@ -200,8 +208,8 @@ def test_train_and_eval_capacity():
     x = forced_input(moe, 2, 4)
     assert moe.train().capacity(8) == 2 and moe.eval().capacity(8) == 8
     with torch.no_grad():
-        dropped_train = moe.train()(x)[1]["moe_dropped_l0"]
-        dropped_eval = moe.eval()(x)[1]["moe_dropped_l0"]
+        dropped_train = moe.train()(x)[2]["moe_dropped_l0"].value
+        dropped_eval = moe.eval()(x)[2]["moe_dropped_l0"].value
     torch.testing.assert_close(dropped_train, torch.tensor(12 / 16))
     torch.testing.assert_close(dropped_eval, torch.tensor(0.0))
     same = tiny_moe(capacity_factor=0.5)                        # eval_capacity_factor unset
@@ -212,9 +220,11 @@ def test_bf16_autocast_router_in_fp32():
     moe = tiny_moe()
     x = torch.randn(2, 8, moe.cfg.d_model, generator=torch.Generator().manual_seed(3))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        y, stats = moe(x)
+        y, _, stats = moe(x)
+        stats = values(stats)
     with torch.no_grad():
-        y32, stats32 = moe(x)
+        y32, _, stats32 = moe(x)
+        stats32 = values(stats32)
     # an fp32 router gives the fp32 logits bit for bit; a bf16 one would change the z-loss
     assert stats["moe_z_l0"].dtype == torch.float32
     assert torch.equal(stats["moe_z_l0"], stats32["moe_z_l0"])
@@ -229,13 +239,13 @@ def test_overfits_one_batch():
     targets = random_tokens(model.cfg, B=4, seed=5)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(100):
-        _, loss, stats = model(tokens, targets=targets)
+        out = model(tokens, targets=targets)
         if step == 0:
-            first = stats["ce_loss"].item()
+            first = out.loss.item()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        out.objective.backward()
         opt.step()
-    assert first > 3.0 and stats["ce_loss"].item() < 0.5, f"ce {first:.3f} -> {stats['ce_loss'].item():.3f}"
+    assert first > 3.0 and out.loss.item() < 0.5, f"ce {first:.3f} -> {out.loss.item():.3f}"
 
 
 def test_num_active_params():
@@ -261,12 +271,14 @@ def test_torch_compile_forward_backward():
     tokens = random_tokens(model.cfg)
     compiled = torch.compile(model, fullgraph=True)             # no graph breaks, so no host syncs
     start = time.perf_counter()
-    logits, loss, stats = compiled(tokens, targets=tokens)
+    out = compiled(tokens, targets=tokens)
+    logits, loss = out.logits, out.objective
     loss.backward()
     assert time.perf_counter() - start < 120
     grad = model.blocks[0].mlp.router.weight.grad.clone()
     model.zero_grad(set_to_none=True)
-    eager_logits, eager_loss, _ = model(tokens, targets=tokens)
+    out = model(tokens, targets=tokens)
+    eager_logits, eager_loss = out.logits, out.objective
     eager_loss.backward()
     torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grad, model.blocks[0].mlp.router.weight.grad, atol=1e-6, rtol=1e-4)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_causal, assert_initial_loss_is_uniform, random_tokens
+from conftest import assert_causal, assert_initial_loss_is_uniform, random_tokens, written_out_sdpa
 from models import FAMILIES, GPT, ModelConfig, build, flops_per_token
 from models.blocks import CausalSelfAttention, apply_rotary, rotary_table
 from models.loss import linear_cross_entropy
@@ -29,10 +29,10 @@ def tiny_model(name: str, seed: int = 0, **overrides) -> GPT:
 def test_shapes_and_contract(name):
     model = tiny_model(name)
     tokens = random_tokens(model.cfg, B=3, T=10)
-    logits, loss, stats = model(tokens)
+    logits, loss, aux_loss, stats = model(tokens)
     assert logits.shape == (3, 10, model.cfg.vocab_size)
-    assert loss is None and stats == {}
-    _, loss, _ = model(tokens, targets=tokens)
+    assert loss is None and aux_loss is None and stats == {}
+    loss = model(tokens, targets=tokens).objective
     assert loss.shape == () and torch.isfinite(loss)
 
 
@@ -43,18 +43,17 @@ def test_causality(name):
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_sdpa_matches_explicit_attention(name):
+def test_sdpa_matches_explicit_attention(name, monkeypatch):
     model = tiny_model(name)
     tokens = random_tokens(model.cfg)
     with torch.no_grad():
-        fast, _, _ = model(tokens)
-        for block in model.blocks:
-            block.attn.explicit = True
-        slow, _, _ = model(tokens)
+        fast = model(tokens).logits
+        monkeypatch.setattr(F, "scaled_dot_product_attention", written_out_sdpa)
+        slow = model(tokens).logits
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
 
 
-def test_attend_with_cached_prefix_matches_full():
+def test_attend_with_cached_prefix_matches_full(monkeypatch):
     # the KV-cache path: queries for the last positions against keys of the whole prefix
     torch.manual_seed(0)
     cfg = tiny("llama")
@@ -65,7 +64,7 @@ def test_attend_with_cached_prefix_matches_full():
         full = attn(x, (cos[:9], sin[:9]))
         q, k, v = attn.project(x, (cos[:9], sin[:9]))
         tail = attn.wo(attn.attend(q[:, :, 6:], k, v))          # no mask: bottom-right causal
-        attn.explicit = True
+        monkeypatch.setattr(F, "scaled_dot_product_attention", written_out_sdpa)
         tail_explicit = attn.wo(attn.attend(q[:, :, 6:], k, v))
     torch.testing.assert_close(tail, full[:, 6:], atol=1e-6, rtol=0)
     torch.testing.assert_close(tail_explicit, full[:, 6:], atol=1e-5, rtol=0)
@@ -139,9 +138,10 @@ def test_drop_mask_with_keep_position_zeroes_token_embeddings_only(name):
     with torch.no_grad():
         reference.tok_emb.weight[zero_id] = 0.0
         # tid.keep_position=true: the token embedding is zeroed, an added position embedding stays
-        logits, loss, _ = model(tokens, targets=tokens, drop_mask=drop_mask, keep_position=True)
-        expected, _, _ = reference(tokens.masked_fill(drop_mask, zero_id))
-        plain, _, _ = model(tokens)
+        out = model(tokens, targets=tokens, drop_mask=drop_mask, keep_position=True)
+        logits, loss = out.logits, out.objective
+        expected = reference(tokens.masked_fill(drop_mask, zero_id)).logits
+        plain = model(tokens).logits
     # a tied head also zeroes logit zero_id in the reference; compare the other columns
     torch.testing.assert_close(logits[..., :zero_id], expected[..., :zero_id], atol=1e-6, rtol=0)
     assert not torch.allclose(logits, plain)
@@ -155,7 +155,8 @@ def test_ignore_index_targets():
     tokens = random_tokens(model.cfg)
     targets = tokens.clone()
     targets[:, :5] = -100
-    logits, loss, _ = model(tokens, targets=targets)
+    out = model(tokens, targets=targets)
+    logits, loss = out.logits, out.objective
     kept = F.cross_entropy(logits[:, 5:].reshape(-1, model.cfg.vocab_size), targets[:, 5:].reshape(-1))
     torch.testing.assert_close(loss, kept)
 
@@ -165,9 +166,9 @@ def test_ignore_index_targets():
 def test_all_options_run(position, norm, mlp):
     model = tiny_model("baseline", position=position, norm=norm, mlp=mlp, dropout=0.1).train()
     tokens = random_tokens(model.cfg)
-    logits, loss, stats = model(tokens, targets=tokens)
+    logits, loss, aux_loss, stats = model(tokens, targets=tokens)
     loss.backward()
-    assert torch.isfinite(loss) and stats == {}
+    assert torch.isfinite(loss) and aux_loss is None and stats == {}
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     state = model.state_dict()
     assert ("pos_emb.weight" in state) == (position == "learned")
@@ -187,7 +188,7 @@ def test_overfits_one_batch(name):
     targets = random_tokens(model.cfg, B=4, seed=5)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(300):
-        _, loss, _ = model(tokens, targets=targets)
+        loss = model(tokens, targets=targets).objective
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -211,13 +212,13 @@ def test_word_vector_init_and_freeze():
     assert 2.0 < missing.std().item() < 4.0                    # on the pretrained vectors' scale (std 3)
     assert (emb[0] == 0).all()                                 # padding row zero
     tokens = random_tokens(model.cfg)
-    _, loss, _ = model(tokens, targets=tokens)
+    loss = model(tokens, targets=tokens).objective
     loss.backward()
     assert model.tok_emb.weight.grad is None
     assert model.lm_head.weight.grad is not None               # untied head still trains
 
     model.init_token_embeddings(vectors.double(), found, freeze=False)  # dtype follows the model
-    _, loss, _ = model(tokens, targets=tokens)
+    loss = model(tokens, targets=tokens).objective
     loss.backward()
     assert model.tok_emb.weight.grad is not None
     with pytest.raises(ValueError, match="vocab_size, d_model"):
@@ -234,7 +235,7 @@ def test_word_vector_init_and_freeze():
 def test_registry():
     assert set(FAMILIES) >= set(PRESET_NAMES)
     for name in PRESET_NAMES:
-        assert isinstance(build(tiny(name)), FAMILIES[name])
+        assert isinstance(build(tiny(name)), FAMILIES[name].model)
 
 
 def test_linear_cross_entropy_equals_the_plain_loss_and_gradients():
@@ -254,10 +255,10 @@ def test_model_with_chunked_loss_equals_plain(name):
     torch.manual_seed(0)
     model = build(tiny(name, tie_embeddings=name == "baseline")).train()
     tokens, targets = random_tokens(model.cfg, B=2, T=16), random_tokens(model.cfg, B=2, T=16, seed=2)
-    _, plain, _ = model(tokens, targets)
+    plain = model(tokens, targets).objective
     grads = torch.autograd.grad(plain, list(model.parameters()))
-    model.loss_chunk = 5
-    logits, fused, _ = model(tokens, targets)
+    out = model(tokens, targets, loss_chunk=5)
+    logits, fused = out.logits, out.objective
     assert logits is None and torch.allclose(fused, plain, rtol=1e-6)
     for a, b in zip(torch.autograd.grad(fused, list(model.parameters())), grads):
         assert torch.allclose(a, b, atol=1e-6)

@@ -27,7 +27,7 @@ def _losses_with(name: str, steps: int = 100) -> tuple[np.ndarray, torch.optim.O
     opt = optimizers.make_optimizer(groups, name, 3e-3, (0.9, 0.95), torch.device("cpu"))
     losses = []
     for _ in range(steps):
-        _, loss, _ = model(batch[:, :-1], targets=batch[:, 1:])
+        loss = model(batch[:, :-1], targets=batch[:, 1:]).objective
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

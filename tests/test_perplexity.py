@@ -16,7 +16,8 @@ from conftest import REPO, tiny_run_config
 from eval.perplexity import (Scores, compare_table, encode_rows, load_scorer, main, main_text, prepared_data,
                              score_packed, score_rows, score_texts, token_nll, window_plan)
 from experiment_config import from_dict
-from generic_runner import Trainer, setup_env, train
+from generic_runner import Trainer, train
+from runtime import setup_env
 from models.checkpoint import load_checkpoint
 
 
@@ -193,7 +194,7 @@ def test_packed_val_equals_trainer_evaluate(run, scorer):
     cfg = from_dict(load_checkpoint(run["ckpt"])["config"])
     assert cfg.train.eval_batches is None
     cfg = replace(cfg, device="cpu")
-    trainer = Trainer(cfg, setup_env(cfg), resume=True)  # loads last.pt
+    trainer = Trainer(cfg, setup_env(cfg.device, cfg.train.precision), resume=True)  # loads last.pt
     loss, bpb, _ = trainer.evaluate()
     assert s["loss"] == pytest.approx(loss, abs=1e-5) and s["bpb"] == pytest.approx(bpb, abs=1e-5)
     assert s["tokens"] == len(trainer.val_blocks) * scorer.context

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import generic_runner
 from conftest import REPO, tiny_run_config, tiny_sets
@@ -311,16 +312,16 @@ def _checkpoints_are_finite(run_dir: Path) -> list[int]:
 
 
 def test_nan_validation_loss_stops_without_writing(tmp_path, capsys, monkeypatch):
-    real, eval_batches = generic_runner.F.cross_entropy, [0]
+    real, eval_batches = F.cross_entropy, [0]
 
-    def nan_in_eval(*args, **kwargs):   # the trainer's validation pass sums; training uses the model's mean
+    def nan_in_eval(*args, **kwargs):   # the validation pass asks per-token losses; training the mean
         out = real(*args, **kwargs)
-        if kwargs.get("reduction") == "sum":
+        if kwargs.get("reduction") == "none":
             eval_batches[0] += 1
             if eval_batches[0] > 2:     # the step-0 evaluation (2 batches) stays finite
                 return out * math.nan
         return out
-    monkeypatch.setattr(generic_runner.F, "cross_entropy", nan_in_eval)
+    monkeypatch.setattr(F, "cross_entropy", nan_in_eval)
     code, err = train_cli(tmp_path, capsys, sets=["train.max_steps=10", "train.save_every=3"])
     assert code == 1 and "validation loss is nan at step 5" in error_line(err)
     assert "checkpoints/tiny/last.pt (step 3) is the last good checkpoint" in err
@@ -333,7 +334,7 @@ def test_non_finite_weights_are_never_written(tmp_path, capsys, monkeypatch):
     def poison_at_10(self, *args):
         if self.step == 10:
             with torch.no_grad():
-                self.raw_model.tok_emb.weight[0, 0] = math.inf
+                self.model.tok_emb.weight[0, 0] = math.inf
         return real(self, *args)
     monkeypatch.setattr(generic_runner.Trainer, "_eval_and_checkpoint", poison_at_10)
     code, err = train_cli(tmp_path, capsys, sets=["train.max_steps=20", "train.eval_every=100"])

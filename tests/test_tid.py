@@ -8,10 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_run_config
-from generic_runner import Trainer, setup_env, train
+from generic_runner import Trainer, train
+from runtime import setup_env
 from models import ModelConfig, build
 from tid import (SCHEDULES, TIDConfig, TokenImportanceDropout, attention_mass_scores, drop_ratio,
                  droppable_mask, entropy_scores, gradient_norm_scores, select_drops)
+from run_stats import values
 from train_logs import load_losses
 
 V = 97
@@ -33,7 +35,7 @@ def explicit_attention_mass(model, tokens, layer):
     hd = model.cfg.d_model // H
     x = model.tok_emb(tokens) + model.pos_emb.weight[:T]
     for block in model.blocks[:layer % len(model.blocks)]:
-        x, _ = block(x)
+        x, _, _ = block(x)
     block = model.blocks[layer]
     qkv = block.norm1(x) @ block.attn.wqkv.weight.T + block.attn.wqkv.bias
     q, k, _ = qkv.view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)     # 3 x (B, H, T, hd)
@@ -59,7 +61,7 @@ def explicit_gradient_norm(model, tokens, targets):
         return leaf["x"]
     handle = model.tok_emb.register_forward_hook(hook)
     try:
-        _, loss, _ = model(tokens, targets)
+        loss = model(tokens, targets).objective
         (grad,) = torch.autograd.grad(loss, leaf["x"])
     finally:
         handle.remove()
@@ -94,6 +96,7 @@ def test_drop_count_per_sequence_follows_the_schedule():
     assert torch.equal(droppable_mask(tokens, 3, (1, 0, None)), droppable)
     for step in (0, 37, 100):
         mask, stats = tid.mask(None, tokens, tokens, step)
+        stats = values(stats)
         expected = torch.round(drop_ratio(cfg, step, 100) * droppable.sum(1).float()).long()
         assert (mask.sum(1) == expected).all()
         assert not (mask & ~droppable).any()
@@ -104,6 +107,7 @@ def test_realised_ratio_with_a_single_droppable_position():
     tid = TokenImportanceDropout(TIDConfig(method="random", p_start=0.6, p_end=0.6), 10, (0,), n_layers=2)
     tokens = torch.tensor([[5, 7, 0, 0]])                        # position 0 protected, 2 and 3 padding
     mask, stats = tid.mask(None, tokens, tokens, 0)
+    stats = values(stats)
     assert mask.tolist() == [[False, True, False, False]] and float(stats["tid_drop_ratio"]) == 1.0
     assert stats["tid_target_ratio"] == pytest.approx(0.6)
 
@@ -177,7 +181,7 @@ def test_gradient_norm_scores_equal_autograd_of_the_embeddings():
     targets = torch.randint(0, V, (3, 16))
     scores = gradient_norm_scores(model, tokens, targets)
     assert model.tok_emb.weight.grad is None                      # scoring leaves no parameter gradients
-    _, loss, _ = model(tokens, targets)
+    loss = model(tokens, targets).objective
     loss.backward()
     direct = model.tok_emb.weight.grad[tokens].norm(dim=-1)
     assert torch.allclose(scores, direct, rtol=1e-5, atol=1e-9)
@@ -251,15 +255,15 @@ def _first_step(tmp, sets):
     """Build a Trainer, run one train_step; returns (trainer, loss, the tokens and drop_mask the training
     forward got, the input of the first block in that forward)."""
     cfg = tiny_run_config(tmp, sets)
-    trainer = Trainer(cfg, setup_env(cfg), False)
+    trainer = Trainer(cfg, setup_env(cfg.device, cfg.train.precision), False)
     seen, block_inputs = {}, []
 
     def record(module, args, kwargs):
         if "drop_mask" in kwargs:                                 # the training forward (scoring passes pass none)
             seen.update(tokens=args[0], targets=args[1], drop_mask=kwargs["drop_mask"])
-    hooks = [trainer.raw_model.register_forward_pre_hook(record, with_kwargs=True),
-             trainer.raw_model.blocks[0].register_forward_pre_hook(lambda m, a: block_inputs.append(a[0].detach()))]
-    scoring_model = copy.deepcopy(trainer.raw_model).eval()        # the weights the scores are taken on
+    hooks = [trainer.model.register_forward_pre_hook(record, with_kwargs=True),
+             trainer.model.blocks[0].register_forward_pre_hook(lambda m, a: block_inputs.append(a[0].detach()))]
+    scoring_model = copy.deepcopy(trainer.model).eval()        # the weights the scores are taken on
     loss, _, _ = trainer.train_step()
     for h in hooks:
         h.remove()

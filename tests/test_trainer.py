@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import generic_runner
+import optimizers
 from conftest import REPO, tiny_run_config
-from generic_runner import Interrupted, Trainer, TrainingError, train
+from generic_runner import Interrupted, Trainer, train
 from models.checkpoint import load_checkpoint
+from run_files import TrainingError
 from train_logs import load_losses, load_times
 
 
@@ -54,7 +56,8 @@ def test_short_run_learns_and_writes_every_output(tmp_path):
 def test_lr_schedule_warmup_cosine_floor(tmp_path):
     cfg = tiny_run_config(tmp_path, ["train.max_steps=100", "train.warmup_steps=10", "train.lr=1e-3",
                                      "train.min_lr=1e-4"])
-    lrs = [generic_runner.lr_at(s, cfg) for s in range(101)]
+    t = cfg.train
+    lrs = [optimizers.lr_at(s, t.lr, t.min_lr, t.warmup_steps, t.max_steps) for s in range(101)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert lrs[100] == pytest.approx(1e-4) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
@@ -87,11 +90,26 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     assert a["val"] == b["val"]
 
 
+# validation losses by step: the best at step 10, evals 15, 20 and 25 do not improve
+SCRIPTED_VAL = {0: 6.0, 5: 5.5, 10: 5.0, 15: 5.2, 20: 5.1, 25: 5.05}
+
+
+def scripted_evaluate(real, script=None):
+    """Trainer.evaluate with the losses of `script` (default SCRIPTED_VAL): early stopping then
+    depends on no rounding luck in the last digits of a loss that barely moves."""
+    def evaluate(self):
+        _, bpb, stats = real(self)
+        return (script or SCRIPTED_VAL)[self.step], bpb, stats
+    return evaluate
+
+
 _HARD_KILL = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from conftest import tiny_run_config
 from generic_runner import Trainer, train
+from test_trainer import scripted_evaluate
+Trainer.evaluate = scripted_evaluate(Trainer.evaluate)
 real = Trainer.train_step
 def train_step(self):
     if self.step == {step}:
@@ -103,10 +121,11 @@ train(tiny_run_config(Path({tmp!r}), {sets!r}))
 """
 
 
-def test_resume_after_kill_9_carries_best_loss_best_checkpoint_early_stopping_and_logs(tmp_path):
-    """A learning rate of ~0: the best val loss is at step 10, evals 15 and 20 do not improve, patience 3
+def test_resume_after_kill_9_carries_best_loss_best_checkpoint_early_stopping_and_logs(tmp_path, monkeypatch):
+    """Scripted validation losses: the best is at step 10, evals 15 and 20 do not improve, patience 3
     stops the run at 25. Killed at step 23 (last save at 20), the resumed run must stop at 25 too, keep
     step 10's best.pt, and leave logs equal to the uninterrupted run's (steps 21-23 logged once)."""
+    monkeypatch.setattr(Trainer, "evaluate", scripted_evaluate(Trainer.evaluate))
     sets = ["train.max_steps=60", "train.eval_every=5", "train.save_every=10", "train.lr=1e-9", "train.min_lr=0",
             "train.patience=3"]
     straight = tiny_run_config(tmp_path, sets + ["run_name=straight"])
@@ -197,12 +216,14 @@ def test_chunked_loss_trains_and_evaluates_like_the_plain_loss(tmp_path):
     assert runs[40]["val"]["loss"] == pytest.approx(runs[0]["val"]["loss"], rel=1e-5)
 
 
-def test_early_stopping(tmp_path):
-    # a learning rate of ~0 cannot improve the validation loss by much; patience 1 stops at the 2nd eval
+def test_early_stopping(tmp_path, monkeypatch):
+    # the validation loss stops improving after step 5; patience 2 stops the run at the 2nd eval without improvement
+    script = {0: 6.0, 5: 5.9, 10: 5.95, 15: 5.9, 20: 5.8, 25: 5.7, 30: 5.6}
+    monkeypatch.setattr(Trainer, "evaluate", scripted_evaluate(Trainer.evaluate, script))
     cfg = tiny_run_config(tmp_path, ["train.max_steps=30", "train.eval_every=5", "train.lr=1e-9",
                                      "train.min_lr=0", "train.patience=2"])
     summary = train(cfg)
-    assert summary["steps"] < 30 and summary["stop"].startswith("early stop")
+    assert summary["steps"] == 15 and summary["stop"].startswith("early stop")
 
 
 def test_runner_cli_trains_and_refuses_overwrite(tmp_path):

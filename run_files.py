@@ -1,0 +1,72 @@
+"""A training run's files: where they go, the lock that keeps one writer per run name, and claiming
+them (a run never overwrites another's outputs unless --resume or --force says what to do).
+
+    checkpoints/<run>/{last,best,step_<n>}.pt     logs/{losses,times,csv}/<run>.*   (train_logs.py)
+    <log_dir>/.locks/<run>.lock, <checkpoint_dir>/.locks/<run>.lock   held for the run's life
+"""
+
+import contextlib
+from pathlib import Path
+
+from experiment_config import RunConfig
+from fileio import LockedError, exclusive_lock
+from train_logs import run_log_paths
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on; the message says why and what to do."""
+
+
+def run_paths(cfg: RunConfig) -> dict[str, Path]:
+    ckpt = Path(cfg.checkpoint_dir) / cfg.run_name
+    return {"dir": ckpt, "last": ckpt / "last.pt", "best": ckpt / "best.pt"}
+
+
+def run_outputs(cfg: RunConfig) -> list[Path]:
+    """The files this run writes (and --force deletes): its checkpoints and its logs, nothing else."""
+    paths = run_paths(cfg)
+    ckpts = [paths["last"], paths["best"], *paths["dir"].glob("step_*.pt")] if paths["dir"].is_dir() else []
+    return [p for p in [*ckpts, *run_log_paths(cfg.run_name, cfg.log_dir)] if p.is_file()]
+
+
+def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
+    """Refuse to overwrite another run's outputs unless --resume or --force says what to do.
+    (Called under the run's lock: temporaries of its files are left by a killed writer; removed.)"""
+    paths = run_paths(cfg)
+    stale = [*paths["dir"].glob(".*.tmp"), *(t for p in run_log_paths(cfg.run_name, cfg.log_dir)
+                                             for t in p.parent.glob(f".{p.name}.*.tmp"))]
+    for t in stale:
+        t.unlink(missing_ok=True)
+    existing = run_outputs(cfg)
+    if resume:
+        if not paths["last"].is_file():
+            raise TrainingError(f"--resume: no checkpoint at {paths['last']} (start the run without --resume)")
+        return
+    if existing and not force:
+        raise TrainingError(
+            f"run {cfg.run_name!r} already has outputs ({existing[0]}): pass --resume to continue it, "
+            "--force to overwrite it, or --run-name NAME for a new run")
+    for p in existing:
+        p.unlink()
+
+
+def run_locks(cfg: RunConfig) -> list[Path]:
+    """The locks of a run: <log_dir>/.locks/<run>.lock, and <checkpoint_dir>/.locks/<run>.lock when it
+    writes checkpoints (a run that shares either folder and name with a live one must not start)."""
+    dirs = [cfg.log_dir] + ([cfg.checkpoint_dir] if cfg.train.checkpoints else [])
+    return [Path(d) / ".locks" / f"{cfg.run_name}.lock" for d in dirs]
+
+
+@contextlib.contextmanager
+def run_lock(cfg: RunConfig, held_here: bool):
+    """One writer per run name: the process that writes (`held_here`, rank 0) holds the run's locks
+    for its whole life (the OS drops them if the process dies)."""
+    with contextlib.ExitStack() as held:
+        if held_here:
+            try:
+                for path in run_locks(cfg):
+                    held.enter_context(exclusive_lock(path))
+            except LockedError as e:
+                raise TrainingError(f"run {cfg.run_name!r} is already being trained ({e}): wait for it to "
+                                    "finish, or pick another --run-name") from None
+        yield

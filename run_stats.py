@@ -1,0 +1,51 @@
+"""Logged statistics, each declaring how repeated values combine.
+
+A statistic is reported once per layer, micro-batch or validation batch and logged once per step
+or evaluation. Each value says how its repeats combine: `Stat.mean(x)` (load, drop ratios,
+losses: the average of everything reported) or `Stat.sum(x)` (seconds spent: the total).
+
+    stats = combine(stats, {"moe_dropped": Stat.mean(dropped), "tid_score_time": Stat.sum(clock)})
+    values = {k: s.value for k, s in stats.items()}    # tensors, floats or Stopwatches
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A running statistic: `total` of `count` reports (a tensor, a float or anything with +)."""
+    total: Any
+    count: int = 1
+    how: str = "mean"           # mean: total / count | sum: total
+
+    @staticmethod
+    def mean(value) -> "Stat":
+        return Stat(value, 1, "mean")
+
+    @staticmethod
+    def sum(value) -> "Stat":
+        return Stat(value, 1, "sum")
+
+    def __add__(self, other: "Stat") -> "Stat":
+        if other.how != self.how:
+            raise ValueError(f"cannot combine a {self.how} statistic with a {other.how} one")
+        return Stat(self.total + other.total, self.count + other.count, self.how)
+
+    @property
+    def value(self):
+        """The combined value: the mean of the reports, or their sum."""
+        return self.total / self.count if self.how == "mean" else self.total
+
+
+def combine(total: dict[str, Stat], new: dict[str, Stat]) -> dict[str, Stat]:
+    """Key by key: reports of the same statistic add up (and count), new keys join."""
+    out = dict(total)
+    for key, stat in new.items():
+        out[key] = out[key] + stat if key in out else stat
+    return out
+
+
+def values(stats: dict[str, Stat]) -> dict[str, Any]:
+    """The combined value of each statistic."""
+    return {key: stat.value for key, stat in stats.items()}
