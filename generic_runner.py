@@ -354,10 +354,11 @@ class Trainer:
         if resume_from:  # refuse another run's checkpoint before any work (the data check follows)
             self._check_resumable(resume_from, settings_only=True)
         if data is None:
-            data = prepare_data(cfg, log=env.log) if env.master else None
+            data = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context,
+                                log=env.log) if env.master else None
             if env.world > 1:
                 dist.barrier()  # rank 0 builds the cache; the others then find it
-                data = data or prepare_data(cfg, log=lambda *a: None)
+                data = data or prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None)
         self.data = data
         self.data_key = getattr(data, "meta", {}).get("key")  # None for stand-in data (benchmarks)
         cfg.model = replace(cfg.model, vocab_size=data.tokenizer.vocab_size)

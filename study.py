@@ -183,7 +183,7 @@ def config_hash(cfg: RunConfig) -> str:
 
     defaults = compared(RunConfig())
     changed = {k: v for k, v in compared(cfg).items() if k not in defaults or defaults[k] != v}
-    blob = {**changed, "seed": cfg.seed, "data_key": data_key(cfg)}
+    blob = {**changed, "seed": cfg.seed, "data_key": data_key(cfg.data, cfg.tokenizer, cfg.data_dir)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -251,7 +251,8 @@ def prepare_once(runs: list[Run], log=print):
     """Prepare (or find) the data and tokenizer every arm shares, before any run starts."""
     from dataset_definitions.prepare import prepare_data
 
-    return prepare_data(runs[0].cfg, log=log)
+    cfg = runs[0].cfg
+    return prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context, log=log)
 
 
 def run_state(run: Run) -> str:
