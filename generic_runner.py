@@ -35,7 +35,7 @@ from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
-from dataset_definitions.tokenization import load_word_vectors
+from dataset_definitions.word_vectors import load_word_vectors
 from experiment_config import ConfigError, RunConfig, check_run_name, load_config, run_identity_diff, to_dict
 from fileio import LockedError, UnsafeFileError, exclusive_lock
 from models.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights, model_config,

@@ -7,9 +7,9 @@ models, the run config or the trainer. The command (`python prepare_data.py --co
 the repo root, where the whole run config is loaded.
 
 Stages (each skipped when its output exists): read and split rows (held-out, validation, train,
-disjoint by content hash; `data.dedup` removes exact or near duplicates too, dedup.py) -> load or train the tokenizer on the train split -> encode every split
-into a flat token stream `<split>.bin` (each document as [bos] + ids + [eos]) -> meta.json with
-sizes and SHA-256 of every file. The directory `<data_dir>/processed/<data key>/` is built under
+disjoint by content hash; `data.dedup` removes exact or near duplicates too, dedup.py) -> load or
+train the tokenizer on the train split -> encode every split into a flat token stream `<split>.bin`
+(each document as [bos] + ids + [eos]) -> meta.json with sizes and SHA-256 of every file. The directory `<data_dir>/processed/<data key>/` is built under
 a temporary name and renamed at the end, so a half-written cache is never used; one process builds
 a key at a time (a lock), and temporary folders left by a killed build are removed by the next one.
 The data key hashes the settings that change the data (not those the source ignores) and the
@@ -36,7 +36,8 @@ from dataset_definitions.config import DataConfig, TokenizerConfig
 from dataset_definitions.datasets import DocumentRows, TokenBlocks
 from dataset_definitions.dedup import Deduplicator
 from dataset_definitions.sources import DataError, iter_rows
-from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
+from dataset_definitions.tokenization import Tokenizer, load_tokenizer
+from dataset_definitions.tokenizer_training import build_tokenizer
 from fileio import atomic_write, content_sha256, exclusive_lock, process_alive, sha256_file
 
 FORMAT_VERSION = 1
