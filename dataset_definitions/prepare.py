@@ -9,13 +9,13 @@ the repo root, where the whole run config is loaded.
 Stages (each skipped when its output exists): read and split rows (held-out, validation, train,
 disjoint by content hash; `data.dedup` removes exact or near duplicates too, dedup.py) -> load or
 train the tokenizer on the train split -> encode every split into a flat token stream `<split>.bin`
-(each document as [bos] + ids + [eos]) -> meta.json with sizes and SHA-256 of every file. The directory `<data_dir>/processed/<data key>/` is built under
-a temporary name and renamed at the end, so a half-written cache is never used; one process builds
-a key at a time (a lock), and temporary folders left by a killed build are removed by the next one.
-The data key hashes the settings that change the data (not those the source ignores) and the
-content of local files (text/jsonl sources, local hf files, tokenizer files): a file edited in
-place gets a new cache and a new trained tokenizer. The trainer calls `prepare_data`, so
-preparation is automatic.
+(each document as [bos] + ids + [eos]) -> meta.json with sizes and SHA-256 of every file. The
+directory `<data_dir>/processed/<data key>/` is built under a temporary name and renamed at the end,
+so a half-written cache is never used; one process builds a key at a time (a lock), and temporary
+folders left by a killed build are removed by the next one. The data key hashes the settings that
+change the data (not those the source ignores) and the content of local files (text/jsonl sources,
+local hf files, tokenizer files): a file edited in place gets a new cache and a new trained
+tokenizer. The trainer calls `prepare_data`, so preparation is automatic.
 """
 
 import glob
