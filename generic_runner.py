@@ -33,7 +33,7 @@ from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
-from dataset_definitions.tokenization import load_word_vectors
+from dataset_definitions.word_vectors import load_word_vectors
 from experiment_config import ConfigError, RunConfig, check_run_name, load_config, to_dict
 from fileio import UnsafeFileError
 from models.checkpoint import CheckpointError, load_checkpoint, load_weights, model_config, non_finite_tensors, save_checkpoint
@@ -197,10 +197,11 @@ class Trainer:
         if resume_from:  # refuse another run's checkpoint before any work (the data check follows)
             train_state.check_resumable(resume_from, cfg, last)
         if data is None:
-            data = prepare_data(cfg, log=env.log) if env.is_main else None
+            data = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context,
+                                log=env.log) if env.is_main else None
             if env.world > 1:
                 dist.barrier()  # rank 0 builds the cache; the others then find it
-                data = data or prepare_data(cfg, log=lambda *a: None)
+                data = data or prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None)
         self.data, self.data_key = data, getattr(data, "meta", {}).get("key")  # None for stand-in data
         self.cfg = cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
         self.train_blocks = data.blocks("train", cfg.model.context, cfg.data.stride, packing=cfg.data.packing)

@@ -2,10 +2,11 @@
 
     python run_study.py --study configs/studies/tid.yaml [--config FILE ...] [--set key=value ...] [--parallel N]
 
-See study.py for the study file and study_report.py for the statistics.
+See study.py for the study file, study_runner.py for how runs are trained and scored, and
+study_report.py for the statistics.
 """
 
-from study import main
+from study_runner import main
 
 if __name__ == "__main__":
     main()

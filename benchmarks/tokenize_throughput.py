@@ -18,7 +18,7 @@ import torch
 from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.prepare import ENCODE_CHUNK
 from dataset_definitions.stories import stories
-from dataset_definitions.tokenization import build_tokenizer
+from dataset_definitions.tokenizer_training import build_tokenizer
 
 
 def time_encoding(tokenizer, texts: list[str], repeats: int) -> tuple[float, int]:

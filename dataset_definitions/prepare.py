@@ -1,24 +1,23 @@
 """Turn the configured text source into packed, cached, verified token streams.
 
-    python -m dataset_definitions.prepare --config configs/quickstart.yaml [--set k=v ...] [--force] [--verify]
-    python -m dataset_definitions.prepare --base configs/tid.yaml --config configs/quickstart.yaml   # run_tid.py's data
+    data = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context)
 
-The configs merge as the runners merge them (the runner's default, `--base`, first: run_baseline.py's
-configs/baseline.yaml unless told), so this acts on exactly the cache the training reads.
+It takes the run config's data and tokenizer sections only: this package imports nothing from the
+models, the run config or the trainer. The command (`python prepare_data.py --config FILE`) sits at
+the repo root, where the whole run config is loaded.
 
 Stages (each skipped when its output exists): read and split rows (held-out, validation, train,
-disjoint by content hash; `data.dedup` removes exact or near duplicates too, dedup.py) -> load or train the tokenizer on the train split -> encode every split
-into a flat token stream `<split>.bin` (each document as [bos] + ids + [eos]) -> meta.json with
-sizes and SHA-256 of every file. The directory `<data_dir>/processed/<data key>/` is built under
-a temporary name and renamed at the end, so a half-written cache is never used; one process builds
-a key at a time (a lock), and temporary folders left by a killed build are removed by the next one.
-The data key hashes the settings that change the data (not those the source ignores) and the
-content of local files (text/jsonl sources, local hf files, tokenizer files): a file edited in
-place gets a new cache and a new trained tokenizer. The trainer calls `prepare_data`, so
-preparation is automatic.
+disjoint by content hash; `data.dedup` removes exact or near duplicates too, dedup.py) -> load or
+train the tokenizer on the train split -> encode every split into a flat token stream `<split>.bin`
+(each document as [bos] + ids + [eos]) -> meta.json with sizes and SHA-256 of every file. The
+directory `<data_dir>/processed/<data key>/` is built under a temporary name and renamed at the end,
+so a half-written cache is never used; one process builds a key at a time (a lock), and temporary
+folders left by a killed build are removed by the next one. The data key hashes the settings that
+change the data (not those the source ignores) and the content of local files (text/jsonl sources,
+local hf files, tokenizer files): a file edited in place gets a new cache and a new trained
+tokenizer. The trainer calls `prepare_data`, so preparation is automatic.
 """
 
-import argparse
 import glob
 import hashlib
 import itertools
@@ -33,15 +32,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cli import run_or_exit
+from dataset_definitions.config import DataConfig, TokenizerConfig
 from dataset_definitions.datasets import DocumentRows, TokenBlocks
 from dataset_definitions.dedup import Deduplicator
 from dataset_definitions.sources import DataError, iter_rows
-from dataset_definitions.tokenization import Tokenizer, build_tokenizer, load_tokenizer
+from dataset_definitions.tokenization import Tokenizer, load_tokenizer
+from dataset_definitions.tokenizer_training import build_tokenizer
 from fileio import atomic_write, content_sha256, exclusive_lock, process_alive, sha256_file
 
 FORMAT_VERSION = 1
-REBUILD = ("rebuild it: python -m dataset_definitions.prepare --base <the runner's config> with the run's "
+REBUILD = ("rebuild it: python prepare_data.py --base <the runner's config> with the run's "
            "--config/--set options and --force (or delete the folder)")
 # data.* fields a source never reads: they do not enter the data key
 IGNORED_BY_SOURCE = {
@@ -85,23 +85,24 @@ class PreparedData:
         return s["bytes"] / max(s["tokens"], 1)
 
 
-def data_key(cfg) -> str:
+def data_key(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str | Path) -> str:
     """Hash of everything that changes the token streams: the data settings the source reads (not
-    the context, stride or packing: they are views), the tokenizer settings, and the content of local files."""
-    ignored = IGNORED_BY_SOURCE[cfg.data.source] | {"stride", "packing"}
-    data = {k: v for k, v in asdict(cfg.data).items() if k not in ignored}
-    hashes = Path(cfg.data_dir) / "processed" / ".content-hashes.json"  # size + mtime -> SHA-256
-    data["content"] = [content_sha256(p, hashes) for p in _local_files(cfg.data)]
-    tok = asdict(cfg.tokenizer)
+    the stride or packing: they are views), the tokenizer settings, and the content of local files
+    (their SHA-256 is remembered under `data_dir`)."""
+    ignored = IGNORED_BY_SOURCE[data.source] | {"stride", "packing"}
+    settings = {k: v for k, v in asdict(data).items() if k not in ignored}
+    hashes = Path(data_dir) / "processed" / ".content-hashes.json"  # size + mtime -> SHA-256
+    settings["content"] = [content_sha256(p, hashes) for p in _local_files(data)]
+    tok = asdict(tokenizer)
     if tok["path"] and Path(tok["path"]).exists():
         tok["sha256"] = content_sha256(tok["path"], hashes)
     if tok["kind"] in ("gpt2", "llama"):
         tok.pop("vocab_size")  # fixed by the file, not trained
-    blob = json.dumps({"format": FORMAT_VERSION, "data": data, "tokenizer": tok}, sort_keys=True)
+    blob = json.dumps({"format": FORMAT_VERSION, "data": settings, "tokenizer": tok}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _local_files(cfg) -> list[Path]:
+def _local_files(cfg: DataConfig) -> list[Path]:
     """The local files (or folders) a source reads: text/jsonl data.path, hf local folders and data files."""
     if cfg.source in ("text", "jsonl"):
         return [Path(cfg.path)] if Path(cfg.path).exists() else []
@@ -111,21 +112,31 @@ def _local_files(cfg) -> list[Path]:
     return found + [Path(p) for p in sorted(glob.glob(cfg.path))] if cfg.path else found
 
 
-def prepare_data(cfg, force: bool = False, verify: bool = False, log=print) -> PreparedData:
-    """Return the prepared data for `cfg` (a RunConfig), building it if needed."""
-    key = data_key(cfg)
-    final = Path(cfg.data_dir) / "processed" / key
+def prepare_data(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str | Path, tokenizer_dir: str | Path, *,
+                 context: int | None = None, force: bool = False, verify: bool = False, log=print) -> PreparedData:
+    """Return the prepared data of these data and tokenizer settings, building it if needed.
+
+    Args:
+        data, tokenizer: the run config's `data` and `tokenizer` sections.
+        data_dir: where caches live (<data_dir>/processed/<data key>/).
+        tokenizer_dir: where a tokenizer trained here is saved.
+        context: the model's context; given, the summary counts the training blocks of each split.
+        force: rebuild even if the cache exists. verify: re-hash every cached file against meta.json.
+        log: where the summary lines go.
+    """
+    key = data_key(data, tokenizer, data_dir)
+    final = Path(data_dir) / "processed" / key
     if final.exists() and not force:
-        return _cached(final, cfg, verify, log)
+        return _cached(final, verify, context, log)
     with exclusive_lock(final.with_name(f".{key}.lock"), wait=True):  # one builder per key
         _remove_stale_temporaries(final.parent, log)
         if final.exists() and not force:  # another process built it while this one waited
-            return _cached(final, cfg, verify, log)
+            return _cached(final, verify, context, log)
         tmp = final.with_name(f".tmp-{key}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            meta, tokenizer = _build(cfg, key, tmp, log)
+            meta, tok = _build(data, tokenizer, Path(tokenizer_dir), key, tmp, log)
             if final.exists():  # --force: move the old copy aside only once the new one is complete
                 trash = final.with_name(f".old-{key}-{os.getpid()}")
                 final.rename(trash)
@@ -133,17 +144,17 @@ def prepare_data(cfg, force: bool = False, verify: bool = False, log=print) -> P
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    prepared = PreparedData(final, meta, tokenizer)
-    _summarise(prepared, cfg.model.context, log)
+    prepared = PreparedData(final, meta, tok)
+    _summarise(prepared, context, log)
     return prepared
 
 
-def _cached(final: Path, cfg, verify: bool, log) -> PreparedData:
+def _cached(final: Path, verify: bool, context: int | None, log) -> PreparedData:
     meta = _load_meta(final)
     _check_files(final, meta, full=verify)
     prepared = PreparedData(final, meta, _tokenizer_or_error(load_tokenizer, meta["tokenizer"]))
     log(f"data: cached {final}" + (" (every file verified against meta.json)" if verify else ""))
-    _summarise(prepared, cfg.model.context, log)
+    _summarise(prepared, context, log)
     return prepared
 
 
@@ -156,13 +167,14 @@ def _remove_stale_temporaries(processed: Path, log) -> None:
             log(f"data: removed {d} (left by a build that was stopped)")
 
 
-def _build(cfg, key: str, out: Path, log) -> tuple[dict, Tokenizer]:
+def _build(data: DataConfig, tok_cfg: TokenizerConfig, tokenizer_dir: Path, key: str, out: Path,
+           log) -> tuple[dict, Tokenizer]:
     t0 = time.time()
     skipped: Counter = Counter()
-    counts, removed = _split_rows(cfg.data, out, skipped)
+    counts, removed = _split_rows(data, out, skipped)
     log(f"data: {counts['heldout']:,} held-out / {counts['val']:,} val / {counts['train']:,} train rows")
-    tokenizer = _tokenizer_or_error(build_tokenizer, cfg.tokenizer, lambda: _read_texts(out / "train.jsonl"),
-                                    Path(cfg.tokenizer_dir), f"{cfg.tokenizer.kind}-{key}")
+    tokenizer = _tokenizer_or_error(build_tokenizer, tok_cfg, lambda: _read_texts(out / "train.jsonl"),
+                                    tokenizer_dir, f"{tok_cfg.kind}-{key}")
     dtype = "uint16" if tokenizer.vocab_size <= 2**16 else "int32"
     splits = {s: _encode_split(out / f"{s}.jsonl", out / f"{s}.bin", tokenizer, dtype, counts[s], s)
               for s in SPLITS}
@@ -170,13 +182,13 @@ def _build(cfg, key: str, out: Path, log) -> tuple[dict, Tokenizer]:
     meta = {
         "format": FORMAT_VERSION,
         "key": key,
-        "config": {"data": asdict(cfg.data), "tokenizer": asdict(cfg.tokenizer)},
+        "config": {"data": asdict(data), "tokenizer": asdict(tok_cfg)},
         "tokenizer": tokenizer.spec(),
         "vocab_size": tokenizer.vocab_size,
         "dtype": dtype,
         "splits": splits,
         "skipped": dict(skipped),
-        "dedup": {"mode": cfg.data.dedup, "threshold": cfg.data.dedup_threshold, "ngram": cfg.data.dedup_ngram,
+        "dedup": {"mode": data.dedup, "threshold": data.dedup_threshold, "ngram": data.dedup_ngram,
                   "removed": removed},
         "build_seconds": round(time.time() - t0, 2),
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(out.iterdir())},
@@ -193,7 +205,7 @@ def _tokenizer_or_error(fn, *args) -> Tokenizer:
         raise DataError(f"tokenizer: {e}") from None
 
 
-def _split_rows(cfg, out: Path, skipped: Counter) -> tuple[dict, dict]:
+def _split_rows(cfg: DataConfig, out: Path, skipped: Counter) -> tuple[dict, dict]:
     """Write heldout/val/train rows as jsonl, dropping the duplicates `cfg.dedup` names.
 
     Returns the rows kept per split, and the rows removed per step ("exact", "near") and split.
@@ -274,14 +286,13 @@ def _check_files(d: Path, meta: dict, full: bool) -> None:
             raise DataError(f"data cache {d} is corrupted ({name} SHA-256 differs from meta.json): {REBUILD}")
 
 
-def _summarise(prepared: PreparedData, context: int, log) -> None:
+def _summarise(prepared: PreparedData, context: int | None, log) -> None:
     meta = prepared.meta
     log(f"data: {prepared.dir} (built in {meta['build_seconds']:.1f}s; "
         f"vocab {meta['vocab_size']:,}, {meta['dtype']}, tokenizer {meta['tokenizer']['kind']})")
     for split, s in meta["splits"].items():
-        blocks = len(prepared.blocks(split, context))
-        log(f"  {split:8s} {s['rows']:>9,} rows {s['tokens']:>12,} tokens {s['bytes'] / 1e6:>9.2f} MB "
-            f"{blocks:>9,} blocks of {context}")
+        blocks = f" {len(prepared.blocks(split, context)):>9,} blocks of {context}" if context else ""
+        log(f"  {split:8s} {s['rows']:>9,} rows {s['tokens']:>12,} tokens {s['bytes'] / 1e6:>9.2f} MB{blocks}")
     if meta["skipped"]:
         log("  skipped: " + ", ".join(f"{n:,} {why}" for why, n in meta["skipped"].items()))
     if "dedup" in meta:
@@ -298,23 +309,3 @@ def dedup_summary(dedup: dict) -> str:
     parts = [f"{step} duplicates removed {sum(dedup['removed'][step].values()):,} ("
              + ", ".join(f"{split} {n:,}" for split, n in dedup["removed"][step].items()) + ")" for step in steps]
     return f"dedup {how}: " + "; ".join(parts)
-
-
-def main(argv=None) -> None:
-    from experiment_config import ConfigError, load_config
-
-    parser = argparse.ArgumentParser(description="Prepare (tokenize, pack, cache) the data of a config.")
-    parser.add_argument("--base", default="configs/baseline.yaml",
-                        help="the runner's default config, merged first (run_tid.py: configs/tid.yaml, ...)")
-    parser.add_argument("--config", action="append", default=[], help="YAML config; repeat to overlay")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
-    parser.add_argument("--verify", action="store_true", help="re-hash every cached file against meta.json")
-    args = parser.parse_args(argv)
-    run_or_exit(lambda: prepare_data(load_config([args.base, *(args.config or ["configs/quickstart.yaml"])], args.set),
-                                     force=args.force, verify=args.verify),
-                {ConfigError: 2, DataError: 1})
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""One small tokenizer interface over five backends, chosen by `tokenizer.kind`.
+"""One small tokenizer interface over five backends, chosen by `tokenizer.kind`, and its loaders.
 
     bpe            byte-level BPE trained with Hugging Face `tokenizers`   (<name>.json)
     gpt2           GPT-2's BPE through tiktoken, local files or download   (a folder)
@@ -12,26 +12,22 @@ eos=2 and pads with its pad id, or eos when it has none.
 
 `encode` never adds specials; `decode` drops pad/bos/eos. `spec()` is a small dict of plain
 types saved with data and checkpoints; `load_tokenizer(spec)` rebuilds the tokenizer from it
-and refuses a file whose sha256 changed.
+and refuses a file whose sha256 changed. Training the bpe, sentencepiece and word files:
+tokenizer_training.py.
 """
 
-import io
 import json
 import os
 import re
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
-import numpy as np
-
-from dataset_definitions.config import TOKENIZER_KINDS, TokenizerConfig
-from fileio import atomic_write, sha256_file
+from dataset_definitions.config import TOKENIZER_KINDS
+from fileio import sha256_file
 
 BPE_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")   # ids 0..3, also used for sentencepiece
 WORD_SPECIALS = ("<sos>", "<eos>", "<pad>", "<unk>")  # ids 0..3
-MIN_BYTE_VOCAB = 256 + len(BPE_SPECIALS)  # every byte must be a token, plus the specials
 GPT2_FILES = ("encoder.json", "vocab.bpe")
 GPT2_EOT = 50256
 
@@ -41,11 +37,6 @@ GPT2_EOT = 50256
 WORD_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]"
 _NO_SPACE_BEFORE = set(".,!?;:)]}%")
 _NO_SPACE_AFTER = set("([{$#")
-
-# SentencePiece skips sentences longer than max_sentence_length bytes, so long lines are cut
-# into pieces of at most _SP_CHUNK_CHARS characters (<= 4 bytes each in UTF-8).
-_SP_CHUNK_CHARS = 4096
-_SP_MAX_SENTENCES = 1_000_000  # sampled from the train text; more only slows training
 
 
 class Tokenizer:
@@ -138,7 +129,7 @@ class GPT2Tokenizer(Tokenizer):
         # tiktoken releases the GIL while encoding. Its encode_ordinary_batch makes one thread task
         # per text, which costs about as much as encoding a short story, so each thread here
         # takes a contiguous slice instead (~1.5x faster on 2 cores for ~700-byte documents).
-        n = min(_num_threads(), max(1, len(texts) // 16))
+        n = min(num_threads(), max(1, len(texts) // 16))
         if n == 1:
             return [self._enc.encode_ordinary(t) for t in texts]
         k = -(-len(texts) // n)  # ceil
@@ -173,7 +164,7 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.encode(text, out_type=int)
 
     def encode_batch(self, texts):
-        return self._sp.encode(texts, out_type=int, num_threads=_num_threads())
+        return self._sp.encode(texts, out_type=int, num_threads=num_threads())
 
     def _decode(self, ids):
         return self._sp.decode(ids)
@@ -197,7 +188,7 @@ class WordTokenizer(Tokenizer):
 
     def split(self, text: str) -> list[str]:
         """Text to word strings, before the vocabulary lookup."""
-        return _split_words(self._pattern, text)
+        return split_words(self._pattern, text)
 
     def encode(self, text):
         return [self.index.get(w, self.unk_id) for w in self.split(text)]
@@ -212,16 +203,17 @@ class WordTokenizer(Tokenizer):
         return "".join(out)
 
 
-def _split_words(pattern: re.Pattern, text: str) -> list[str]:
+def split_words(pattern: re.Pattern, text: str) -> list[str]:
+    """The words of `text` by `pattern`, lower-cased, curly apostrophes read as straight ones."""
     return pattern.findall(text.lower().replace("\u2019", "'"))
 
 
 # ----------------------------------------------------------------------------- loading
 
-_EXTENSIONS = {"bpe": "json", "sentencepiece": "model", "word": "json"}
+TRAINED_FILE_TYPES = {"bpe": "json", "sentencepiece": "model", "word": "json"}  # kinds trained here, their files
 
 
-def _load(kind: str, path: str | None) -> Tokenizer:
+def load_tokenizer_file(kind: str, path: str | None) -> Tokenizer:
     """The tokenizer of `kind` stored at `path` (a folder for gpt2; None = download gpt2)."""
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"tokenizer kind {kind!r} is not one of {list(TOKENIZER_KINDS)}")
@@ -232,7 +224,7 @@ def _load(kind: str, path: str | None) -> Tokenizer:
     if not Path(path).is_file():
         raise FileNotFoundError(f"tokenizer file {path} not found: set tokenizer.path to an existing "
                                 f"{kind} tokenizer file" + (" (or leave it unset to train one)"
-                                                            if kind in _EXTENSIONS else ""))
+                                                            if kind in TRAINED_FILE_TYPES else ""))
     if kind == "bpe":
         return BPETokenizer(str(path))
     if kind == "word":
@@ -252,7 +244,7 @@ def load_tokenizer(spec: dict) -> Tokenizer:
     if sha is not None and path is not None and Path(path).is_file() and sha256_file(path) != sha:
         raise ValueError(f"tokenizer file {path} changed since this data/checkpoint was made "
                          f"(sha256 {sha[:12]}... is now {sha256_file(path)[:12]}...)")
-    tok = _load(spec["kind"], path)
+    tok = load_tokenizer_file(spec["kind"], path)
     if spec.get("vocab_size") is not None and tok.vocab_size != spec["vocab_size"]:
         raise ValueError(f"tokenizer {path or spec['kind']} has vocab_size {tok.vocab_size}, "
                          f"but this data/checkpoint was made with {spec['vocab_size']}")
@@ -264,134 +256,14 @@ def tokenizer_from_file(path: str | Path) -> Tokenizer:
     vocab.bpe is gpt2, a .model file a SentencePiece model (kind llama), a .json file word or bpe."""
     path = Path(path)
     if path.is_dir():
-        return _load("gpt2", str(path))
+        return load_tokenizer_file("gpt2", str(path))
     if path.suffix == ".model":
-        return _load("llama", str(path))
+        return load_tokenizer_file("llama", str(path))
     if path.suffix == ".json" and path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
-        return _load("word" if isinstance(data, dict) and data.get("kind") == "word" else "bpe", str(path))
+        kind = "word" if isinstance(data, dict) and data.get("kind") == "word" else "bpe"
+        return load_tokenizer_file(kind, str(path))
     raise ValueError(f"{path}: not a tokenizer (a folder with encoder.json + vocab.bpe, a .model or a .json file)")
-
-
-def build_tokenizer(cfg: TokenizerConfig, train_texts: Callable[[], Iterable[str]],
-                    out_dir: Path, name: str) -> Tokenizer:
-    """Load the tokenizer that `cfg` names, training it first if needed.
-
-    Args:
-        cfg: tokenizer config; cfg.path set = load that file (or gpt2 folder).
-        train_texts: called once, only when training, for an iterable of training documents.
-        out_dir: where a trained tokenizer is saved, as <name>.json (bpe, word) or <name>.model.
-        name: file stem; if out_dir/<name>.<ext> exists it is loaded, not retrained.
-    Returns:
-        The tokenizer.
-    """
-    if cfg.path is not None or cfg.kind in ("gpt2", "llama"):
-        return _load(cfg.kind, cfg.path)
-    path = Path(out_dir) / f"{name}.{_EXTENSIONS[cfg.kind]}"
-    if path.exists():
-        tok = _load(cfg.kind, str(path))
-        note = "" if tok.vocab_size == cfg.vocab_size else f", tokenizer.vocab_size={cfg.vocab_size}"
-        print(f"tokenizer: loaded {path} (vocab {tok.vocab_size}{note}); delete it to retrain")
-        return tok
-    path.parent.mkdir(parents=True, exist_ok=True)
-    train = {"bpe": _train_bpe, "sentencepiece": _train_sentencepiece, "word": _train_word}[cfg.kind]
-    data = train(_NonEmpty(train_texts()), cfg.vocab_size)
-    atomic_write(path, data)  # an interrupted run never leaves a half file that later runs would load
-    tok = _load(cfg.kind, str(path))
-    print(f"tokenizer: trained {cfg.kind} with vocab {tok.vocab_size}, saved {path}")
-    return tok
-
-
-# ----------------------------------------------------------------------------- training
-
-class _NonEmpty:
-    """Iterates the non-empty texts once, counting them, so empty training data fails clearly."""
-
-    def __init__(self, texts: Iterable[str]):
-        self.texts, self.count, self.error = texts, 0, None
-
-    def __iter__(self):
-        try:
-            for text in self.texts:
-                if text:
-                    self.count += 1
-                    yield text
-        except Exception as e:
-            self.error = e  # sentencepiece turns it into a RuntimeError; kept to re-raise as is
-            raise
-
-    def check(self):
-        if self.count == 0:
-            raise ValueError("no training text for the tokenizer (train_texts() yielded nothing)")
-
-
-def _check_min_vocab(vocab_size: int, minimum: int, why: str):
-    if vocab_size < minimum:
-        raise ValueError(f"tokenizer.vocab_size={vocab_size} is too small: the minimum is {minimum} ({why})")
-
-
-def _train_bpe(texts: _NonEmpty, vocab_size: int) -> bytes:
-    """Byte-level BPE trained on `texts`; returns the tokenizer JSON."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
-    _check_min_vocab(vocab_size, MIN_BYTE_VOCAB, "256 bytes + 4 specials")
-    tok = HFTokenizer(models.BPE(unk_token="<unk>"))
-    # No prefix space: it would add a space to every text and break exact round trips.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIALS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
-    tok.train_from_iterator(texts, trainer)
-    texts.check()
-    return tok.to_str().encode("utf-8")
-
-
-def _sentences(texts: Iterable[str]) -> Iterable[str]:
-    """Documents to SentencePiece sentences: non-blank lines, long ones cut into chunks."""
-    for text in texts:
-        for line in text.split("\n"):
-            for i in range(0, len(line), _SP_CHUNK_CHARS):
-                if line[i:i + _SP_CHUNK_CHARS].strip():
-                    yield line[i:i + _SP_CHUNK_CHARS]
-
-
-def _train_sentencepiece(texts: _NonEmpty, vocab_size: int) -> bytes:
-    """SentencePiece BPE with byte fallback trained on `texts`; returns the model bytes."""
-    import sentencepiece as spm
-    _check_min_vocab(vocab_size, MIN_BYTE_VOCAB, "256 byte pieces + 4 specials, plus the characters seen")
-    model = io.BytesIO()
-    print(f"tokenizer: training sentencepiece bpe, vocab {vocab_size}")
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(_sentences(texts)), model_writer=model,
-            model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
-            pad_id=0, bos_id=1, eos_id=2, unk_id=3,
-            # identity + keep whitespace: the text is what it is, so decode(encode(x)) == x
-            normalization_rule_name="identity", remove_extra_whitespaces=False,
-            allow_whitespace_only_pieces=True, split_digits=True,
-            character_coverage=0.9995,  # rare characters go to byte pieces instead
-            max_sentence_length=4 * _SP_CHUNK_CHARS, input_sentence_size=_SP_MAX_SENTENCES,
-            shuffle_input_sentence=True, num_threads=_num_threads(), minloglevel=1)
-    except RuntimeError as e:
-        if texts.error is not None:
-            raise texts.error
-        texts.check()
-        reason = str(e).split("] ", 1)[-1].strip()  # drop sentencepiece's source location
-        raise ValueError(f"sentencepiece cannot train tokenizer.vocab_size={vocab_size} on this text: "
-                         f"{reason} (change tokenizer.vocab_size or train on more text)") from e
-    return model.getvalue()
-
-
-def _train_word(texts: _NonEmpty, vocab_size: int) -> bytes:
-    """Word vocabulary: the specials, then the most frequent words (ties alphabetical); JSON bytes."""
-    _check_min_vocab(vocab_size, len(WORD_SPECIALS) + 1, "4 specials + 1 word")
-    pattern = re.compile(WORD_PATTERN)
-    counts = Counter()
-    for text in texts:
-        counts.update(_split_words(pattern, text))
-    texts.check()
-    words = sorted(counts, key=lambda w: (-counts[w], w))[:vocab_size - len(WORD_SPECIALS)]
-    data = {"kind": "word", "pattern": WORD_PATTERN, "vocab": list(WORD_SPECIALS) + words}
-    return json.dumps(data, ensure_ascii=False, indent=0).encode("utf-8")
 
 
 # ----------------------------------------------------------------------------- gpt2
@@ -424,57 +296,9 @@ def _gpt2_download():
                            f"set tokenizer.path to a folder with encoder.json and vocab.bpe") from e
 
 
-# ----------------------------------------------------------------------------- word vectors
-
-def load_word_vectors(path: str | Path, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """Pretrained vectors for a word tokenizer's vocabulary, from a word2vec/fastText text file.
-
-    The file may start with an "N dim" header; each other line is "word v1 ... vd". An exact
-    match wins; otherwise the first cased variant ("The") fills a lower-case word's row.
-
-    Args:
-        path: the .txt/.vec file.
-        tokenizer: a word-level tokenizer (kind word).
-    Returns:
-        (vectors, found): float32 (vocab_size, d), zero rows for missing words; bool (vocab_size,).
-    """
-    if not isinstance(tokenizer, WordTokenizer):
-        raise ValueError(f"load_word_vectors needs a word-level tokenizer (tokenizer.kind=word), "
-                         f"got kind {tokenizer.kind}")
-    vectors, found, exact, dim = None, None, None, None
-    # errors="replace": a stray bad byte in a huge file only spoils that word, which won't match.
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip().split(" ")
-            if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                dim = int(parts[1])  # "N dim" header
-                continue
-            if len(parts) < 2:
-                continue
-            if dim is None:
-                dim = len(parts) - 1
-            if len(parts) < dim + 1:
-                raise ValueError(f"{path}:{lineno}: expected a word and {dim} numbers, got {len(parts)} fields")
-            if vectors is None:
-                vectors = np.zeros((tokenizer.vocab_size, dim), dtype=np.float32)
-                found = np.zeros(tokenizer.vocab_size, dtype=bool)
-                exact = np.zeros(tokenizer.vocab_size, dtype=bool)
-            word = " ".join(parts[:-dim])  # a few files hold words with spaces
-            i = tokenizer.index.get(word)
-            is_exact = i is not None
-            if i is None:
-                i = tokenizer.index.get(word.lower())
-            if i is None or exact[i] or (found[i] and not is_exact):
-                continue  # parse numbers only for rows we fill: most lines are unused
-            vectors[i] = np.asarray(parts[-dim:], dtype=np.float32)
-            found[i], exact[i] = True, is_exact
-    if vectors is None:
-        raise ValueError(f"{path} holds no word vectors")
-    return vectors, found
-
-
 # ----------------------------------------------------------------------------- helpers
 
-def _num_threads() -> int:
+def num_threads() -> int:
+    """The cores this process may use (containers and taskset limit them), not the machine's."""
     # The cores this process may use (containers and taskset limit them), not the machine's.
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

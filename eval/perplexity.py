@@ -118,7 +118,8 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
 
 def prepared_data(scorer: Scorer, log=None) -> PreparedData:
     """The checkpoint's prepared data (built if missing), checked to use the checkpoint's tokenizer."""
-    data = prepare_data(scorer.cfg, log=log or (lambda *a: None))
+    cfg = scorer.cfg
+    data = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=log or (lambda *a: None))
     mine, theirs = scorer.tokenizer.spec(), data.meta["tokenizer"]
     if any(mine.get(k) != theirs.get(k) for k in ("kind", "sha256", "vocab_size")):
         raise DataError(f"the data cache {data.dir} was encoded with another tokenizer than the checkpoint's "

@@ -103,7 +103,7 @@ def build_tasks(args, cfg) -> list[task_defs.Task]:
         raise ValueError(f"unknown metric(s) {bad}; known: {list(METRICS)}")
     rows = None
     if {"story_continuation", "cloze"} & set(names):
-        rows = prepare_data(cfg, log=lambda *a: None).rows("heldout")
+        rows = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None).rows("heldout")
         if not rows:
             raise DataError("the checkpoint's data has no held-out rows (data.heldout_rows is 0)")
     built = []

@@ -156,7 +156,8 @@ def main(argv=None) -> None:
             if row["kv_cache"]:
                 speed.append({**row, "decoder": "greedy compiled", "compile_s": compile_s})
     speed += hf_rows(args.ckpt, gen, batch_sizes, args.new_tokens, args.repeats, args.prompt_len)
-    heldout = prepare_data(from_dict(load_checkpoint(args.ckpt)["config"]), log=lambda *a: None).rows("heldout")
+    cfg = from_dict(load_checkpoint(args.ckpt)["config"])
+    heldout = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None).rows("heldout")
     quality = quality_rows(gen, heldout[:args.rows], args.prompt_words, args.new_tokens, beams)
 
     device = torch.cuda.get_device_name(gen.device) if gen.device.type == "cuda" else "cpu"

@@ -70,6 +70,13 @@ def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
     return load_config([REPO / "configs" / "baseline.yaml"], [*tiny_sets(tmp_path), *sets])
 
 
+def prepare_run(cfg, **options):
+    """prepare_data on a RunConfig: its data and tokenizer sections, its two directories and its context."""
+    from dataset_definitions.prepare import prepare_data
+
+    return prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context, **options)
+
+
 def assert_causal(model, tokens, t: int = 7) -> dict:
     """Changing tokens at positions >= t leaves logits before t unchanged (and changes later ones).
 

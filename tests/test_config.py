@@ -55,7 +55,7 @@ def test_missing_config_file():
         load_config(["configs/nope.yaml"])
 
 
-@pytest.mark.parametrize("module", ["dataset_definitions.prepare", "run_baseline"])
+@pytest.mark.parametrize("module", ["prepare_data", "run_baseline"])
 def test_cli_bad_key_exits_2_with_one_line(module):
     args = [sys.executable, "-m", module, "--config", str(QUICKSTART), "--set", "train.bogus=1"]
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)

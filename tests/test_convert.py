@@ -287,7 +287,7 @@ def trained_or_shared_tokenizer(request, tmp_path):
     """A tokenizer of the kind in request.param: trained here (bpe, word, sentencepiece) or the shared files."""
     from dataset_definitions.config import TokenizerConfig
     from dataset_definitions.stories import stories
-    from dataset_definitions.tokenization import build_tokenizer
+    from dataset_definitions.tokenizer_training import build_tokenizer
     kind = request.param
     if kind in ("gpt2", "llama"):
         path = request.getfixturevalue("gpt2_dir" if kind == "gpt2" else "llama_model")

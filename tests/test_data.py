@@ -1,19 +1,23 @@
 """The data pipeline: sources, splits, packing, caching and the bad inputs it must survive."""
 
+import ast
 import hashlib
 import json
+import subprocess
+import sys
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from conftest import tiny_run_config
-from dataset_definitions.config import DataConfig
+from conftest import REPO, prepare_run, tiny_run_config
+from dataset_definitions.config import DataConfig, TokenizerConfig
 from dataset_definitions.datasets import BlockSampler, TokenBlocks
 from dataset_definitions.dialogue import iter_dialogues, split_last_turn
-from dataset_definitions.prepare import main as prepare_main
-from dataset_definitions.prepare import prepare_data
+from dataset_definitions.prepare import data_key
 from dataset_definitions.sources import DataError, iter_rows
+from prepare_data import main as prepare_main
 
 
 def _quiet(*args):
@@ -56,7 +60,7 @@ def test_overlapping_stride():
 
 def test_prepared_stream_is_bos_doc_eos_and_initial_loss_scale(tmp_path):
     cfg = tiny_run_config(tmp_path)
-    prepared = prepare_data(cfg, log=_quiet)
+    prepared = prepare_run(cfg, log=_quiet)
     tok = prepared.tokenizer
     first_row = prepared.rows("val")[0]
     stream = prepared.tokens("val")
@@ -109,7 +113,7 @@ def test_heldout_disjoint_from_train_even_with_duplicate_rows(tmp_path):
     path.write_text("\n".join(rows))
     cfg = tiny_run_config(tmp_path, ["data.source=text", f"data.path={path}", "data.heldout_rows=5",
                                      "data.val_rows=5", "data.train_rows=null", "tokenizer.vocab_size=300"])
-    prepared = prepare_data(cfg, log=_quiet)
+    prepared = prepare_run(cfg, log=_quiet)
     heldout, val, train = prepared.rows("heldout"), prepared.rows("val"), _docs(prepared, "train")
     assert len(heldout) == 5 and len(val) == 5
     digest = lambda t: hashlib.sha256(t.encode()).digest()
@@ -122,7 +126,7 @@ def test_heldout_disjoint_from_train_even_with_duplicate_rows(tmp_path):
 
 def test_builtin_split_sizes_and_saved_heldout_text(tmp_path):
     cfg = tiny_run_config(tmp_path)
-    prepared = prepare_data(cfg, log=_quiet)
+    prepared = prepare_run(cfg, log=_quiet)
     splits = prepared.meta["splits"]
     assert (splits["heldout"]["rows"], splits["val"]["rows"], splits["train"]["rows"]) == (40, 40, 400)
     assert len(prepared.rows("heldout")) == 40 and all(prepared.rows("heldout"))
@@ -132,35 +136,73 @@ def test_builtin_split_sizes_and_saved_heldout_text(tmp_path):
 
 def test_cache_hit_miss_force_and_verify(tmp_path, capsys):
     cfg = tiny_run_config(tmp_path)
-    first = prepare_data(cfg, log=_quiet)
+    first = prepare_run(cfg, log=_quiet)
     built_at = (first.dir / "meta.json").stat().st_mtime_ns
-    again = prepare_data(cfg, log=print)
+    again = prepare_run(cfg, log=print)
     assert again.dir == first.dir and "cached" in capsys.readouterr().out
     assert (again.dir / "meta.json").stat().st_mtime_ns == built_at          # nothing rebuilt
-    other = prepare_data(tiny_run_config(tmp_path, ["data.val_rows=30"]), log=_quiet)
+    other = prepare_run(tiny_run_config(tmp_path, ["data.val_rows=30"]), log=_quiet)
     assert other.dir != first.dir                                            # a changed config: new dir
-    assert prepare_data(tiny_run_config(tmp_path, ["model.context=16"]), log=_quiet).dir == first.dir
-    forced = prepare_data(cfg, force=True, log=_quiet)
+    assert prepare_run(tiny_run_config(tmp_path, ["model.context=16"]), log=_quiet).dir == first.dir
+    forced = prepare_run(cfg, force=True, log=_quiet)
     assert forced.dir == first.dir and (forced.dir / "meta.json").stat().st_mtime_ns != built_at
-    prepare_data(cfg, verify=True, log=_quiet)                               # intact: passes
+    prepare_run(cfg, verify=True, log=_quiet)                                # intact: passes
     # flip one byte in the middle of the train stream: same size, so only --verify can see it
     path = forced.dir / "train.bin"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    prepare_data(cfg, log=_quiet)                                            # cheap check: sizes agree
+    prepare_run(cfg, log=_quiet)                                             # cheap check: sizes agree
     with pytest.raises(DataError, match="train.bin.*--force"):
-        prepare_data(cfg, verify=True, log=_quiet)
+        prepare_run(cfg, verify=True, log=_quiet)
     assert (forced.dir / "train.bin").exists()                               # nothing deleted
+
+
+def test_data_key_is_the_key_earlier_versions_gave(tmp_path, monkeypatch):
+    # keys recorded from the code that took the whole run config: the same settings find the same cache
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("one story\ntwo story\n")
+    (tmp_path / "tok.json").write_text('{"fixed": 1}')
+    builtin = DataConfig(source="builtin", train_rows=400, val_rows=40, heldout_rows=40)
+    assert data_key(builtin, TokenizerConfig(kind="bpe", vocab_size=384), "data") == "e61cc48098374bd7"
+    text = DataConfig(source="text", path="corpus.txt", val_rows=1, heldout_rows=0)
+    word = TokenizerConfig(kind="word", path="tok.json", vocab_size=100)
+    assert data_key(text, word, "data") == "c9f90c2ebe495786"
+    # views of the stream and settings the source ignores stay out of the key; the file's content does not
+    assert data_key(replace(text, stride=3, packing="pad", name="x"), word, "data") == "c9f90c2ebe495786"
+    (tmp_path / "corpus.txt").write_text("one story\ntwo storm\n")
+    assert data_key(text, word, "data") != "c9f90c2ebe495786"
+
+
+FORBIDDEN_IN_DATA = ("models", "modelskv", "experiment_config", "generic_runner", "tid", "optimizers", "train_logs")
+
+
+def test_dataset_definitions_imports_no_model_config_or_trainer_code():
+    # data sits below the models and the trainer (no cycle data -> config -> models): import every module of
+    # the package in a fresh interpreter and look at what came with it
+    files = sorted((REPO / "dataset_definitions").glob("*.py"))
+    modules = [f"dataset_definitions.{p.stem}" for p in files if p.stem != "__init__"]
+    code = (f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print(json.dumps(sorted(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert set(modules) <= set(loaded)
+    assert [m for m in loaded if m.split(".")[0] in FORBIDDEN_IN_DATA] == []
+    # nor inside a function, where importing the module would not reach it
+    imported = {(p.name, name.split(".")[0]) for p in files for node in ast.walk(ast.parse(p.read_text()))
+                for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                             [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])}
+    assert [(f, m) for f, m in sorted(imported) if m in FORBIDDEN_IN_DATA] == []
 
 
 def test_truncated_cache_is_refused_and_no_temp_dir_is_left(tmp_path):
     cfg = tiny_run_config(tmp_path)
-    prepared = prepare_data(cfg, log=_quiet)
+    prepared = prepare_run(cfg, log=_quiet)
     with open(prepared.dir / "val.bin", "r+b") as f:
         f.truncate(10)
     with pytest.raises(DataError, match="size differs"):
-        prepare_data(cfg, log=_quiet)
+        prepare_run(cfg, log=_quiet)
     assert not [p for p in prepared.dir.parent.iterdir() if p.name.startswith(".tmp")]
 
 
@@ -172,7 +214,7 @@ def test_failed_build_leaves_nothing_that_looks_valid(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
     monkeypatch.setattr(prep, "_encode_split", boom)
     with pytest.raises(RuntimeError):
-        prepare_data(cfg, log=_quiet)
+        prepare_run(cfg, log=_quiet)
     assert not [p for p in (tmp_path / "data" / "processed").iterdir() if p.is_dir()]  # (the key's lock file stays)
 
 
@@ -207,11 +249,11 @@ def test_hf_load_dataset_on_a_local_folder(tmp_path):
     # the builder + data_files form of the same call, and a hard row limit
     cfg = DataConfig(source="hf", name="json", path=str(folder / "*.jsonl"), text_field="story")
     assert list(iter_rows(cfg, Counter(), limit=5)) == rows[:5]
-    # and end to end through prepare_data
+    # and end to end through prepare_run
     run = tiny_run_config(tmp_path, ["data.source=hf", f"data.name={folder}", "data.text_field=story",
                                      "data.heldout_rows=10", "data.val_rows=10", "data.train_rows=null",
                                      "tokenizer.vocab_size=300", "model.context=8"])
-    assert prepare_data(run, log=_quiet).meta["splits"]["train"]["rows"] == 100
+    assert prepare_run(run, log=_quiet).meta["splits"]["train"]["rows"] == 100
 
 
 def test_hf_offline_or_unknown_dataset_is_one_clear_error(tmp_path, monkeypatch):
@@ -257,7 +299,7 @@ def test_skipped_rows_reach_the_summary(tmp_path):
     path.write_bytes("\n".join(lines[:-1]).encode() + b"\nbad \xff\n")
     cfg = tiny_run_config(tmp_path, ["data.source=text", f"data.path={path}", "data.heldout_rows=10",
                                      "data.val_rows=10", "data.train_rows=null", "tokenizer.vocab_size=300"])
-    meta = prepare_data(cfg, log=_quiet).meta
+    meta = prepare_run(cfg, log=_quiet).meta
     assert meta["skipped"]["invalid UTF-8"] == 1 and meta["skipped"]["empty or not text"] == 2
 
 
@@ -275,7 +317,7 @@ def test_bad_inputs_get_a_clear_error(tmp_path, sets, match):
     small.write_text("\n".join(f"row {i}" for i in range(15)))
     sets = [s.replace("FIELD", str(field)).replace("SMALL", str(small)) for s in sets]
     with pytest.raises(DataError, match=match):
-        prepare_data(tiny_run_config(tmp_path, sets), log=_quiet)
+        prepare_run(tiny_run_config(tmp_path, sets), log=_quiet)
 
 
 # ----------------------------------------------------------------------------- dialogue
@@ -302,6 +344,6 @@ def test_hh_rlhf_dialogues(tmp_path):
 
 
 def test_an_empty_heldout_split_is_allowed(tmp_path):
-    prepared = prepare_data(tiny_run_config(tmp_path, ["data.heldout_rows=0"]), log=_quiet)
+    prepared = prepare_run(tiny_run_config(tmp_path, ["data.heldout_rows=0"]), log=_quiet)
     assert len(prepared.tokens("heldout")) == 0 and prepared.rows("heldout") == []
     assert len(prepared.blocks("heldout", 32)) == 0

@@ -4,9 +4,8 @@ import random
 
 import pytest
 
-from conftest import tiny_run_config
+from conftest import prepare_run, tiny_run_config
 from dataset_definitions.dedup import Deduplicator, lsh_bands, word_ngrams
-from dataset_definitions.prepare import prepare_data
 
 pytest.importorskip("datasketch")
 
@@ -69,7 +68,7 @@ def _prepare(tmp_path, rows, mode):
     cfg = tiny_run_config(tmp_path, ["data.source=text", f"data.path={path}", "data.heldout_rows=4",
                                      "data.val_rows=4", "data.train_rows=null", "tokenizer.vocab_size=300",
                                      f"data.dedup={mode}"])
-    prepared = prepare_data(cfg, log=lines.append)
+    prepared = prepare_run(cfg, log=lines.append)
     tok = prepared.tokenizer
     train, doc = [], []
     for t in prepared.tokens("train").tolist():

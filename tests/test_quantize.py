@@ -7,8 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import tiny_run_config
-from dataset_definitions.prepare import prepare_data
+from conftest import prepare_run, tiny_run_config
 from generators import Generator
 from generic_runner import train
 from modelskv.quantize import Int8Linear, quantize_int8
@@ -60,7 +59,7 @@ def test_int8_perplexity_within_two_percent(tmp_path):
     cfg = tiny_run_config(tmp_path, ["train.max_steps=60", "train.lr=3e-3", "train.batch_size=16"])
     train(cfg)
     ckpt = str(tmp_path / "checkpoints/tiny/last.pt")
-    x, y = prepare_data(cfg, log=lambda *a: None).blocks("val", cfg.model.context).batch(np.arange(64))
+    x, y = prepare_run(cfg, log=lambda *a: None).blocks("val", cfg.model.context).batch(np.arange(64))
 
     def perplexity(gen):
         with torch.inference_mode():

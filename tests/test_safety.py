@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import generic_runner
-from conftest import REPO, tiny_run_config, tiny_sets
+from conftest import REPO, prepare_run, tiny_run_config, tiny_sets
 from dataset_definitions.datasets import BlockSampler
-from dataset_definitions.prepare import data_key, prepare_data
+from dataset_definitions.prepare import data_key
 from fileio import atomic_write, load_plain_pickle
 from models.checkpoint import load_checkpoint
 from train_logs import load_losses
@@ -178,12 +178,12 @@ def test_prepare_removes_temporaries_of_killed_builds_only(tmp_path):
     processed = tmp_path / "data" / "processed"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = processed / f".tmp-{data_key(cfg)}-{dead.pid}"
+    stale = processed / f".tmp-{data_key(cfg.data, cfg.tokenizer, cfg.data_dir)}-{dead.pid}"
     live = processed / f".tmp-otherkey-{os.getpid()}"   # a build still running (this process)
     for d in (stale, live):
         d.mkdir(parents=True)
         (d / "train.jsonl").write_text("half\n")
-    prepare_data(cfg, log=_quiet)
+    prepare_run(cfg, log=_quiet)
     assert not stale.exists() and (live / "train.jsonl").is_file()
 
 
@@ -194,16 +194,16 @@ def test_a_source_edited_in_place_gets_a_new_cache_and_tokenizer(tmp_path):
     corpus.write_text("\n".join(f"the cat number {i} sat on the mat." for i in range(200)))
     sets = ["data.source=text", f"data.path={corpus}", "data.train_rows=null", "data.val_rows=20",
             "data.heldout_rows=20", "tokenizer.vocab_size=300"]
-    old = prepare_data(tiny_run_config(tmp_path, sets), log=_quiet)
+    old = prepare_run(tiny_run_config(tmp_path, sets), log=_quiet)
     stamp = corpus.stat().st_mtime_ns
     corpus.write_text("\n".join(f"the dog number {i} ran in the fog." for i in range(200)))  # same size
     os.utime(corpus, ns=(stamp + 10**9, stamp + 10**9))
-    new = prepare_data(tiny_run_config(tmp_path, sets), log=_quiet)
+    new = prepare_run(tiny_run_config(tmp_path, sets), log=_quiet)
     assert new.dir != old.dir and new.meta["tokenizer"]["path"] != old.meta["tokenizer"]["path"]
     assert "dog" in new.rows("val")[0] and "cat" in old.rows("val")[0]
     assert "dog" in new.tokenizer.decode(new.tokens("train")[:40].tolist())
     # unchanged size and mtime: the stored hash is reused, and the same cache is found
-    assert prepare_data(tiny_run_config(tmp_path, sets), verify=True, log=_quiet).dir == new.dir
+    assert prepare_run(tiny_run_config(tmp_path, sets), verify=True, log=_quiet).dir == new.dir
 
 
 def test_resume_refuses_a_checkpoint_of_the_old_text(tmp_path, capsys):
@@ -222,18 +222,18 @@ def test_resume_refuses_a_checkpoint_of_the_old_text(tmp_path, capsys):
 # ----------------------------------------------------------------------------- 5. prepare = training cache
 
 def test_documented_prepare_command_builds_the_cache_training_reads(tmp_path, capsys):
-    from dataset_definitions.prepare import main as prepare_main
+    from prepare_data import main as prepare_main
     from experiment_config import load_config
     sets = [*tiny_sets(tmp_path), "data.name=ignored-by-builtin"]
     argv = ["--config", str(REPO / "configs/quickstart.yaml")] + [a for s in sets for a in ("--set", s)]
     assert run_cli(prepare_main, argv, capsys)[0] == 0
     built = [d for d in (tmp_path / "data/processed").iterdir() if d.is_dir()]
     runner_cfg = load_config([BASE, REPO / "configs/quickstart.yaml"], tiny_sets(tmp_path))  # run_baseline.py's merge
-    assert [d.name for d in built] == [data_key(runner_cfg)]
+    assert [d.name for d in built] == [data_key(runner_cfg.data, runner_cfg.tokenizer, runner_cfg.data_dir)]
     # the trainer's "rebuild" advice is a command that rebuilds
     (built[0] / "val.bin").write_bytes(b"\0\0")
     code, err = train_cli(tmp_path, capsys, "--config", str(REPO / "configs/quickstart.yaml"))
-    assert code == 1 and "python -m dataset_definitions.prepare" in error_line(err) and "--force" in err and str(built[0]) in err
+    assert code == 1 and "python prepare_data.py" in error_line(err) and "--force" in err and str(built[0]) in err
     assert run_cli(prepare_main, argv + ["--force"], capsys)[0] == 0
     assert run_cli(prepare_main, argv + ["--verify"], capsys)[0] == 0
 

@@ -9,6 +9,7 @@ import yaml
 
 import study
 import study_report
+import study_runner
 from conftest import REPO, tiny_run_config
 from dataset_definitions.datasets import BlockSampler
 from experiment_config import ConfigError
@@ -150,7 +151,7 @@ def test_paired_bootstrap_covers_zero_for_identical_arms_and_not_for_a_shifted_o
 # ----------------------------------------------------------------------------- a whole study, killed and resumed
 
 def _in_process(cmd, env, out, log_path, what, children):
-    """study._call without a subprocess (each would import torch again): the same command lines, run here."""
+    """study_runner._call without a subprocess (each would import torch again): the same command lines, run here."""
     import contextlib
 
     import generic_runner
@@ -167,12 +168,12 @@ def _in_process(cmd, env, out, log_path, what, children):
 
 def test_study_runs_reports_and_resumes_without_retraining(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(study, "_call", _in_process)
+    monkeypatch.setattr(study_runner, "_call", _in_process)
     path = _study_file(tmp_path, {"baseline": {"runner": "run_tid.py", "set": {"tid.method": "none"}},
                                   "random": {"runner": "run_tid.py", "set": {"tid.method": "random"}}})
     argv = ["--study", path, "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "out"),
             *(a for s in [*TINY, *_outputs(tmp_path)] for a in ("--set", s))]
-    study.main(argv)
+    study_runner.main(argv)
     report = json.loads((tmp_path / "out/summary.json").read_text())
     assert set(report["arms"]) == {"baseline", "random"} and report["heldout_rows"] == 12
     assert report["comparisons"]["random"]["verdict"]
@@ -191,12 +192,12 @@ def test_study_runs_reports_and_resumes_without_retraining(tmp_path, monkeypatch
     ckpt = tmp_path / "ck" / second.name
     (ckpt / "last.pt").write_bytes((ckpt / "step_2.pt").read_bytes())
     first_mtime = (tmp_path / "ck" / first.name / "last.pt").stat().st_mtime_ns
-    assert study.run_state(first) == "scored" and study.run_state(second) == "partial"
-    assert "--resume" in study.train_command(second)
-    study.main(argv)
+    assert study_runner.run_state(first) == "scored" and study_runner.run_state(second) == "partial"
+    assert "--resume" in study_runner.train_command(second)
+    study_runner.main(argv)
     assert (tmp_path / "ck" / first.name / "last.pt").stat().st_mtime_ns == first_mtime   # not retrained
     log = (s.dir / "runs" / f"{second.name}.log").read_text()
-    assert log.count("--resume") == 1 and study.run_state(second) == "scored"
+    assert log.count("--resume") == 1 and study_runner.run_state(second) == "scored"
     assert "resumed from step 2" in log
     report = json.loads((tmp_path / "out/summary.json").read_text())
     assert [m["final_step"] for m in report["runs"]] == [4, 4]

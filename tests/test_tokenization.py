@@ -1,15 +1,14 @@
-"""Tests for dataset_definitions/tokenization.py: every backend, specs, training, errors, vectors."""
+"""Tests for dataset_definitions/tokenization.py and tokenizer_training.py: every backend, specs, training, errors."""
 
 import json
 import random
 
-import numpy as np
 import pytest
 import tiktoken
 
 from dataset_definitions.config import TokenizerConfig
-from dataset_definitions.tokenization import (
-    MIN_BYTE_VOCAB, build_tokenizer, load_tokenizer, load_word_vectors)
+from dataset_definitions.tokenization import load_tokenizer
+from dataset_definitions.tokenizer_training import MIN_BYTE_VOCAB, build_tokenizer
 
 # Unicode, a ZWJ emoji sequence, blank lines, runs of spaces, tabs, CRLF and special-token strings.
 TRICKY = ("Hello wörld! Ünïcödé 漢字 and emoji 🙂👩\u200d👩\u200d👧\n\n  two  spaces\ttab "
@@ -244,30 +243,3 @@ def test_gpt2_offline(monkeypatch):
     with pytest.raises(RuntimeError, match=r"tokenizer.path to a folder with encoder.json and vocab.bpe") as e:
         build_tokenizer(TokenizerConfig(kind="gpt2"), must_not_train, None, "unused")
     assert "\n" not in str(e.value)
-
-
-# ----------------------------------------------------------------------------- word vectors
-
-@pytest.mark.parametrize("header", [True, False])
-def test_load_word_vectors(tmp_path, header):
-    tok = build(tmp_path, "word", 12, texts=["the cat sat on the mat. the dog sat."])
-    lines = ["The 9 9 9", "the 1 2 3", "cat 0.5 -1 2.5", "Dog 4 5 6", "zebra 7 7 7", "sat 1e-1 0 0"]
-    path = tmp_path / "vectors.txt"
-    path.write_text(("6 3\n" if header else "") + "\n".join(lines) + "\n")
-    vectors, found = load_word_vectors(path, tok)
-    assert vectors.shape == (tok.vocab_size, 3) and vectors.dtype == np.float32
-    assert found.shape == (tok.vocab_size,) and found.dtype == bool
-    ix = tok.index
-    np.testing.assert_allclose(vectors[ix["the"]], [1, 2, 3])  # exact match beats "The"
-    np.testing.assert_allclose(vectors[ix["cat"]], [0.5, -1, 2.5])
-    np.testing.assert_allclose(vectors[ix["dog"]], [4, 5, 6])  # cased variant fills the row
-    np.testing.assert_allclose(vectors[ix["sat"]], [0.1, 0, 0])
-    assert set(np.flatnonzero(found)) == {ix["the"], ix["cat"], ix["dog"], ix["sat"]}
-    assert not vectors[~found].any()
-
-
-def test_load_word_vectors_needs_word_tokenizer(tmp_path):
-    path = tmp_path / "v.txt"
-    path.write_text("the 1 2\n")
-    with pytest.raises(ValueError, match="tokenizer.kind=word"):
-        load_word_vectors(path, build(tmp_path, "bpe", 300))

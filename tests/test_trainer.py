@@ -11,7 +11,7 @@ import torch
 
 import generic_runner
 import optimizers
-from conftest import REPO, tiny_run_config
+from conftest import REPO, prepare_run, tiny_run_config
 from generic_runner import Interrupted, Trainer, train
 from models.checkpoint import load_checkpoint
 from run_files import TrainingError
@@ -282,7 +282,6 @@ def test_word_level_setup_trains_the_head_not_the_input_vectors(tmp_path):
     import dataclasses
     import types
     import numpy as np
-    from dataset_definitions.prepare import prepare_data
     from dataset_definitions.stories import stories
     words = sorted({w.strip('.,!?"').lower() for s in stories(50) for w in s.split()} - {""})
     table = np.random.default_rng(0).normal(0.0, 0.7, (len(words), 32)).round(4)
@@ -291,14 +290,14 @@ def test_word_level_setup_trains_the_head_not_the_input_vectors(tmp_path):
     sets = ["tokenizer.kind=word", "tokenizer.vocab_size=200", f"model.word_vectors={vec_file}",
             "model.freeze_embeddings=true", "model.tie_embeddings=false", "data.packing=pad", "train.max_steps=5"]
     cfg = tiny_run_config(tmp_path, sets)
-    tok = prepare_data(cfg, log=lambda *a: None).tokenizer
+    tok = prepare_run(cfg, log=lambda *a: None).tokenizer
     sized = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tok.vocab_size))
     initial = generic_runner.build_model(sized, tok, types.SimpleNamespace(log=lambda *a: None, device="cpu"))
     summary = train(cfg)
     trained = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["model"]
 
     # validation loss over padded rows: NLL of the real targets / their number (padding is no target)
-    val = prepare_data(cfg, log=lambda *a: None).blocks("val", 32, packing="pad")
+    val = prepare_run(cfg, log=lambda *a: None).blocks("val", 32, packing="pad")
     x, y = val.batch(np.arange(min(len(val), 2 * 4)))             # eval_batches x batch_size rows
     assert (y == -100).any()
     initial.load_state_dict(trained)

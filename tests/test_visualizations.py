@@ -15,8 +15,9 @@ import pytest
 
 from conftest import REPO, tiny_run_config
 from train_logs import RunLogger
-from visualizations import plots
-from visualizations.plots import MissingLogWarning
+from visualizations import benchmark_plots, plots
+from visualizations.figures import smooth
+from visualizations.run_logs import MissingLogWarning, repo_path
 
 
 def _fake_run(log_dir, run, steps=40, tid=False, moe=False, seed=0):
@@ -81,7 +82,7 @@ FIGURES = {
     "moe_load": lambda d, out: plots.moe_load(RUNS, d, out_dir=out),
     "perplexity": lambda d, out: plots.perplexity(RUNS[:2], d, out_dir=out),
     "training_time": lambda d, out: plots.training_time(RUNS, d, out_dir=out),
-    "generation_cpu": lambda d, out: plots.generation_speed(d.parent / "generation_cpu.json", out_dir=out),
+    "generation_cpu": lambda d, out: benchmark_plots.generation_speed(d.parent / "generation_cpu.json", out_dir=out),
 }
 
 
@@ -101,19 +102,19 @@ def test_figure_without_out_dir_is_returned_and_svg_on_request(logs, tmp_path):
 
 def test_relative_log_dir_falls_back_to_the_repo_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # as a notebook started in visualizations/ asks for "logs"
-    assert plots._dir("visualizations") == REPO / "visualizations"
+    assert repo_path("visualizations") == REPO / "visualizations"
     (tmp_path / "visualizations").mkdir()
-    assert plots._dir("visualizations") == Path("visualizations")  # found here: used as given
+    assert repo_path("visualizations") == Path("visualizations")  # found here: used as given
 
 
 def test_smooth_is_a_debiased_ema_that_skips_nans():
-    assert np.allclose(plots.smooth([1.0, 1.0, 1.0], 0.9), 1.0)      # no pull towards the zero start
-    assert np.allclose(plots.smooth([0.0, 10.0], 0.5), [0.0, 5 / 0.75])
-    out = plots.smooth([math.nan, 2.0, math.nan, 2.0], 0.9)
+    assert np.allclose(smooth([1.0, 1.0, 1.0], 0.9), 1.0)      # no pull towards the zero start
+    assert np.allclose(smooth([0.0, 10.0], 0.5), [0.0, 5 / 0.75])
+    out = smooth([math.nan, 2.0, math.nan, 2.0], 0.9)
     assert math.isnan(out[0]) and np.allclose(out[1:], 2.0)
-    assert np.array_equal(plots.smooth([3.0, 1.0], 0.0), [3.0, 1.0])
+    assert np.array_equal(smooth([3.0, 1.0], 0.0), [3.0, 1.0])
     with pytest.raises(ValueError):
-        plots.smooth([1.0], 1.0)
+        smooth([1.0], 1.0)
 
 
 def test_missing_run_warns_and_the_others_still_plot(logs, tmp_path):

@@ -121,7 +121,7 @@ def heldout_rows(ckpt: str | Path, n: int = 1) -> list[str]:
     from experiment_config import from_dict
 
     cfg = from_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["config"])
-    rows = prepare_data(cfg, log=lambda *a: None).rows("heldout")
+    rows = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None).rows("heldout")
     return rows[:n]
 
 
