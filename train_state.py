@@ -91,3 +91,4 @@ def restore(trainer, ckpt: dict) -> None:
             torch.cuda.set_rng_state(rng["cuda"].cpu(), env.device)
     else:
         torch.manual_seed(cfg.seed + env.rank + trainer.step)
+    env.log(f"resumed from step {trainer.step} (best val loss {trainer.best_val:.4f})")
