@@ -132,6 +132,14 @@ def check_run_name(name: str | None) -> None:
                           "(no '/', not starting with '.'), e.g. --run-name my-run")
 
 
+def default_run_name(config_paths: list[str], sets: list[str]) -> str:
+    """E.g. configs/tid.yaml + configs/quickstart.yaml + tid.method=entropy -> tid-quickstart-method=entropy."""
+    # where outputs go and which device runs it do not name the experiment
+    sets = [s for s in sets if not s.split("=")[0].endswith("_dir") and not s.startswith("device=")]
+    parts = [Path(p).stem for p in config_paths] + [f"{k.split('.')[-1]}={v}" for k, _, v in (s.partition("=") for s in sets)]
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
+
+
 def run_identity_diff(old: dict, new: dict) -> list[str]:
     """The keys (other than RESUMABLE_KEYS) whose values differ between two config dicts, as 'key: a -> b'."""
     a, b, default = flatten(old), flatten(new), flatten(to_dict(RunConfig()))

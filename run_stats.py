@@ -11,6 +11,10 @@ losses: the average of everything reported) or `Stat.sum(x)` (seconds spent: the
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from runtime import Stopwatch, fetch
+
 
 @dataclass(frozen=True)
 class Stat:
@@ -49,3 +53,24 @@ def combine(total: dict[str, Stat], new: dict[str, Stat]) -> dict[str, Stat]:
 def values(stats: dict[str, Stat]) -> dict[str, Any]:
     """The combined value of each statistic."""
     return {key: stat.value for key, stat in stats.items()}
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step's results, still on the device until `read_back`."""
+    step: int
+    lr: float
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    stats: dict[str, Stat]
+    clock: Stopwatch
+
+
+def read_back(records: list[StepRecord]) -> list[dict]:
+    """The numbers of `records` on the host with one device-to-host copy, as rows of step, lr, loss,
+    grad_norm, dt (the step's seconds) and stats (combined values)."""
+    keys = [sorted(r.stats) for r in records]
+    flat = [v for r, ks in zip(records, keys) for v in (r.loss, r.grad_norm, r.clock, *(r.stats[k].value for k in ks))]
+    numbers = iter(fetch(flat))
+    return [{"step": r.step, "lr": r.lr, "loss": next(numbers), "grad_norm": next(numbers), "dt": next(numbers),
+             "stats": {k: next(numbers) for k in ks}} for r, ks in zip(records, keys)]

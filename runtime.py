@@ -123,6 +123,19 @@ def stop_on_signals(flag: dict):
             signal.signal(s, h)
 
 
+def agree_on_signal(flag: dict, env: Env, check: bool) -> int:
+    """The signal `stop_on_signals` recorded, or 0. Under DDP every rank must stop at the same step:
+    the ranks agree (an all-reduce) on steps where `check` is True and report 0 on the others."""
+    signum = flag.get("signum", 0)
+    if env.world == 1:
+        return signum
+    if not check:
+        return 0
+    agreed = torch.tensor([signum], device=env.device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return int(agreed.item())
+
+
 # ----------------------------------------------------------------------------- timing
 
 class Stopwatch:

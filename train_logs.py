@@ -155,6 +155,15 @@ class RunLogger:
                             "tokens_per_s": self.times["tokens_per_s"][-1],
                             **{f"train/{k}": v for k, v in stats.items() if not isinstance(v, str)}}, step=step)
 
+    def log_steps(self, rows: list[dict], tokens_per_step: int, elapsed_now: float) -> None:
+        """`log_step` for the rows `Trainer.read_back` gives (step, lr, loss, grad_norm, dt, stats):
+        the elapsed time at each is now's, less the steps after it."""
+        later = sum(r["dt"] for r in rows)
+        for r in rows:
+            later -= r["dt"]
+            self.log_step(r["step"], r["loss"], r["lr"], r["grad_norm"], r["dt"], tokens_per_step,
+                          elapsed_now - later, r["stats"])
+
     def log_eval(self, step: int, loss: float, bpb: float, stats: dict | None = None) -> None:
         loss, bpb, stats = _plain(loss), _plain(bpb), _plain(stats)
         ppl, bpt = capped_perplexity(loss), bits_per_token(loss)
@@ -188,3 +197,23 @@ class RunLogger:
         self._flush_row()
         for name, obj in (("losses", self.losses), ("times", self.times)):
             atomic_write(self.paths[name], pickle.dumps(obj))
+
+
+def open_wandb(wandb_cfg, run_name: str, config: dict):
+    """The wandb run of `wandb.mode` (offline or online), or None when disabled (the default)."""
+    if wandb_cfg.mode == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("wandb.mode is set but wandb is not installed: pip install wandb (or wandb.mode=disabled)") from None
+    return wandb.init(project=wandb_cfg.project, name=run_name, mode=wandb_cfg.mode, config=config)
+
+
+def summary_line(summary: dict) -> str:
+    """The one-line report of a finished run (generic_runner's summary dict)."""
+    s = summary
+    return (f"done {s['run']} [{s['model']}]: {s['steps']} steps ({s['stop']}), best val loss "
+            f"{s['best_val_loss']:.4f}, val ppl {s['val_ppl']:.2f}, {s['val_bpt']:.3f} bits/token, "
+            f"{s['val_bpb']:.3f} bits/byte, {s['wall_s']:.1f}s, {s['tokens_per_s']:,.0f} tokens/s"
+            + (f", MFU {s['mfu']:.1%}" if s["mfu"] is not None else ""))

@@ -1,9 +1,10 @@
 """A training run's state in a checkpoint: what `last.pt` holds, the check that a checkpoint continues
 this run, and putting the state back, so `--resume` continues exactly where the run stopped.
 
-    state = capture(trainer)            # every rank joins (the RNG states are gathered)
-    check_resumable(ckpt, trainer)      # ConfigError when the checkpoint is another run's
+    save(trainer, path)                 # capture() written; every rank joins (the RNG states are gathered)
+    check_resumable(ckpt, cfg, path)    # ConfigError when the checkpoint is another run's
     restore(trainer, ckpt)
+    stop_non_finite(trainer, what)      # TrainingError naming the last good checkpoint
 
 `trainer` is generic_runner.Trainer: its cfg, env, model, optimizer, scaler, sampler, data and
 counters (step, best_val, evals_since_best, saved_step).
@@ -14,8 +15,32 @@ import torch.distributed as dist
 
 import optimizers
 from experiment_config import ConfigError, run_identity_diff, to_dict
-from models.checkpoint import CHECKPOINT_FORMAT, load_weights
+from models.checkpoint import CHECKPOINT_FORMAT, load_weights, non_finite_tensors, save_checkpoint
 from models.lora import merged_state_dict
+from run_files import TrainingError, run_paths
+
+
+def save(trainer, path) -> None:
+    """Write the trainer's state to `path`; non-finite weights stop the run instead (nothing is written)."""
+    bad = non_finite_tensors(trainer.model.state_dict())
+    if bad:
+        stop_non_finite(trainer, f"{len(bad)} weight tensors are not finite (first: {bad[0]})")
+    if not trainer.cfg.train.checkpoints:
+        return
+    state = capture(trainer)  # every rank joins the RNG gather
+    if trainer.env.is_main:
+        save_checkpoint(path, state)
+    if path == run_paths(trainer.cfg)["last"]:
+        trainer.saved_step = trainer.step
+
+
+def stop_non_finite(trainer, what: str) -> None:
+    """Stop the run, saying truthfully which checkpoint (if any) holds the last good state."""
+    paths = run_paths(trainer.cfg)
+    kept = (f"{paths['last']} (step {trainer.saved_step}) is the last good checkpoint"
+            if trainer.saved_step is not None else "no last.pt was written before this")
+    raise TrainingError(f"{what} at step {trainer.step}; stopped, nothing written. {kept}: "
+                        "lower train.lr, raise train.warmup_steps or use fp32")
 
 
 def capture(trainer) -> dict:

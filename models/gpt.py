@@ -35,6 +35,14 @@ class ModelOutput(NamedTuple):
         """What training minimises: the cross-entropy plus the auxiliary loss (None without targets)."""
         return self.loss if self.loss is None or self.aux_loss is None else self.loss + self.aux_loss
 
+    def loss_stats(self, training: bool) -> dict[str, Stat]:
+        """A family with an auxiliary loss logs it ("aux_loss") and in training the cross-entropy apart
+        ("ce_loss"; their sum is the train loss); nothing for the others."""
+        if self.aux_loss is None:
+            return {}
+        return {"aux_loss": Stat.mean(self.aux_loss.detach()),
+                **({"ce_loss": Stat.mean(self.loss.detach())} if training else {})}
+
 
 class GPT(nn.Module):
     """Decoder-only transformer; other families subclass it and override `make_block`."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import generic_runner
+import train_setup
 import optimizers
 from conftest import REPO, prepare_run, tiny_run_config
 from generic_runner import Interrupted, Trainer, train
@@ -292,7 +293,7 @@ def test_word_level_setup_trains_the_head_not_the_input_vectors(tmp_path):
     cfg = tiny_run_config(tmp_path, sets)
     tok = prepare_run(cfg, log=lambda *a: None).tokenizer
     sized = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tok.vocab_size))
-    initial = generic_runner.build_model(sized, tok, types.SimpleNamespace(log=lambda *a: None, device="cpu"))
+    initial = train_setup.build_model(sized, tok, types.SimpleNamespace(log=lambda *a: None, device="cpu"))
     summary = train(cfg)
     trained = load_checkpoint(tmp_path / "checkpoints/tiny/last.pt")["model"]
 
@@ -305,7 +306,7 @@ def test_word_level_setup_trains_the_head_not_the_input_vectors(tmp_path):
         logits = initial.eval()(x)[0]
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
     assert summary["val_loss"] == pytest.approx((nll / (y != -100).sum()).item(), rel=1e-4)
-    initial = generic_runner.build_model(sized, tok, types.SimpleNamespace(log=lambda *a: None, device="cpu"))
+    initial = train_setup.build_model(sized, tok, types.SimpleNamespace(log=lambda *a: None, device="cpu"))
 
     emb = trained["tok_emb.weight"]
     assert torch.equal(emb, initial.tok_emb.weight)            # the input vectors did not train
