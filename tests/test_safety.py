@@ -373,7 +373,7 @@ def _flip_a_weight_bit(src: Path, dst: Path) -> None:
 
 
 def test_flipped_bits_in_the_weights_fail_every_loader(trained, tmp_path, capsys):
-    from eval.perplexity import main as ppl_main
+    from perplexity.runner import main as ppl_main
     from generators.generate import main as gen_main
     bad = tmp_path / "flipped.pt"
     _flip_a_weight_bit(trained / "checkpoints/tiny/last.pt", bad)
@@ -385,7 +385,7 @@ def test_flipped_bits_in_the_weights_fail_every_loader(trained, tmp_path, capsys
 
 
 def test_non_finite_scores_are_not_written(trained, tmp_path, capsys):
-    from eval.perplexity import main as ppl_main
+    from perplexity.runner import main as ppl_main
     ckpt = torch.load(trained / "checkpoints/tiny/last.pt", weights_only=True)
     ckpt.pop("tensor_sha256")                      # a file from before hashes, with NaN weights
     ckpt["model"]["tok_emb.weight"][:] = math.nan
@@ -415,7 +415,7 @@ class _Payload:
 
 
 def test_crafted_log_pickles_are_refused_everywhere(trained, tmp_path, capsys):
-    from eval.perplexity import main as ppl_main
+    from perplexity.runner import main as ppl_main
     from visualizations.plots import main as plots_main
     copy_of(trained, tmp_path)
     marker = tmp_path / "code_ran"
@@ -497,7 +497,7 @@ def test_top_p_always_keeps_the_most_likely_token():
 
 
 def test_deleted_tokenizer_is_the_same_error_in_every_tool(trained, tmp_path, capsys):
-    from eval.perplexity import main as ppl_main
+    from perplexity.runner import main as ppl_main
     from generators.generate import main as gen_main
     ckpt = trained / "checkpoints/tiny/last.pt"
     tok = Path(load_checkpoint(ckpt)["tokenizer"]["path"])
@@ -512,7 +512,7 @@ def test_deleted_tokenizer_is_the_same_error_in_every_tool(trained, tmp_path, ca
 
 
 def test_perplexity_stride_zero_is_refused_and_skipped_rows_are_counted(trained, tmp_path, capsys):
-    from eval.perplexity import main as ppl_main, main_text
+    from perplexity.runner import main as ppl_main, main_text
     ckpt = str(trained / "checkpoints/tiny/last.pt")
     code, err = run_cli(ppl_main, ["--ckpt", ckpt, "--stride", "0", "--log-dir", str(tmp_path)], capsys)
     assert code == 2 and "--stride" in err and err.count("\n") == 1 and not list(tmp_path.iterdir())
@@ -526,6 +526,6 @@ def test_perplexity_stride_zero_is_refused_and_skipped_rows_are_counted(trained,
 @pytest.mark.parametrize("args,named", [(["--beams", "0,5"], "--beams"), (["--beams", "-2"], "--beams"),
                                         (["--batch-sizes", "0"], "--batch-sizes")])
 def test_generation_bench_refuses_zero_or_negative_beams(trained, capsys, args, named):
-    from generators.bench import main as bench_main
+    from benchmarks.decode_speed import main as bench_main
     code, err = run_cli(bench_main, ["--ckpt", str(trained / "checkpoints/tiny/last.pt"), *args], capsys)
     assert code == 2 and named in err and err.count("\n") == 1

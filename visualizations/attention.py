@@ -1,6 +1,6 @@
 """Attention heatmaps of a prompt: one PNG per layer, one panel per head, tokens on both axes.
 
-    python -m generators.attention --ckpt checkpoints/baseline-quickstart/best.pt --prompt "Tom saw a dog" --out attn/
+    python -m visualizations.attention --ckpt checkpoints/baseline-quickstart/best.pt --prompt "Tom saw a dog" --out attn/
 """
 
 import argparse
