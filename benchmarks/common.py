@@ -20,18 +20,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds_of(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one fn() call, synchronised on GPUs (a compiled function's first call: its compile time)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 5) -> float:
     """Median wall time of fn() over `repeats` runs after `warmup` runs, synchronised on GPUs."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(seconds_of(fn, device) for _ in range(repeats))
 
 
 def device_info(device: torch.device) -> dict:

@@ -27,7 +27,8 @@ import time
 
 import torch
 
-from benchmarks.common import benchmark_parser, default_out, device_info, median_seconds, peak_memory_gb, print_targets, write_results
+from benchmarks.common import (benchmark_parser, default_out, device_info, median_seconds, peak_memory_gb,
+                               print_targets, seconds_of, write_results)
 from benchmarks.synthetic import IdTokenizer
 from cli import exit_with
 from dataset_definitions.prepare import prepare_data
@@ -95,9 +96,7 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     rows, checks = [], {}
 
     def timed(name: str, batch: int, new_tokens: int, fn, first_call_compiles: bool = False):
-        t0 = time.perf_counter()
-        fn()                                            # warm-up; compiles where the decoder is compiled
-        first = time.perf_counter() - t0
+        first = seconds_of(fn, dev)                     # warm-up; compiles where the decoder is compiled
         seconds = median_seconds(fn, dev, warmup=0, repeats=s["repeats"])
         rows.append({"decoder": name, "batch": batch, "new_tokens": new_tokens, "seconds": seconds,
                      "tokens_per_s": batch * new_tokens / seconds, "ms_per_step": 1e3 * seconds / new_tokens,
@@ -283,10 +282,9 @@ def run_checkpoint(args) -> dict:
     prompt = gen.prompt_tokens("Once upon a time there was")[:args.prompt_len]
     speed = checkpoint_speed(gen, batch_sizes, args.new_tokens, args.repeats, prompt)
     if args.compile:
-        t0 = time.perf_counter()
         gen.compile_decode()
-        gen.generate([gen.prompt_tokens("Once")], 2, temperature=0, stop_at_eos=False)  # compile now, timed apart
-        compile_s = time.perf_counter() - t0
+        compile_s = seconds_of(lambda: gen.generate([gen.prompt_tokens("Once")], 2, temperature=0, stop_at_eos=False),
+                               gen.device)  # compiles now, timed apart
         speed += [{**row, "compile_s": compile_s} for row in checkpoint_speed(
             gen, batch_sizes, args.new_tokens, args.repeats, prompt, decoder="greedy compiled")]
     speed += checkpoint_hf_speed(gen, batch_sizes, args.new_tokens, args.repeats, prompt)

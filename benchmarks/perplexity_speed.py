@@ -10,12 +10,10 @@ no-grad forward over the same tokens (logits only, tokens already on the device)
 compile time apart. The runner's total NLL is checked against the bare forward's.
 """
 
-import time
-
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets
+from benchmarks.common import benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets, seconds_of
 from models import ModelConfig
 from modelskv.load import inference_model
 from perplexity.scoring import score_rows, token_nll
@@ -65,17 +63,14 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     timed("ours score_rows", lambda: results.__setitem__("ours", score_rows(eager_nll, rows, **args)))
     if compile_ok:
         compiled_nll = torch.compile(token_nll(model.forward_full), dynamic=False)
-        t0 = time.perf_counter()
-        score_rows(compiled_nll, rows, **args, fixed_shapes=True)
-        compile_s = time.perf_counter() - t0
+        compile_s = seconds_of(lambda: score_rows(compiled_nll, rows, **args, fixed_shapes=True), dev)
         timed("ours score_rows compiled", lambda: score_rows(compiled_nll, rows, **args, fixed_shapes=True), compile_s)
 
     on_device = tokens.to(dev)
     forward = torch.compile(model.forward_full, dynamic=False) if compile_ok else model.forward_full
     with autocast(dev, dtype):
-        t0 = time.perf_counter()
-        bare_forward(forward, on_device[:, :-1], s["batch"])
-        compile_s = time.perf_counter() - t0 if compile_ok else None
+        compile_s = seconds_of(lambda: bare_forward(forward, on_device[:, :-1], s["batch"]), dev)
+        compile_s = compile_s if compile_ok else None
         timed("bare forward" + (" compiled" if compile_ok else ""),
               lambda: bare_forward(forward, on_device[:, :-1], s["batch"]), compile_s, "logits only, the floor")
         logits = bare_forward(model.forward_full, on_device[:, :-1], s["batch"])
