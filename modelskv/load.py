@@ -4,10 +4,11 @@
     logits = loaded.model(tokens, start_pos=0)          # a modelskv model: KV cache for (4, context)
     loaded.tokenizer, loaded.step, loaded.run_config()  # what the callers need besides the model
 
-The model is built on its device (no host copy of the weights or of the caches), takes the
-checkpoint's weights (strict), is cast to the dtype, optionally quantised, and gets its KV caches
-once, in that dtype, for (max_batch, max_seq_len). `training_model=True` gives the training class
-in eval mode instead (no cache; what `Trainer.evaluate` runs, for `run_perplexity.py --packed`).
+The model is built as the trainer builds it (on the host, so position tables are the same to the
+bit) with its KV caches for (max_batch, max_seq_len), made once and in the final dtype; it takes the
+checkpoint's weights (strict), moves to the device with its caches, is cast, and quantised last.
+`training_model=True` gives the training class in eval mode instead (no cache; what
+`Trainer.evaluate` runs, for `run_perplexity.py --packed`).
 """
 
 from dataclasses import dataclass
@@ -75,11 +76,10 @@ def inference_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, 
     quantised if asked, caches for (max_batch, max_seq_len) allocated once; in eval mode."""
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize {quantize!r} is not one of {list(QUANTIZE)}")
-    with device:  # parameters and caches are created where they will live
-        model = models.build(cfg) if training_model else build(cfg, max_batch, max_seq_len, dtype)
+    model = models.build(cfg) if training_model else build(cfg, max_batch, max_seq_len, dtype)
     if checkpoint is not None:
         load_weights(model, checkpoint)
-    model.to(device=device, dtype=dtype)  # the caches are in dtype already: nothing to copy
+    model.to(device=device, dtype=dtype)  # moves the caches with the weights; they are in dtype already
     if quantize == "int8":
         quantize_int8(model)
     return model.eval()
