@@ -37,7 +37,7 @@ from generators.generation import Generator
 from models import ModelConfig
 from modelskv.load import inference_model, load_model
 from modelskv.quantize import quantize_int8
-from runtime import resolve_device
+from runtime import resolve_device, resolve_dtype
 
 FULL = dict(preset="gpt2_125m", overrides=dict(context=512), prompt=16, new_tokens=256, batches=(1, 32),
             repeats=3, beam=5, no_cache_tokens=64)
@@ -80,7 +80,7 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     dev = resolve_device(device)
     s = QUICK if quick else FULL
     cfg = ModelConfig.from_preset(s["preset"], **s["overrides"])
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", dev)  # bf16 on GPUs, fp32 on CPU
     max_seq_len = s["prompt"] + s["new_tokens"]
     max_batch = max(max(s["batches"]), s["beam"])
     gen = build_generator(cfg, max_batch, max_seq_len, dev, dtype)

@@ -17,7 +17,7 @@ from benchmarks.common import benchmark_cli, device_info, median_seconds, peak_m
 from models import ModelConfig
 from modelskv.load import inference_model
 from perplexity.scoring import score_rows, token_nll
-from runtime import autocast, resolve_device
+from runtime import autocast, resolve_device, resolve_dtype
 
 FULL = dict(preset="gpt2_125m", overrides={}, rows=10_000, row_len=128, batch=128, repeats=3)
 QUICK = dict(preset="baseline", overrides=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=512, context=64),
@@ -46,7 +46,7 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     s = QUICK if quick else FULL
     cfg = ModelConfig.from_preset(s["preset"], **s["overrides"])
     model, ckpt = random_checkpoint(cfg, dev)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", dev)  # bf16 on GPUs, fp32 on CPU
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, cfg.vocab_size, (s["rows"], s["row_len"]), generator=g)
     rows = tokens.tolist()

@@ -1,11 +1,7 @@
-"""The perplexity runners' logic: a checkpoint loaded for scoring, and the two command lines.
+"""The perplexity runners' logic: a checkpoint loaded for scoring, and the command lines of
+perplexity-runners/run_perplexity.py (`main`) and run_text_perplexity.py (`main_text`).
 
-    python perplexity-runners/run_perplexity.py --ckpt checkpoints/<run>/best.pt [--rows 10000] [--stride S]
-    python perplexity-runners/run_perplexity.py --ckpt PATH --split val --packed   # = the trainer's val loss
-    python perplexity-runners/run_text_perplexity.py --ckpt PATH --text-file other.txt [--delimiter D]
-    python perplexity-runners/run_perplexity.py --compare RUN1 RUN2 ...
-
-What is scored and how is defined in the package docstring (perplexity/__init__.py).
+The commands, and what is scored and how, are in the package docstring (perplexity/__init__.py).
 """
 
 import argparse

@@ -4,11 +4,11 @@
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
+from cli import exit_with
 from generators.generation import Generator
 from models.checkpoint import CheckpointError
 
@@ -80,8 +80,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         gen = Generator.build(args.ckpt, max_batch_size=1, device=args.device, dtype="fp32")
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        exit_with(f"error: {e}", 1)
     ids = gen.prompt_tokens(args.prompt)[:gen.model.max_seq_len]
     labels = token_labels(gen.tokenizer, ids)
     maps = attention_maps(gen.model, torch.tensor([ids], device=gen.device))
