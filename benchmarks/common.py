@@ -20,18 +20,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds_of(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one fn() call, synchronised on GPUs (a compiled function's first call: its compile time)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 5) -> float:
     """Median wall time of fn() over `repeats` runs after `warmup` runs, synchronised on GPUs."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(seconds_of(fn, device) for _ in range(repeats))
 
 
 def device_info(device: torch.device) -> dict:
@@ -71,14 +73,19 @@ def print_targets(goals: list[dict]) -> None:
         print(f"  {'met    ' if g['met'] else 'not met'}  {g['target']}: {g['value']:,.3f}")
 
 
-def benchmark_cli(name: str, run: Callable[..., dict], description: str, argv=None, steps: bool = False) -> None:
-    """The command line every speed benchmark shares: --device, --quick, [--steps], --out."""
+def benchmark_parser(name: str, description: str, steps: bool = False) -> argparse.ArgumentParser:
+    """The options every speed benchmark shares: --device, --quick, [--steps], --out."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the CPU smoke run)")
     if steps:
         parser.add_argument("--steps", type=int, default=None, help="optimizer steps per case")
     parser.add_argument("--out", default=None, help=f"JSON path (default benchmarks/results/{name}_<cuda|cpu>.json)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def benchmark_cli(name: str, run: Callable[..., dict], description: str, argv=None, steps: bool = False) -> None:
+    """Parse the shared options, run, write the JSON."""
+    args = benchmark_parser(name, description, steps).parse_args(argv)
     payload = run(args.device, args.quick, args.steps) if steps else run(args.device, args.quick)
     write_results(args.out or default_out(name, resolve_device(args.device)), payload)

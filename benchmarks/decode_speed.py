@@ -1,7 +1,11 @@
-"""Decoding speed of `modelskv` + `generators` against Hugging Face `generate` and the memory floor.
+"""Decoding speed against Hugging Face `generate` and the memory floor; with --ckpt, each decoder's BLEU too.
+
+Ours is `modelskv` + `generators`; with a trained checkpoint, the quality (BLEU) of each decoder on
+held-out prompts is measured beside its speed.
 
     python -m benchmarks.decode_speed --device cuda          # gpt2_125m (context 512), bf16, batch 1 and 32
     python -m benchmarks.decode_speed --device cpu --quick   # tiny sizes: a smoke run
+    python -m benchmarks.decode_speed --ckpt checkpoints/baseline-quickstart/best.pt [--batch-sizes 1,32] [--compile]
 
 Random weights (no checkpoint or tokenizer files); a 16-token prompt, 256 new tokens, EOS ignored
 so every decoder makes the same number of tokens. New tokens/s are medians after warm-up; compile
@@ -9,6 +13,13 @@ time is apart. The floor is one step's bytes (the weights, plus the whole static
 compiled step reads) over the device's copy bandwidth, measured here (3.0 TB/s assumed on CPU).
 Greedy tokens of the cached decoder are checked against the uncached one (and against Hugging
 Face in fp32, where they must agree token for token).
+
+With --ckpt: greedy new tokens/s (EOS ignored) with and without the KV cache at each batch size,
+compiled with --compile, and the same weights in Hugging Face `generate` where the family converts;
+median of --repeats runs after one warm-up. Quality: held-out rows of the checkpoint's data are cut
+into a prompt (the first --prompt-words words) and a reference (the rest); the continuation of each
+decoder (greedy, sampling, beams) is scored with corpus BLEU (sacrebleu). Writes
+benchmarks/results/generation_<cpu|cuda>.json, which `python -m visualizations.plots` draws.
 """
 
 import copy
@@ -16,14 +27,17 @@ import time
 
 import torch
 
-import modelskv
-from benchmarks.common import benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets
-from runtime import resolve_device
+from benchmarks.common import (benchmark_parser, default_out, device_info, median_seconds, peak_memory_gb,
+                               print_targets, seconds_of, write_results)
 from benchmarks.synthetic import IdTokenizer
+from cli import exit_with
+from dataset_definitions.prepare import prepare_data
 from generators.beam_search import beam_search
 from generators.generation import Generator
 from models import ModelConfig
+from modelskv.load import inference_model, load_model
 from modelskv.quantize import quantize_int8
+from runtime import resolve_device, resolve_dtype
 
 FULL = dict(preset="gpt2_125m", overrides=dict(context=512), prompt=16, new_tokens=256, batches=(1, 32),
             repeats=3, beam=5, no_cache_tokens=64)
@@ -52,8 +66,7 @@ def floor_tokens_per_s(model, batch: int, bandwidth: float) -> float:
 def build_generator(cfg: ModelConfig, max_batch: int, max_seq_len: int, device: torch.device,
                     dtype: torch.dtype) -> Generator:
     torch.manual_seed(0)
-    model = modelskv.build(cfg, max_batch, max_seq_len).to(device=device, dtype=dtype)
-    model.setup_caches(max_batch, max_seq_len, dtype)
+    model = inference_model(cfg, device, dtype, max_batch, max_seq_len)
     return Generator(model, IdTokenizer(cfg.vocab_size, bos_id=None, pad_id=0, eos_id=1), device)
 
 
@@ -67,7 +80,7 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     dev = resolve_device(device)
     s = QUICK if quick else FULL
     cfg = ModelConfig.from_preset(s["preset"], **s["overrides"])
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", dev)  # bf16 on GPUs, fp32 on CPU
     max_seq_len = s["prompt"] + s["new_tokens"]
     max_batch = max(max(s["batches"]), s["beam"])
     gen = build_generator(cfg, max_batch, max_seq_len, dev, dtype)
@@ -83,9 +96,7 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     rows, checks = [], {}
 
     def timed(name: str, batch: int, new_tokens: int, fn, first_call_compiles: bool = False):
-        t0 = time.perf_counter()
-        fn()                                            # warm-up; compiles where the decoder is compiled
-        first = time.perf_counter() - t0
+        first = seconds_of(fn, dev)                     # warm-up; compiles where the decoder is compiled
         seconds = median_seconds(fn, dev, warmup=0, repeats=s["repeats"])
         rows.append({"decoder": name, "batch": batch, "new_tokens": new_tokens, "seconds": seconds,
                      "tokens_per_s": batch * new_tokens / seconds, "ms_per_step": 1e3 * seconds / new_tokens,
@@ -123,24 +134,39 @@ def run(device: str = "auto", quick: bool = False) -> dict:
             "peak_gb": peak_memory_gb(dev), "checks": checks, "results": rows, "targets": goals}
 
 
+def hf_reference(gen: Generator, special_ids: tuple):
+    """The generator's weights in a Hugging Face model on its device and dtype; None (said why) where
+    transformers is missing or the family has no Hugging Face equivalent."""
+    from models.convert import ConversionError, to_hf_model
+
+    ckpt = {"model": gen.model.state_dict(), "config": {"model": dict(gen.model.cfg.__dict__)}}
+    try:
+        return to_hf_model(ckpt, special_ids=special_ids).to(device=gen.device, dtype=gen.model.tok_emb.weight.dtype)
+    except ImportError:
+        print("skip the Hugging Face reference: pip install transformers")
+    except ConversionError as e:
+        print(f"skip the Hugging Face reference: {e}")
+    return None
+
+
+def hf_generate(hf, prompt: list[int], batch: int, new_tokens: int, pad_id: int, **kwargs) -> list[list[int]]:
+    """Exactly new_tokens greedy tokens per row from Hugging Face `generate` (its default dynamic cache)."""
+    ids = torch.tensor([prompt] * batch, device=hf.device)
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                      min_new_tokens=new_tokens, pad_token_id=pad_id, **kwargs)
+    return out[:, len(prompt):].tolist()
+
+
 def hf_rows(gen: Generator, prompt: list[int], s: dict, dev: torch.device, dtype: torch.dtype, checks: dict,
             timed) -> None:
     """Time Hugging Face `generate` on the same weights: dynamic cache, and static cache + compile on GPUs."""
-    from models.convert import to_hf_model
-
-    try:
-        ckpt = {"model": gen.model.state_dict(), "config": {"model": dict(gen.model.cfg.__dict__)}}
-        hf = to_hf_model(ckpt, special_ids=(None, 1)).to(device=dev, dtype=dtype)
-    except ImportError:
-        print("skip the Hugging Face reference: pip install transformers")
+    hf = hf_reference(gen, special_ids=(None, 1))
+    if hf is None:
         return
     n = s["new_tokens"]
 
     def generate(batch: int, **kwargs):
-        ids = torch.tensor([prompt] * batch, device=dev)
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                          min_new_tokens=n, pad_token_id=0, **kwargs)
-        return out[:, len(prompt):].tolist()
+        return hf_generate(hf, prompt, batch, n, pad_id=0, **kwargs)
 
     if dtype == torch.float32:
         checks["hf_equals_ours"] = generate(1)[0] == gen.generate([prompt], n, temperature=0, stop_at_eos=False)[0][0]
@@ -182,9 +208,149 @@ def print_table(rows, goals, checks, dev, s, bandwidth) -> None:
     print_targets(goals)
 
 
-def main(argv=None) -> None:
-    benchmark_cli("decode_speed", run, __doc__.splitlines()[0], argv)
+# ----------------------------------------------------------------------------- a trained checkpoint
 
+def checkpoint_speed(gen: Generator, batch_sizes: list[int], new_tokens: int, repeats: int, prompt: list[int],
+                     decoder: str = "greedy") -> list[dict]:
+    """Greedy new tokens/s at each batch size, with the KV cache and (not for a compiled decoder) without."""
+    rows = []
+    for batch in batch_sizes:
+        for use_cache in (True,) if decoder != "greedy" else (True, False):
+            seconds = median_seconds(lambda: gen.generate([prompt] * batch, new_tokens, temperature=0,
+                                                          use_cache=use_cache, stop_at_eos=False),
+                                     gen.device, warmup=1, repeats=repeats)
+            rows.append({"decoder": decoder, "kv_cache": use_cache, "batch": batch, "new_tokens": new_tokens,
+                         "seconds": seconds, "tokens_per_s": batch * new_tokens / seconds})
+    return rows
+
+
+def checkpoint_hf_speed(gen: Generator, batch_sizes: list[int], new_tokens: int, repeats: int,
+                        prompt: list[int]) -> list[dict]:
+    """The same weights in Hugging Face `generate` (greedy, its default dynamic cache)."""
+    tok = gen.tokenizer
+    hf = hf_reference(gen, special_ids=(tok.bos_id, tok.eos_id, tok.pad_id))
+    if hf is None:
+        return []
+    rows = []
+    for batch in batch_sizes:
+        seconds = median_seconds(lambda: hf_generate(hf, prompt, batch, new_tokens, tok.pad_id), gen.device,
+                                 warmup=1, repeats=repeats)
+        rows.append({"decoder": "HF generate", "kv_cache": True, "batch": batch, "new_tokens": new_tokens,
+                     "seconds": seconds, "tokens_per_s": batch * new_tokens / seconds})
+    return rows
+
+
+def quality_rows(gen: Generator, rows: list[str], prompt_words: int, new_tokens: int, beams: list[int]) -> list[dict]:
+    """Corpus BLEU and new tokens/s of greedy, sampling and each beam width on held-out prompts."""
+    import sacrebleu
+
+    pairs = [(" ".join(r.split()[:prompt_words]), " ".join(r.split()[prompt_words:])) for r in rows]
+    pairs = [(p, ref) for p, ref in pairs if ref]
+    prompts, refs = [p for p, _ in pairs], [ref for _, ref in pairs]
+    decoders = {"greedy": lambda p: _complete(gen, p, new_tokens, 0.0),
+                "sample T=0.6 p=0.9": lambda p: _complete(gen, p, new_tokens, 0.6)}
+    for k in beams:
+        decoders[f"beam {k}"] = lambda p, k=k: _beam(gen, p, new_tokens, k)
+    out = []
+    for name, decode in decoders.items():
+        t0 = time.perf_counter()
+        hyps, n_new = zip(*(decode(p) for p in prompts))
+        seconds = time.perf_counter() - t0
+        bleu = sacrebleu.corpus_bleu(list(hyps), [refs]).score
+        out.append({"decoder": name, "prompts": len(prompts), "bleu": bleu, "seconds": seconds,
+                    "tokens_per_s": sum(n_new) / seconds})
+    return out
+
+
+def _complete(gen: Generator, prompt: str, new_tokens: int, temperature: float) -> tuple[str, int]:
+    r = gen.text_completion([prompt], temperature=temperature, max_gen_len=new_tokens, seed=0)[0]
+    return r["generation"].strip(), len(r["tokens"])
+
+
+def _beam(gen: Generator, prompt: str, new_tokens: int, k: int) -> tuple[str, int]:
+    best = beam_search(gen, gen.prompt_tokens(prompt), k, new_tokens)[0]
+    return gen.tokenizer.decode(best.tokens).strip(), len(best.tokens)
+
+
+def run_checkpoint(args) -> dict:
+    """Speed and quality of a trained checkpoint's decoders; prints the tables, returns the JSON payload."""
+    batch_sizes, beams = _positive_ints("--batch-sizes", args.batch_sizes), _positive_ints("--beams", args.beams)
+    if args.new_tokens < 1 or args.repeats < 1 or args.rows < 1:
+        exit_with("error: --new-tokens, --repeats and --rows must be >= 1", 2)
+    loaded = load_model(args.ckpt, max_batch=max(batch_sizes + beams), device=args.device, dtype=args.dtype)
+    gen = Generator(loaded.model, loaded.tokenizer, loaded.device)
+    prompt = gen.prompt_tokens("Once upon a time there was")[:args.prompt_len]
+    speed = checkpoint_speed(gen, batch_sizes, args.new_tokens, args.repeats, prompt)
+    if args.compile:
+        gen.compile_decode()
+        compile_s = seconds_of(lambda: gen.generate([gen.prompt_tokens("Once")], 2, temperature=0, stop_at_eos=False),
+                               gen.device)  # compiles now, timed apart
+        speed += [{**row, "compile_s": compile_s} for row in checkpoint_speed(
+            gen, batch_sizes, args.new_tokens, args.repeats, prompt, decoder="greedy compiled")]
+    speed += checkpoint_hf_speed(gen, batch_sizes, args.new_tokens, args.repeats, prompt)
+    cfg = loaded.run_config()
+    heldout = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None).rows("heldout")
+    quality = quality_rows(gen, heldout[:args.rows], args.prompt_words, args.new_tokens, beams)
+
+    info, dtype = device_info(gen.device), str(loaded.dtype).removeprefix("torch.")
+    print(f"\n{args.ckpt} on {info['device']}, {dtype}, {info['cpu_threads']} CPU threads")
+    print(f"{'decoder':18s} {'KV cache':>8s} {'batch':>5s} {'new tokens/s':>13s} {'ms/token':>9s}")
+    for r in speed:
+        print(f"{r['decoder']:18s} {'yes' if r['kv_cache'] else 'no':>8s} {r['batch']:>5d} "
+              f"{r['tokens_per_s']:>13,.1f} {1e3 * r['seconds'] / r['new_tokens']:>9.2f}")
+    for batch in batch_sizes:
+        cached = next(r for r in speed if r["batch"] == batch and r["kv_cache"] and r["decoder"] == "greedy")
+        plain = next(r for r in speed if r["batch"] == batch and not r["kv_cache"])
+        hf = next((r for r in speed if r["batch"] == batch and r["decoder"] == "HF generate"), None)
+        print(f"batch {batch}: KV cache speed-up {cached['tokens_per_s'] / plain['tokens_per_s']:.2f}x"
+              + (f", vs HF generate {cached['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf else ""))
+    print(f"\n{'decoder':18s} {'prompts':>7s} {'BLEU':>6s} {'new tokens/s':>13s}")
+    for r in quality:
+        print(f"{r['decoder']:18s} {r['prompts']:>7d} {r['bleu']:>6.2f} {r['tokens_per_s']:>13,.1f}")
+    return {"benchmark": "generation", "ckpt": args.ckpt, **info, "dtype": dtype, "speed": speed, "quality": quality}
+
+
+def _positive_ints(option: str, text: str) -> list[int]:
+    """Comma-separated positive integers, or exit 2 naming the option."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        exit_with(f"error: {option} takes comma-separated integers >= 1, got {text!r}", 2)
+    return values
+
+
+CHECKPOINT_OPTIONS = {"dtype": "auto", "batch_sizes": "1,32", "new_tokens": 64, "prompt_len": 8, "repeats": 3,
+                      "rows": 50, "prompt_words": 12, "beams": "5,10", "compile": False}  # their defaults
+
+
+def main(argv=None) -> None:
+    parser = benchmark_parser("decode_speed", __doc__.splitlines()[0])  # --out with --ckpt: generation_<cuda|cpu>.json
+    trained = parser.add_argument_group("a trained checkpoint (--ckpt): speed and BLEU of its decoders")
+    trained.add_argument("--ckpt", help="checkpoint path (checkpoints/<run>/best.pt)")
+    trained.add_argument("--dtype", help="auto (bf16 on GPUs, fp32 on CPU) | fp32 | bf16 | fp16")
+    trained.add_argument("--batch-sizes", help="comma-separated (default 1,32)")
+    trained.add_argument("--new-tokens", type=int, help="new tokens per prompt (default 64)")
+    trained.add_argument("--prompt-len", type=int, help="prompt tokens for the speed runs (default 8)")
+    trained.add_argument("--repeats", type=int, help="timed runs per case (default 3)")
+    trained.add_argument("--rows", type=int, help="held-out rows for the quality runs (default 50)")
+    trained.add_argument("--prompt-words", type=int, help="words of each quality prompt (default 12)")
+    trained.add_argument("--beams", help="comma-separated beam widths (default 5,10)")
+    trained.add_argument("--compile", action="store_true", default=None, help="also time the compiled decode step")
+    args = parser.parse_args(argv)
+    given = [k for k in CHECKPOINT_OPTIONS if getattr(args, k) is not None]
+    if args.ckpt is None:
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} needs --ckpt (random weights use fixed settings)")
+        write_results(args.out or default_out("decode_speed", resolve_device(args.device)), run(args.device, args.quick))
+        return
+    if args.quick:
+        parser.error("--quick sizes random weights; with --ckpt set --batch-sizes, --new-tokens, --rows instead")
+    for key, default in CHECKPOINT_OPTIONS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    write_results(args.out or default_out("generation", resolve_device(args.device)), run_checkpoint(args))
 
 if __name__ == "__main__":
     main()

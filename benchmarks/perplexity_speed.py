@@ -3,33 +3,32 @@
     python -m benchmarks.perplexity_speed --device cuda          # gpt2_125m, 10,000 rows x 128 tokens, bf16
     python -m benchmarks.perplexity_speed --device cpu --quick   # tiny sizes: a smoke run
 
-Random weights and random rows (no data or tokenizer files). Rows: `eval.scoring.score_rows` as
+Random weights and random rows (no data or tokenizer files). Rows: `perplexity.scoring.score_rows` as
 the runner calls it, eager and compiled (`--compile`); the reference floor is a bare compiled
 no-grad forward over the same tokens (logits only, tokens already on the device); Hugging Face
 `transformers` scores the same weights with its forward + cross-entropy. Medians after warm-up,
 compile time apart. The runner's total NLL is checked against the bare forward's.
 """
 
-import time
-
 import torch
 import torch.nn.functional as F
 
-import modelskv
-from benchmarks.common import benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets
-from runtime import resolve_device
-from eval.scoring import score_rows, token_nll
+from benchmarks.common import benchmark_cli, device_info, median_seconds, peak_memory_gb, print_targets, seconds_of
 from models import ModelConfig
+from modelskv.load import inference_model
+from perplexity.scoring import score_rows, token_nll
+from runtime import autocast, resolve_device, resolve_dtype
 
 FULL = dict(preset="gpt2_125m", overrides={}, rows=10_000, row_len=128, batch=128, repeats=3)
 QUICK = dict(preset="baseline", overrides=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=512, context=64),
              rows=64, row_len=32, batch=16, repeats=1)
 
 
-def random_checkpoint(cfg: ModelConfig) -> tuple[torch.nn.Module, dict]:
-    """A randomly initialised inference model and the checkpoint dict that describes it."""
+def random_checkpoint(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A randomly initialised inference model on `device` (fp32: scoring autocasts, as the runner does) and
+    the checkpoint dict that describes it; its cache is unused (forward_full), so it is one position."""
     torch.manual_seed(0)
-    model = modelskv.build(cfg, max_batch=1, max_seq_len=1)
+    model = inference_model(cfg, device, torch.float32, max_batch=1, max_seq_len=1)
     ckpt = {"model": model.state_dict(), "config": {"model": dict(cfg.__dict__)},
             "tokenizer": {"kind": "random", "path": None, "vocab_size": cfg.vocab_size}}
     return model, ckpt
@@ -46,9 +45,8 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     dev = resolve_device(device)
     s = QUICK if quick else FULL
     cfg = ModelConfig.from_preset(s["preset"], **s["overrides"])
-    model, ckpt = random_checkpoint(cfg)
-    model.to(dev).eval()
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model, ckpt = random_checkpoint(cfg, dev)
+    dtype = resolve_dtype("auto", dev)  # bf16 on GPUs, fp32 on CPU
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, cfg.vocab_size, (s["rows"], s["row_len"]), generator=g)
     rows = tokens.tolist()
@@ -65,18 +63,14 @@ def run(device: str = "auto", quick: bool = False) -> dict:
     timed("ours score_rows", lambda: results.__setitem__("ours", score_rows(eager_nll, rows, **args)))
     if compile_ok:
         compiled_nll = torch.compile(token_nll(model.forward_full), dynamic=False)
-        t0 = time.perf_counter()
-        score_rows(compiled_nll, rows, **args, fixed_shapes=True)
-        compile_s = time.perf_counter() - t0
+        compile_s = seconds_of(lambda: score_rows(compiled_nll, rows, **args, fixed_shapes=True), dev)
         timed("ours score_rows compiled", lambda: score_rows(compiled_nll, rows, **args, fixed_shapes=True), compile_s)
 
     on_device = tokens.to(dev)
     forward = torch.compile(model.forward_full, dynamic=False) if compile_ok else model.forward_full
-    autocast = torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32)
-    with autocast:
-        t0 = time.perf_counter()
-        bare_forward(forward, on_device[:, :-1], s["batch"])
-        compile_s = time.perf_counter() - t0 if compile_ok else None
+    with autocast(dev, dtype):
+        compile_s = seconds_of(lambda: bare_forward(forward, on_device[:, :-1], s["batch"]), dev)
+        compile_s = compile_s if compile_ok else None
         timed("bare forward" + (" compiled" if compile_ok else ""),
               lambda: bare_forward(forward, on_device[:, :-1], s["batch"]), compile_s, "logits only, the floor")
         logits = bare_forward(model.forward_full, on_device[:, :-1], s["batch"])

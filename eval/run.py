@@ -6,7 +6,7 @@
 
 Tasks (eval/tasks.py): story_continuation and cloze are built on the fly from the held-out rows of
 the checkpoint's data config; dialogue reads an HH-RLHF-style jsonl (default: the small example in
-eval/tasks/); each --task-file adds a task named after the file (scored with --metrics). Without
+eval/task_data/); each --task-file adds a task named after the file (scored with --metrics). Without
 --tasks the built-in three run, or only the task files when some are given.
 
 Generation goes through the Llama-style Generator (temperature 0.6, top-p 0.9; --temperature 0 =
@@ -21,21 +21,22 @@ new tokens/s. With --batch-size B > 1 a batch's time is shared evenly by its pro
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cli import run_or_exit
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from eval import tasks as task_defs
 from eval.metrics import METRICS, compute
-from experiment_config import ConfigError, from_dict
+from experiment_config import ConfigError
 from fileio import atomic_write
 from generators.generation import Generator
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import CheckpointError
+from modelskv.load import load_model
 
 
 def run_task(generator: Generator, task: task_defs.Task, temperature: float = 0.6, top_p: float = 0.9,
@@ -152,31 +153,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, fp32 on CPU) | fp32 | bf16 | fp16")
     args = p.parse_args(argv)
-    try:
-        if args.limit <= 0 or args.batch_size <= 0:
-            raise ValueError("--limit and --batch-size must be positive")
-        checkpoint = load_checkpoint(args.ckpt)
-        cfg = from_dict(checkpoint["config"])
-        run = cfg.run_name or Path(args.ckpt).parent.name
-        task_list = build_tasks(args, cfg)
-        torch.manual_seed(args.seed)
-        generator = Generator.build(args.ckpt, max_batch_size=args.batch_size, device=args.device, dtype=args.dtype)
-        generator.generate([generator.prompt_tokens("Once")], 2, temperature=0)  # warm-up, not timed
-        results = {t.name: run_task(generator, t, args.temperature, args.top_p, args.seed, args.batch_size,
-                                    args.max_new_tokens) for t in task_list}
-    except (CheckpointError, ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(lambda: evaluate(args), {(CheckpointError, ConfigError, DataError, FileNotFoundError, ValueError): 1})
+
+
+def evaluate(args) -> None:
+    """Load the checkpoint, build and run the tasks, write the JSON and print the table."""
+    if args.limit <= 0 or args.batch_size <= 0:
+        raise ValueError("--limit and --batch-size must be positive")
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.ckpt, max_batch=args.batch_size, device=args.device, dtype=args.dtype)
+    cfg = loaded.run_config()
+    run = cfg.run_name or Path(args.ckpt).parent.name
+    task_list = build_tasks(args, cfg)
+    generator = Generator(loaded.model, loaded.tokenizer, loaded.device)
+    generator.generate([generator.prompt_tokens("Once")], 2, temperature=0)  # warm-up, not timed
+    results = {t.name: run_task(generator, t, args.temperature, args.top_p, args.seed, args.batch_size,
+                                args.max_new_tokens) for t in task_list}
     out = Path(args.out or Path("results") / "eval" / f"{run}.json")
     settings = {k: getattr(args, k) for k in ("temperature", "top_p", "seed", "limit", "batch_size", "max_new_tokens")}
-    settings.update(device=str(generator.device), dtype=str(next(generator.model.parameters()).dtype))
-    doc = {"ckpt": str(args.ckpt), "run": run, "step": int(checkpoint.get("step", 0)), "settings": settings,
-           "tasks": results}
+    settings.update(device=str(generator.device), dtype=str(loaded.dtype))
+    doc = {"ckpt": str(args.ckpt), "run": run, "step": loaded.step, "settings": settings, "tasks": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, json.dumps(doc, indent=2, ensure_ascii=False))
     print(table(results))
     print(f"wrote {out}")
-
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,7 @@ from dataset_definitions.config import DataConfig
 from dataset_definitions.dialogue import iter_dialogues
 from dataset_definitions.sources import DataError
 
-DEFAULT_DIALOGUE_FILE = Path(__file__).parent / "tasks" / "hh_example.jsonl"
+DEFAULT_DIALOGUE_FILE = Path(__file__).parent / "task_data" / "hh_example.jsonl"
 FILE_METRICS = ("accuracy", "bleu-1", "bleu-4", "rouge-L", "edit_sim")
 _SENTENCE = re.compile(r"[^.!?]+[.!?]")
 _TURN = re.compile(r"\n\s*(Human|Assistant)\s*:|\bHuman:")

@@ -16,12 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-import modelskv
-from dataset_definitions.tokenization import Tokenizer, load_tokenizer
+from dataset_definitions.tokenization import Tokenizer
 from generators.sampling import check_sampling, next_token
-from models.checkpoint import load_checkpoint, load_weights, model_config
-from modelskv.quantize import quantize_int8
-from runtime import resolve_device, resolve_dtype
+from modelskv.load import load_model
 
 EOS_CHECK_EVERY = 8  # decode steps between reads of "every row has ended" (each read waits for the GPU)
 
@@ -35,7 +32,7 @@ class Generator:
     @staticmethod
     def build(ckpt: str, max_seq_len: int | None = None, max_batch_size: int = 8, device: str = "auto",
               dtype: str = "auto", compile: bool = False, quantize: str | None = None) -> "Generator":
-        """Load a training checkpoint into its inference model.
+        """Load a training checkpoint into its inference model (modelskv.load.load_model).
 
         Args:
             ckpt: path of a checkpoint written by the trainer.
@@ -48,19 +45,8 @@ class Generator:
         Returns:
             A Generator.
         """
-        checkpoint = load_checkpoint(ckpt)
-        cfg = model_config(checkpoint)
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        model = modelskv.build(cfg, max_batch_size, max_seq_len)
-        load_weights(model, checkpoint)
-        model.to(device=dev, dtype=torch_dtype)
-        if quantize == "int8":
-            quantize_int8(model)
-        elif quantize is not None:
-            raise ValueError(f"quantize: {quantize!r} is not one of [None, 'int8']")
-        model.setup_caches(max_batch_size, max_seq_len or cfg.context, torch_dtype)
-        generator = Generator(model, load_tokenizer(checkpoint["tokenizer"]), dev)
+        loaded = load_model(ckpt, max_batch_size, max_seq_len, device, dtype, quantize)
+        generator = Generator(loaded.model, loaded.tokenizer, loaded.device)
         if compile:
             generator.compile_decode()
         return generator

@@ -1,4 +1,4 @@
-"""Perplexity of a checkpoint on the held-out rows of its data config (see eval/perplexity.py).
+"""Perplexity of a checkpoint on the held-out rows of its data config (see perplexity/runner.py).
 
     python perplexity-runners/run_perplexity.py --ckpt checkpoints/<run>/best.pt [--rows 10000] [--batch-size B]
         [--stride S] [--device D] [--dtype D] [--log-dir logs] [--out-name NAME]
@@ -10,10 +10,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
-if importlib.util.find_spec("eval") is None:  # not `pip install -e .`-ed: the repo root is one level up
+if importlib.util.find_spec("perplexity") is None:  # not `pip install -e .`-ed: the repo root is one level up
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.perplexity import main  # noqa: E402
+from perplexity.runner import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

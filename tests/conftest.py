@@ -131,3 +131,30 @@ def assert_initial_loss_is_uniform(model, tol: float = 0.1) -> None:
     with torch.no_grad():
         loss = model(tokens, targets=targets).objective
     assert abs(loss.item() - math.log(model.cfg.vocab_size)) < tol
+
+
+def run_cli(main, argv, capsys) -> tuple[int, str]:
+    """Call a CLI's main in-process; returns (exit status, stderr)."""
+    code, err, _ = run_cli_out(main, argv, capsys)
+    return code, err
+
+
+def run_cli_out(main, argv, capsys) -> tuple[int, str, str]:
+    """Call a CLI's main in-process; returns (exit status, stderr, stdout)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.err, out.out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained run (5 steps) to read checkpoints from; tests copy what they change."""
+    import generic_runner
+
+    root = tmp_path_factory.mktemp("trained")
+    generic_runner.train(tiny_run_config(root, ["train.max_steps=5"]))
+    return root

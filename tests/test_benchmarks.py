@@ -1,13 +1,15 @@
 """The speed benchmarks run end to end at tiny sizes on CPU and write what they print."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import decode_speed, perplexity_speed, run_all, tid_overhead, train_speed
 from benchmarks.synthetic import RandomTokens
 from benchmarks.train_speed import flops_per_token, model_sets
-from conftest import tiny_run_config
+from conftest import REPO, tiny_run_config
 from generic_runner import train
 
 
@@ -32,6 +34,22 @@ def test_run_all_smoke_on_cpu(tmp_path):
     assert {"ours, no cache", "ours, KV cache", "ours, int8", "ours, beam 3", "HF generate"} <= decoders
     assert all(r["tokens_per_s"] > 0 for r in decode["results"])
     assert json.loads((tmp_path / "run_all_cpu.json").read_text())["seconds"]["total"] > 0
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("decode")
+    train(tiny_run_config(tmp, ["train.max_steps=30", "train.lr=3e-3", "train.batch_size=8"]))
+    return str(tmp / "checkpoints/tiny/last.pt")
+
+
+def test_bench_cli_runs_tiny(ckpt, tmp_path):
+    out = tmp_path / "gen.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.decode_speed", "--ckpt", ckpt, "--device", "cpu",
+                        "--batch-sizes", "1,4", "--new-tokens", "6", "--repeats", "1", "--rows", "4",
+                        "--beams", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "batch 4: KV cache speed-up" in r.stdout and out.is_file()
 
 
 def test_unknown_benchmark_is_refused():

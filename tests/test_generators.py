@@ -1,6 +1,5 @@
 """Generation: cached == uncached greedy, beam search, samplers, EOS handling, streaming, the CLI."""
 
-import math
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -250,26 +249,6 @@ def test_generate_cli(ckpt):
     assert r.returncode == 0 and r.stdout.count("[beam ") == 3
     r = subprocess.run(base[:3] + ["--ckpt", "nope.pt", "--prompt", "x"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 1 and "not found" in r.stderr
-
-
-def test_attention_heatmaps(gen, tmp_path):
-    from generators.attention import attention_maps, save_heatmaps
-    ids = gen.prompt_tokens("Tom saw a big dog")
-    maps = attention_maps(gen.model, torch.tensor([ids]))
-    assert len(maps) == gen.model.cfg.n_layers and maps[0].shape == (gen.model.cfg.n_heads, len(ids), len(ids))
-    assert torch.allclose(maps[0].sum(-1), torch.ones(gen.model.cfg.n_heads, len(ids)), atol=1e-5)
-    assert torch.triu(maps[1], diagonal=1).abs().max() == 0          # causal
-    paths = save_heatmaps(maps, [str(i) for i in ids], tmp_path)
-    assert all(p.stat().st_size > 1000 for p in paths)
-
-
-def test_bench_cli_runs_tiny(ckpt, tmp_path):
-    out = tmp_path / "gen.json"
-    r = subprocess.run([sys.executable, "-m", "generators.bench", "--ckpt", ckpt, "--device", "cpu",
-                        "--batch-sizes", "1,4", "--new-tokens", "6", "--repeats", "1", "--rows", "4",
-                        "--beams", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "batch 4: KV cache speed-up" in r.stdout and out.is_file()
 
 
 def test_compiled_decode_step_gives_the_same_greedy_tokens_and_beams(ckpt):

@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, tiny_run_config
-from eval.perplexity import (Scores, compare_table, encode_rows, load_scorer, main, main_text, prepared_data,
-                             score_packed, score_rows, score_texts, token_nll, window_plan)
 from experiment_config import from_dict
 from generic_runner import Trainer, train
 from runtime import setup_env
 from models.checkpoint import load_checkpoint
+from perplexity.results import compare_table
+from perplexity.runner import load_scorer, main, main_text, prepared_data
+from perplexity.scoring import Scores, encode_rows, score_packed, score_rows, score_texts, token_nll, window_plan
 
 
 class ByteTokenizer:

@@ -155,7 +155,7 @@ def _in_process(cmd, env, out, log_path, what, children):
     import contextlib
 
     import generic_runner
-    from eval import perplexity
+    from perplexity import runner as perplexity
 
     out.write(f"$ {' '.join(cmd)}\n")
     script, argv = cmd[1], cmd[2:]

@@ -234,6 +234,19 @@ def test_token_losses_match_cross_entropy_by_hand(inspect_gen):
     assert "".join(labels) == gen.tokenizer.decode(ids[1:])
 
 
+def test_attention_heatmaps(inspect_gen, tmp_path):
+    import torch
+    from visualizations.attention import attention_maps, save_heatmaps
+    gen = inspect_gen
+    ids = gen.prompt_tokens("Tom saw a big dog")
+    maps = attention_maps(gen.model, torch.tensor([ids]))
+    assert len(maps) == gen.model.cfg.n_layers and maps[0].shape == (gen.model.cfg.n_heads, len(ids), len(ids))
+    assert torch.allclose(maps[0].sum(-1), torch.ones(gen.model.cfg.n_heads, len(ids)), atol=1e-5)
+    assert torch.triu(maps[1], diagonal=1).abs().max() == 0          # causal
+    paths = save_heatmaps(maps, [str(i) for i in ids], tmp_path)
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
 def test_inspect_notebook_runs_on_a_tiny_checkpoint(quickstart_logs, monkeypatch):
     ckpt = quickstart_logs.parent / "checkpoints/baseline-quickstart/last.pt"
     outputs = _execute("inspect.ipynb", REPO / "visualizations", monkeypatch, CKPT=str(ckpt))

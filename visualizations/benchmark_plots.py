@@ -14,7 +14,7 @@ from visualizations.run_logs import repo_path, warn_missing
 
 
 def generation_speed(path, *, out_dir=None, formats=("png",)):
-    """generators/bench.py JSON: new tokens/s per batch size with and without the KV cache, and per
+    """benchmarks/decode_speed.py --ckpt JSON: new tokens/s per batch size with and without the KV cache, and per
     decoder (greedy, sampling, beam k) on held-out prompts with its BLEU."""
     data = json.loads(Path(path).read_text())
     fig, axes = new_figure(2)

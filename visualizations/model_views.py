@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib import pyplot as plt
 
-from generators.attention import attention_maps, heatmap_figure, token_labels
 from generators.generation import Generator
+from visualizations.attention import attention_maps, heatmap_figure, token_labels
 
 
 def load(ckpt: str | Path, device: str = "cpu") -> Generator:
@@ -73,7 +73,7 @@ def logit_lens_figure(labels: list[str], tops: list[list[str]], probs: np.ndarra
 
 
 def attention_figures(gen: Generator, prompt: str) -> list:
-    """One Figure per layer with a heatmap per head (generators.attention's heatmaps)."""
+    """One Figure per layer with a heatmap per head (visualizations.attention's heatmaps)."""
     ids = _ids(gen, prompt)
     maps = attention_maps(gen.model, torch.tensor([ids], device=gen.device))
     labels = token_labels(gen.tokenizer, ids)
@@ -119,8 +119,9 @@ def heldout_rows(ckpt: str | Path, n: int = 1) -> list[str]:
     """The first n held-out rows of the data the checkpoint was trained on (its prepared cache)."""
     from dataset_definitions.prepare import prepare_data
     from experiment_config import from_dict
+    from models.checkpoint import load_checkpoint
 
-    cfg = from_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["config"])
+    cfg = from_dict(load_checkpoint(ckpt)["config"])
     rows = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None).rows("heldout")
     return rows[:n]
 

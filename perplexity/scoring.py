@@ -1,7 +1,7 @@
 """Scoring token rows: per-row summed NLL with sliding windows, batched for the GPU.
 
 The definitions (which tokens are targets, how windows cover a long row, what perplexity and
-bits per byte mean) are those of eval/perplexity.py's docstring. Scoring functions take an
+bits per byte mean) are those of the package docstring (perplexity/__init__.py). Scoring functions take an
 `NllFn`, tokens (B, T) and targets (B, T) -> per-token NLL (B, T), 0 where the target is IGNORE,
 so a compiled one fuses the fp32 log-softmax into the head instead of writing fp32 logits;
 `token_nll(logits_fn)` builds one from any logits function. Per-window sums stay on the device

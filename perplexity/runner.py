@@ -1,60 +1,28 @@
-"""Perplexity and bits per byte of a checkpoint: held-out rows, another text file, the packed val stream.
+"""The perplexity runners' logic: a checkpoint loaded for scoring, and the command lines of
+perplexity-runners/run_perplexity.py (`main`) and run_text_perplexity.py (`main_text`).
 
-    python perplexity-runners/run_perplexity.py --ckpt checkpoints/<run>/best.pt [--rows 10000] [--stride S]
-    python perplexity-runners/run_perplexity.py --ckpt PATH --split val --packed   # = the trainer's val loss
-    python perplexity-runners/run_text_perplexity.py --ckpt PATH --text-file other.txt [--delimiter D]
-    python perplexity-runners/run_perplexity.py --compare RUN1 RUN2 ...
-
-Definitions (DESIGN section 6), each made once here:
-- A row is encoded as training documents are, [bos] + ids + [eos] (tokenizers without BOS, such
-  as GPT-2's, start with EOS, the token that precedes a document in the packed stream). BOS is
-  context, never a target; every other token is, EOS included: ending the document is part of
-  modelling it, and the trainer's loss scores EOS too. A row of L tokens has L - 1 targets.
-- Rows longer than the context are scored with a sliding window (`window_plan`): windows of up to
-  `context` inputs start every `stride` tokens; each scores only the targets that no earlier window
-  scored, so every target is scored exactly once, with as much left context as its window gives.
-- Per-row perplexity = exp(row NLL / row targets); the runner saves the list (pickle, in row
-  order) and prints its mean (the seed's aggregate) and median, the corpus perplexity
-  exp(total NLL / total targets), bits per token = corpus loss / ln 2, and bits per byte = total NLL / ln 2 / UTF-8 bytes of the rows'
-  text (bytes of the text only: BOS/EOS have none, but EOS's NLL counts, as in the trainer).
-- `--packed` scores a split's token stream exactly as `Trainer.evaluate` does: blocks of
-  context + 1 tokens at stride = context, total NLL / target tokens, the training model class in
-  eval mode, batches of train.batch_size; bits per byte = loss / ln 2 / (bytes / token of the split).
-
-Outputs: logs/perplexity-losses/<name>.pkl (list of per-row perplexities) and <name>.json (summary).
+The commands, and what is scored and how, are in the package docstring (perplexity/__init__.py).
 """
 
 import argparse
-import json
-import math
-import pickle
-import statistics
 import sys
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import models
-import modelskv
 from cli import run_or_exit
 from dataset_definitions.config import DataConfig
 from dataset_definitions.prepare import PreparedData, prepare_data
 from dataset_definitions.sources import DataError, iter_rows
-from dataset_definitions.tokenization import Tokenizer, load_tokenizer
-from eval.scoring import (IGNORE, LogitsFn, NllFn, Scores, encode_rows, score_packed, score_rows, score_texts,
-                          token_nll, window_plan)
-from experiment_config import ConfigError, RunConfig, from_dict
-from fileio import atomic_write, load_plain_pickle
-from models.checkpoint import CheckpointError, load_checkpoint, load_weights, model_config
-from modelskv.quantize import quantize_int8
-from runtime import resolve_device, resolve_dtype
-
-__all__ = ["IGNORE", "Scores", "Scorer", "compare_table", "encode_rows", "load_result", "load_scorer", "main",
-           "main_text", "prepared_data", "report", "save_results", "score_packed", "score_rows", "score_texts",
-           "token_nll", "window_plan"]
+from dataset_definitions.tokenization import Tokenizer
+from experiment_config import ConfigError, RunConfig
+from models.checkpoint import CheckpointError
+from modelskv.load import load_model
+from perplexity.results import compare_table, report, results_dir, save_results
+from perplexity.scoring import LogitsFn, NllFn, score_packed, score_texts, token_nll
+from runtime import resolve_dtype
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -92,28 +60,17 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
     Returns:
         A Scorer.
     """
-    checkpoint = load_checkpoint(ckpt)
-    cfg = from_dict(checkpoint["config"])
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    mcfg = model_config(checkpoint)
-    if training_model:
-        model = models.build(mcfg)
-        logits_fn = lambda x: model(x)[0]  # noqa: E731  (logits, loss, stats)
-    else:
-        model = modelskv.build(mcfg, max_batch=1, max_seq_len=1)  # the cache is unused: forward_full
-        logits_fn = model.forward_full
-    load_weights(model, checkpoint)
-    model.to(dev).eval()
-    if quantize == "int8":
-        quantize_int8(model)
-    elif quantize is not None:
-        raise ValueError(f"--quantize {quantize!r} is not one of ['int8']")
+    # weights stay fp32 and scoring autocasts to dtype (as the trainer evaluates); the inference
+    # model's cache is unused (forward_full), so it is one position
+    loaded = load_model(ckpt, max_batch=1, max_seq_len=1, device=device, dtype="fp32", quantize=quantize,
+                        training_model=training_model)
+    model = loaded.model
+    logits_fn = (lambda x: model(x)[0]) if training_model else model.forward_full  # (logits, loss, stats)
     nll_fn = token_nll(logits_fn)
     if compile:
         nll_fn = torch.compile(nll_fn, dynamic=False)
-    tokenizer = load_tokenizer(checkpoint["tokenizer"])
-    return Scorer(logits_fn, nll_fn, cfg, tokenizer, dev, torch_dtype, int(checkpoint.get("step", 0)), compile)
+    return Scorer(logits_fn, nll_fn, loaded.run_config(), loaded.tokenizer, loaded.device,
+                  resolve_dtype(dtype, loaded.device), loaded.step, compile)
 
 
 def prepared_data(scorer: Scorer, log=None) -> PreparedData:
@@ -126,84 +83,6 @@ def prepared_data(scorer: Scorer, log=None) -> PreparedData:
                         f"({theirs.get('kind')} {str(theirs.get('sha256'))[:12]} vs {mine.get('kind')} "
                         f"{str(mine.get('sha256'))[:12]}): rebuild it with the checkpoint's tokenizer.path")
     return data
-
-
-# ----------------------------------------------------------------------------- results
-
-def results_dir(log_dir: str | Path) -> Path:
-    return Path(log_dir) / "perplexity-losses"
-
-
-def save_results(name: str, scores: Scores, info: dict, log_dir: str | Path = "logs") -> dict:
-    """Write <log_dir>/perplexity-losses/<name>.pkl (per-row perplexities) and <name>.json (summary)."""
-    out = results_dir(log_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {**scores.summary(), **info, "name": name}
-    bad = [k for k in ("loss", "mean", "median", "corpus_ppl", "bpb") if not math.isfinite(summary.get(k, 0.0))]
-    if bad:
-        raise ValueError(f"{info.get('ckpt')}: the scores are not finite ({', '.join(f'{k}={summary[k]}' for k in bad)}); "
-                         f"nothing written to {out}. The checkpoint's weights or the dtype overflow: try --dtype fp32")
-    previous = out / f"{name}.json"
-    if previous.is_file():  # never silently replace another checkpoint's numbers
-        try:
-            old = json.loads(previous.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if old.get("ckpt") != info.get("ckpt") or old.get("source") != info.get("source"):
-            print(f"note: replacing {previous} (was {old.get('ckpt')}, {old.get('source')}); "
-                  "use --out-name to keep both", file=sys.stderr)
-    atomic_write(out / f"{name}.pkl", pickle.dumps(scores.perplexities()))
-    atomic_write(out / f"{name}.json", json.dumps(summary, indent=2))
-    return summary
-
-
-def load_result(name: str, log_dir: str | Path = "logs") -> dict:
-    """A saved summary; for a pickle without JSON (the seed's logs) the numbers its list gives."""
-    out = results_dir(log_dir)
-    if (out / f"{name}.json").is_file():
-        return json.loads((out / f"{name}.json").read_text())
-    if (out / f"{name}.pkl").is_file():
-        ppl = [float(p) for p in load_plain_pickle(out / f"{name}.pkl")]
-        return {"name": name, "rows": len(ppl), "mean": statistics.fmean(ppl) if ppl else math.nan,
-                "median": statistics.median(ppl) if ppl else math.nan, "source": "pkl only"}
-    raise FileNotFoundError(f"no perplexity results named {name!r} in {out} (run run_perplexity.py first)")
-
-
-def compare_table(names: Sequence[str], log_dir: str | Path = "logs") -> str:
-    """A table of several saved results, one line each."""
-    header = f"{'name':24s} {'source':16s} {'rows':>7s} {'tokens':>10s} {'mean ppl':>9s} {'median':>9s} " \
-             f"{'corpus ppl':>10s} {'bpb':>7s} {'rows/s':>8s}"
-    lines = [header, "-" * len(header)]
-    for name in names:
-        r = load_result(name, log_dir)
-        lines.append(f"{name:24s} {str(r.get('source', '-'))[:16]:16s} {r['rows']:>7,} {_num(r.get('tokens'), ',d'):>10s} "
-                     f"{_num(r['mean'], '.3f'):>9s} {_num(r['median'], '.3f'):>9s} "
-                     f"{_num(r.get('corpus_ppl'), '.3f'):>10s} {_num(r.get('bpb'), '.4f'):>7s} "
-                     f"{_num(r.get('rows_per_s'), ',.1f'):>8s}")
-    return "\n".join(lines)
-
-
-def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def report(summary: dict) -> str:
-    """The printed summary of one scoring pass."""
-    unit = "block" if summary.get("packed") else "row"
-    seed = "" if summary.get("packed") else "   (the seed's aggregate)"
-    skipped = summary.get("skipped") or {}
-    skipped = f"; {sum(skipped.values()):,} rows skipped ({', '.join(skipped)})" if skipped else ""
-    return "\n".join([
-        f"{summary['source']} of {summary['run']} (step {summary['step']}): {summary['rows']:,} {unit}s, "
-        f"{summary['tokens']:,} scored tokens, {summary['bytes']:,} bytes{skipped}",
-        f"  {f'mean per-{unit} ppl':22s}{summary['mean']:12.3f}{seed}",
-        f"  {f'median per-{unit} ppl':22s}{summary['median']:12.3f}",
-        f"  {'corpus ppl':22s}{summary['corpus_ppl']:12.3f}   exp(total NLL / total tokens) = exp({summary['loss']:.4f})",
-        f"  {'bits per token':22s}{summary['bits_per_token']:12.4f}   (loss / ln 2)",
-        f"  {'bits per byte':22s}{summary['bpb']:12.4f}",
-        f"  {summary['rows']:,} {unit}s in {summary['seconds']:.2f}s: {summary['rows_per_s']:,.1f} {unit}s/s, "
-        f"{summary['tokens_per_s']:,.0f} tokens/s on {summary['device']} ({summary['dtype']})",
-    ])
 
 
 # ----------------------------------------------------------------------------- command lines

@@ -1,14 +1,14 @@
 """Attention heatmaps of a prompt: one PNG per layer, one panel per head, tokens on both axes.
 
-    python -m generators.attention --ckpt checkpoints/baseline-quickstart/best.pt --prompt "Tom saw a dog" --out attn/
+    python -m visualizations.attention --ckpt checkpoints/baseline-quickstart/best.pt --prompt "Tom saw a dog" --out attn/
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
+from cli import exit_with
 from generators.generation import Generator
 from models.checkpoint import CheckpointError
 
@@ -80,8 +80,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         gen = Generator.build(args.ckpt, max_batch_size=1, device=args.device, dtype="fp32")
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        exit_with(f"error: {e}", 1)
     ids = gen.prompt_tokens(args.prompt)[:gen.model.max_seq_len]
     labels = token_labels(gen.tokenizer, ids)
     maps = attention_maps(gen.model, torch.tensor([ids], device=gen.device))
