@@ -19,6 +19,7 @@ import signal
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -30,14 +31,15 @@ import train_state
 from cli import exit_with
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.sources import DataError
-from experiment_config import ConfigError, RunConfig, check_run_name, default_run_name, load_config, to_dict
+from experiment_config import ConfigError, RunConfig, check_run_name, default_run_name, load_config
 from fileio import UnsafeFileError
 from models.checkpoint import CheckpointError, load_checkpoint
+from perplexity.scoring import packed_nll
 from run_files import TrainingError, claim_outputs, run_lock, run_paths
 from run_stats import Stat, StepRecord, combine, read_back, values
 from runtime import Env, Stopwatch, agree_on_signal, peak_flops, setup_env, stop_on_signals, to_device
 from tid import TokenImportanceDropout
-from train_logs import RunLogger, bits_per_token, capped_perplexity, open_wandb, summary_line
+from train_logs import RunLogger, bits_per_token, capped_perplexity, summary_line
 
 
 class Interrupted(TrainingError):
@@ -93,24 +95,13 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False, data=None) 
                 dist.barrier()
             trainer = Trainer(cfg, env, resume, data)
             env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")
-            summary = trainer.fit(open_logger(trainer) if env.is_main else None)
+            summary = trainer.fit(train_setup.open_logger(trainer) if env.is_main else None)
             if env.world > 1:
                 dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts
             return summarise(trainer, summary)
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def open_logger(trainer: "Trainer") -> RunLogger:
-    """The run's logs (continued from the resumed step), with wandb when wandb.mode asks for it."""
-    cfg = to_dict(trainer.cfg)
-    try:
-        wandb_run = open_wandb(trainer.cfg.wandb, trainer.cfg.run_name, cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return RunLogger(trainer.cfg.run_name, trainer.cfg.log_dir, {"config": cfg, **trainer.param_counts},
-                     resume_step=trainer.step, wandb_run=wandb_run)
 
 
 def summarise(trainer: "Trainer", summary: dict) -> dict:
@@ -216,36 +207,32 @@ class Trainer:
             if not math.isfinite(row["loss"]):
                 self.step = row["step"]
                 train_state.stop_non_finite(self, f"loss is {row['loss']}")
-            if self.tid.enabled:  # the overhead of TID, readable off the logs
-                stats = row["stats"]
-                stats["tid_step_time_without_scoring"] = row["dt"] - stats["tid_score_time"]
-                stats["tid_method"], stats["tid_drop"] = self.cfg.tid.method, self.cfg.tid.resolved_drop
+            if self.tid.enabled:
+                row["stats"].update(self.tid.logged_extras(row["dt"], row["stats"]))
         return rows
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float, dict]:
-        """Validation loss = total NLL / target tokens (no auxiliary losses), bits per byte, and the
-        model's statistics averaged over the validation batches (rank 0's share under DDP)."""
-        cfg, env = self.cfg, self.env
-        self.wrapped.eval()
+        """Validation loss = total NLL / target tokens (`packed_nll`, as `score_packed`), bits per byte, and
+        the model's statistics averaged over the validation batches (rank 0's share under DDP)."""
+        cfg, env, stats = self.cfg, self.env, {}
         n = len(self.val_blocks)
         if cfg.train.eval_batches is not None:
             n = min(n, cfg.train.eval_batches * cfg.train.batch_size * env.world)
-        nll = torch.zeros((), device=env.device, dtype=torch.float64)
-        count = torch.zeros((), device=env.device, dtype=torch.float64)
-        stats: dict[str, Stat] = {}
-        for batch in torch.arange(env.rank, n, env.world).split(cfg.train.batch_size):  # every world-th block
-            x, y = (to_device(t, env.device) for t in self.val_blocks.batch(batch.numpy()))
-            with env.autocast():
-                out = self.model(x, y, loss_chunk=cfg.train.loss_chunk, reduction="none")
-            nll += out.loss.double().sum()
-            count += (y != -100).sum()  # data.packing=pad: padding positions are no targets
+
+        def nll_fn(x, y):
+            nonlocal stats
+            out = self.model(x, y, loss_chunk=cfg.train.loss_chunk, reduction="none")
             stats = combine(stats, {**out.stats, **out.loss_stats(training=False)})
-        if env.world > 1:
-            dist.all_reduce(nll)
-            dist.all_reduce(count)
+            return out.loss
+
+        self.wrapped.eval()
+        nll, targets = packed_nll(nll_fn, self.val_blocks, np.arange(env.rank, n, env.world),  # every world-th block
+                                  cfg.train.batch_size, env.device, env.dtype)
         self.wrapped.train()
-        loss = (nll / count).item()
+        totals = torch.stack([nll.sum(), targets.sum().double()])
+        if env.world > 1:
+            dist.all_reduce(totals)
+        loss = (totals[0] / totals[1]).item()
         if not math.isfinite(loss):
             train_state.stop_non_finite(self, f"validation loss is {loss}")
         bpb = bits_per_token(loss) / self.data.bytes_per_token("val")

@@ -201,6 +201,12 @@ class TokenImportanceDropout:
     def enabled(self) -> bool:
         return self.cfg.method != "none"
 
+    def logged_extras(self, step_seconds: float, stats: dict) -> dict:
+        """What the logs add to a step's TID statistics: the step's time without scoring (the
+        overhead of TID, readable off the logs), the method and the resolved direction."""
+        return {"tid_step_time_without_scoring": step_seconds - stats["tid_score_time"],
+                "tid_method": self.cfg.method, "tid_drop": self.cfg.resolved_drop}
+
     def describe(self) -> str:
         """The settings in words, for the run log."""
         cfg = self.cfg

@@ -18,11 +18,12 @@ import optimizers
 from dataset_definitions.config import TokenizerConfig
 from dataset_definitions.prepare import prepare_data
 from dataset_definitions.word_vectors import load_word_vectors
-from experiment_config import ConfigError, RunConfig
+from experiment_config import ConfigError, RunConfig, to_dict
 from models.checkpoint import load_weights, model_config
 from models.lora import apply_lora
 from run_files import TrainingError
 from runtime import Env
+from train_logs import RunLogger, open_wandb
 
 
 def with_init_checkpoint(cfg: RunConfig, ckpt: dict, env: Env) -> RunConfig:
@@ -101,6 +102,17 @@ def parameter_counts(model: torch.nn.Module, cfg: RunConfig) -> tuple[dict, int]
     n_params, active = model.num_params(), getattr(model, "num_active_params", None)
     flops = models.flops_per_token(cfg.model, (active or model.num_params)(exclude_embeddings=True))
     return {"params": n_params, "active_params": active() if active else n_params}, flops
+
+
+def open_logger(trainer) -> RunLogger:
+    """The run's logs (continued from a resumed step), with wandb when wandb.mode asks for it."""
+    cfg = to_dict(trainer.cfg)
+    try:
+        wandb_run = open_wandb(trainer.cfg.wandb, trainer.cfg.run_name, cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return RunLogger(trainer.cfg.run_name, trainer.cfg.log_dir, {"config": cfg, **trainer.param_counts},
+                     resume_step=trainer.step, wandb_run=wandb_run)
 
 
 def describe_run(trainer) -> str:

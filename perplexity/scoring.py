@@ -158,28 +158,40 @@ def score_texts(nll_fn: NllFn, tokenizer: Tokenizer, texts: Sequence[str], conte
     return Scores(nll, count, n_bytes, seconds)
 
 
+@torch.no_grad()
+def packed_nll(nll_fn: NllFn, blocks, index: np.ndarray, batch_size: int, device: torch.device,
+               dtype: torch.dtype = torch.float32, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL and scored targets of the blocks `index` of `blocks` (TokenBlocks or DocumentRows),
+    `batch_size` blocks per forward pass in the order given; both (len(index),), on the device.
+
+    The packed validation loss, of the trainer (`Trainer.evaluate`) and of `score_packed` alike, is
+    nll.sum() / targets.sum(): every target != IGNORE of the blocks, no auxiliary losses.
+    """
+    nll = torch.zeros(len(index), device=device, dtype=torch.float64)
+    targets = torch.zeros(len(index), device=device, dtype=torch.int64)
+    for start in tqdm(range(0, len(index), batch_size), desc=f"scoring {len(index):,} blocks", unit=" batches",
+                      disable=not progress, dynamic_ncols=True):
+        rows = slice(start, start + batch_size)
+        x, y = (to_device(t, device) for t in blocks.batch(index[rows]))  # (B, T) each
+        with autocast(device, dtype):
+            nll[rows] = nll_fn(x, y).sum(1).double()
+        targets[rows] = (y != IGNORE).sum(1)
+    return nll, targets
+
+
 @torch.inference_mode()
 def score_packed(nll_fn: NllFn, tokens: np.ndarray, context: int, bytes_per_token: float,
                  batch_size: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  progress: bool = False) -> Scores:
-    """Score a packed token stream exactly as `Trainer.evaluate` does, one Scores row per block.
+    """Score a packed token stream as the trainer's validation does (`packed_nll`), one Scores row per block.
 
     Blocks of context + 1 tokens start every `context` tokens (the incomplete tail is left out, as in
     training); batches take consecutive blocks. A block's bytes are its targets x bytes_per_token, so
     the summary's bpb is the trainer's loss / ln 2 / bytes_per_token.
     """
-    device = torch.device(device)
     blocks = TokenBlocks(tokens, context)  # the trainer's validation blocks
-    n_blocks = len(blocks)
-    block_nll = torch.zeros(n_blocks, device=device, dtype=torch.float64)
     t0 = time.perf_counter()
-    for start in tqdm(range(0, n_blocks, batch_size), desc=f"scoring {n_blocks:,} blocks", unit=" batches",
-                      disable=not progress, dynamic_ncols=True):
-        index = np.arange(start, min(start + batch_size, n_blocks))
-        x, y = (to_device(t, device) for t in blocks.batch(index))  # (B, T) each
-        with autocast(device, dtype):
-            block_nll[index[0]:index[-1] + 1] = nll_fn(x, y).sum(1).double()
-    nll = block_nll.cpu().numpy()
-    seconds = time.perf_counter() - t0
-    count = np.full(n_blocks, context, dtype=np.int64)
-    return Scores(nll, count, count * float(bytes_per_token), seconds)
+    nll, targets = packed_nll(nll_fn, blocks, np.arange(len(blocks)), batch_size, torch.device(device), dtype,
+                              progress)
+    nll, count = nll.cpu().numpy(), targets.cpu().numpy()
+    return Scores(nll, count, count * float(bytes_per_token), time.perf_counter() - t0)
