@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from dataset_definitions.config import DataConfig, TokenizerConfig
+from dataset_definitions.prepare import PreparedData, prepare_data
 from models.config import ModelConfig
 from models.lora import LoRAConfig
 from optimizers import OPTIMIZERS
@@ -194,6 +195,12 @@ def from_dict(d: dict) -> RunConfig:
 def to_dict(cfg) -> dict:
     """Plain nested dict of the config (safe to save in checkpoints and JSON)."""
     return dataclasses.asdict(cfg)
+
+
+def prepare_run_data(cfg: RunConfig, **options) -> PreparedData:
+    """prepare_data for a run config: its data and tokenizer sections in its data and tokenizer folders,
+    block counts at its model.context; `options` (log, force, verify) as prepare_data takes them."""
+    return prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, **{"context": cfg.model.context, **options})
 
 
 def read_yaml(path: Path, what: str = "config file",

@@ -10,9 +10,8 @@ configs/baseline.yaml unless told), so this acts on exactly the cache the traini
 import argparse
 
 from cli import run_or_exit
-from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
-from experiment_config import ConfigError, load_config
+from experiment_config import ConfigError, load_config, prepare_run_data
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,8 +26,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def prepare():
         cfg = load_config([args.base, *(args.config or ["configs/quickstart.yaml"])], args.set)
-        prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context,
-                     force=args.force, verify=args.verify)
+        prepare_run_data(cfg, force=args.force, verify=args.verify)
 
     run_or_exit(prepare, {ConfigError: 2, DataError: 1})
 

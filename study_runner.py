@@ -18,16 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from experiment_config import ConfigError
+from experiment_config import ConfigError, prepare_run_data
 from study import Run, Study, compared, config_differences, load_study, resolve_runs, tokens_budget
 
 
 def prepare_once(runs: list[Run], log=print):
     """Prepare (or find) the data and tokenizer every arm shares, before any run starts."""
-    from dataset_definitions.prepare import prepare_data
-
-    cfg = runs[0].cfg
-    return prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context, log=log)
+    return prepare_run_data(runs[0].cfg, log=log)
 
 
 def run_state(run: Run) -> str:

@@ -16,9 +16,8 @@ import torch.distributed as dist
 import models
 import optimizers
 from dataset_definitions.config import TokenizerConfig
-from dataset_definitions.prepare import prepare_data
 from dataset_definitions.word_vectors import load_word_vectors
-from experiment_config import ConfigError, RunConfig, to_dict
+from experiment_config import ConfigError, RunConfig, prepare_run_data, to_dict
 from models.checkpoint import load_weights, model_config
 from models.lora import apply_lora
 from run_files import TrainingError
@@ -37,11 +36,10 @@ def with_init_checkpoint(cfg: RunConfig, ckpt: dict, env: Env) -> RunConfig:
 
 def load_data(cfg: RunConfig, env: Env):
     """The prepared data of cfg.data: rank 0 builds the cache (or finds it), the other ranks then read it."""
-    data = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context,
-                        log=env.log) if env.is_main else None
+    data = prepare_run_data(cfg, log=env.log) if env.is_main else None
     if env.world > 1:
         dist.barrier()
-        data = data or prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None)
+        data = data or prepare_run_data(cfg, log=lambda *a: None)
     return data
 
 

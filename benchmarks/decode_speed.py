@@ -31,7 +31,7 @@ from benchmarks.common import (benchmark_parser, default_out, device_info, media
                                print_targets, seconds_of, write_results)
 from benchmarks.synthetic import IdTokenizer
 from cli import exit_with
-from dataset_definitions.prepare import prepare_data
+from experiment_config import prepare_run_data
 from generators.beam_search import beam_search
 from generators.generation import Generator
 from models import ModelConfig
@@ -289,7 +289,7 @@ def run_checkpoint(args) -> dict:
             gen, batch_sizes, args.new_tokens, args.repeats, prompt, decoder="greedy compiled")]
     speed += checkpoint_hf_speed(gen, batch_sizes, args.new_tokens, args.repeats, prompt)
     cfg = loaded.run_config()
-    heldout = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None).rows("heldout")
+    heldout = prepare_run_data(cfg, log=lambda *a: None).rows("heldout")
     quality = quality_rows(gen, heldout[:args.rows], args.prompt_words, args.new_tokens, beams)
 
     info, dtype = device_info(gen.device), str(loaded.dtype).removeprefix("torch.")

@@ -5,15 +5,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataset_definitions.datasets import TokenBlocks
+from dataset_definitions.tokenization import Tokenizer
 
 
 @dataclass
-class IdTokenizer:
+class IdTokenizer(Tokenizer):
     """A tokenizer of bare ids: what the trainer reads of one (size, special ids, spec)."""
     vocab_size: int
     bos_id: int | None = None
     pad_id: int | None = None
     eos_id: int | None = None
+    kind: str = "random"
+    path: str | None = None
 
     def spec(self) -> dict:
         return {"kind": "random", "path": None, "vocab_size": self.vocab_size}

@@ -29,7 +29,7 @@ def fast_tokenizer(tokenizer: Tokenizer):
     from transformers import PreTrainedTokenizerFast
 
     backend = _backend(tokenizer)
-    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id   # as Generator.prompt_tokens
+    start = tokenizer.start_id   # as Generator.prompt_tokens
     token = lambda i: backend.id_to_token(i)  # noqa: E731
     backend.post_processor = processors.TemplateProcessing(
         single=f"{token(start)} $A", pair=f"{token(start)} $A {token(start)} $B", special_tokens=[(token(start), start)])

@@ -52,6 +52,12 @@ class Tokenizer:
         self.path = path  # the file or folder this was loaded from; None for a download
         self.sha256 = sha256_file(path) if path is not None and Path(path).is_file() else None
 
+    @property
+    def start_id(self) -> int:
+        """The token a document starts with: BOS, or EOS for tokenizers without one (GPT-2's), the
+        token that precedes a document in the packed stream."""
+        return self.bos_id if self.bos_id is not None else self.eos_id
+
     def encode(self, text: str) -> list[int]:
         """Text to ids, no specials added."""
         raise NotImplementedError

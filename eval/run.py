@@ -28,11 +28,10 @@ import numpy as np
 import torch
 
 from cli import run_or_exit
-from dataset_definitions.prepare import prepare_data
 from dataset_definitions.sources import DataError
 from eval import tasks as task_defs
 from eval.metrics import METRICS, compute
-from experiment_config import ConfigError
+from experiment_config import ConfigError, prepare_run_data
 from fileio import atomic_write
 from generators.generation import Generator
 from models.checkpoint import CheckpointError
@@ -104,7 +103,7 @@ def build_tasks(args, cfg) -> list[task_defs.Task]:
         raise ValueError(f"unknown metric(s) {bad}; known: {list(METRICS)}")
     rows = None
     if {"story_continuation", "cloze"} & set(names):
-        rows = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None).rows("heldout")
+        rows = prepare_run_data(cfg, log=lambda *a: None).rows("heldout")
         if not rows:
             raise DataError("the checkpoint's data has no held-out rows (data.heldout_rows is 0)")
     built = []

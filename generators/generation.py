@@ -60,9 +60,7 @@ class Generator:
     # -- token level
     def prompt_tokens(self, text: str) -> list[int]:
         """Encode a prompt the way training documents begin: [bos] + ids (GPT-2: <|endoftext|> + ids)."""
-        tok = self.tokenizer
-        start = tok.bos_id if tok.bos_id is not None else tok.eos_id
-        return [start] + tok.encode(text)
+        return [self.tokenizer.start_id] + self.tokenizer.encode(text)
 
     @torch.inference_mode()
     def generate(self, prompt_tokens: list[list[int]], max_gen_len: int, temperature: float = 0.6,

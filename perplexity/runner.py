@@ -14,10 +14,10 @@ import torch
 
 from cli import run_or_exit
 from dataset_definitions.config import DataConfig
-from dataset_definitions.prepare import PreparedData, prepare_data
+from dataset_definitions.prepare import PreparedData
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer
-from experiment_config import ConfigError, RunConfig
+from experiment_config import ConfigError, RunConfig, prepare_run_data
 from models.checkpoint import CheckpointError
 from modelskv.load import load_model
 from perplexity.results import compare_table, report, results_dir, save_results
@@ -76,7 +76,7 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
 def prepared_data(scorer: Scorer, log=None) -> PreparedData:
     """The checkpoint's prepared data (built if missing), checked to use the checkpoint's tokenizer."""
     cfg = scorer.cfg
-    data = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=log or (lambda *a: None))
+    data = prepare_run_data(cfg, log=log or (lambda *a: None))
     mine, theirs = scorer.tokenizer.spec(), data.meta["tokenizer"]
     if any(mine.get(k) != theirs.get(k) for k in ("kind", "sha256", "vocab_size")):
         raise DataError(f"the data cache {data.dir} was encoded with another tokenizer than the checkpoint's "

@@ -40,8 +40,7 @@ def token_nll(logits_fn: LogitsFn) -> NllFn:
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Each text as [bos] + ids + [eos] (EOS in place of a missing BOS), as the data pipeline writes documents."""
-    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    return [[start, *ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(list(texts))]
+    return [[tokenizer.start_id, *ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(list(texts))]
 
 
 def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:

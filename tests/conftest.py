@@ -71,10 +71,10 @@ def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
 
 
 def prepare_run(cfg, **options):
-    """prepare_data on a RunConfig: its data and tokenizer sections, its two directories and its context."""
-    from dataset_definitions.prepare import prepare_data
+    """prepare_data on a RunConfig (experiment_config.prepare_run_data)."""
+    from experiment_config import prepare_run_data
 
-    return prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, context=cfg.model.context, **options)
+    return prepare_run_data(cfg, **options)
 
 
 def assert_causal(model, tokens, t: int = 7) -> dict:

@@ -13,18 +13,22 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, tiny_run_config
+from dataset_definitions.tokenization import Tokenizer
 from experiment_config import from_dict
 from generic_runner import Trainer, train
-from runtime import setup_env
 from models.checkpoint import load_checkpoint
 from perplexity.results import compare_table
 from perplexity.runner import load_scorer, main, main_text, prepared_data
 from perplexity.scoring import Scores, encode_rows, score_packed, score_rows, score_texts, token_nll, window_plan
+from runtime import setup_env
 
 
-class ByteTokenizer:
+class ByteTokenizer(Tokenizer):
     """Bytes as ids 3..258; 0 pad, 1 bos, 2 eos."""
-    pad_id, bos_id, eos_id, vocab_size = 0, 1, 2, 259
+    kind, pad_id, bos_id, eos_id, vocab_size = "bytes", 0, 1, 2, 259
+
+    def __init__(self):
+        super().__init__(None)
 
     def encode_batch(self, texts):
         return [[b + 3 for b in t.encode("utf-8")] for t in texts]

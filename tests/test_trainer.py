@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-import generic_runner
 import train_setup
 import optimizers
 from conftest import REPO, prepare_run, tiny_run_config

@@ -117,12 +117,11 @@ def token_loss_figure(labels: list[str], nll: np.ndarray, width: int = 90, vmax:
 
 def heldout_rows(ckpt: str | Path, n: int = 1) -> list[str]:
     """The first n held-out rows of the data the checkpoint was trained on (its prepared cache)."""
-    from dataset_definitions.prepare import prepare_data
-    from experiment_config import from_dict
+    from experiment_config import from_dict, prepare_run_data
     from models.checkpoint import load_checkpoint
 
     cfg = from_dict(load_checkpoint(ckpt)["config"])
-    rows = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir, log=lambda *a: None).rows("heldout")
+    rows = prepare_run_data(cfg, log=lambda *a: None).rows("heldout")
     return rows[:n]
 
 
