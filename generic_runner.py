@@ -175,9 +175,9 @@ class Trainer:
             x, y = (to_device(t, env.device) for t in self.train_blocks.batch(self.sampler.next_indices()))
             drop_mask = None
             if self.tid.enabled:
-                with env.autocast(), Stopwatch(env.device) as clock:  # score in the training precision
+                with env.autocast():  # score in the training precision
                     drop_mask, tid_stats = self.tid.mask(self.model, x, y, self.step)
-                stats = combine(stats, {**tid_stats, "tid_score_time": Stat.sum(clock)})
+                stats = combine(stats, tid_stats)
             # skip the gradient all-reduce on all but the last micro-batch
             last = micro == cfg.train.grad_accum - 1
             sync = self.wrapped.no_sync() if env.world > 1 and not last else contextlib.nullcontext()

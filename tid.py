@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from run_stats import Stat
+from runtime import Stopwatch
 
 METHODS = ("none", "random", "entropy", "gradient_norm", "attention_mass")
 SCHEDULES = ("constant", "linear_decay", "linear_warmup", "cosine", "sigmoid")
@@ -234,11 +235,13 @@ class TokenImportanceDropout:
             model.train(was_training)
 
     def mask(self, model, tokens: torch.Tensor, targets: torch.Tensor, step: int):
-        """(drop_mask (B, T) bool, stats). `model` is the plain model (no DDP/compile wrapper)."""
-        ratio = drop_ratio(self.cfg, step, self.max_steps)
-        scores = self.scores(model, tokens, targets)
-        droppable = droppable_mask(tokens, self.cfg.protect_first, self.special_ids)
-        drop = select_drops(scores, droppable, ratio, self.cfg.resolved_drop == "high")
-        stats = {"tid_target_ratio": Stat.mean(ratio),
-                 "tid_drop_ratio": Stat.mean(drop.sum() / droppable.sum().clamp(min=1))}
+        """(drop_mask (B, T) bool, stats: the target and realised drop ratios and the seconds spent
+        here, `tid_score_time`). `model` is the plain model (no DDP/compile wrapper)."""
+        with Stopwatch(tokens.device) as clock:
+            ratio = drop_ratio(self.cfg, step, self.max_steps)
+            scores = self.scores(model, tokens, targets)
+            droppable = droppable_mask(tokens, self.cfg.protect_first, self.special_ids)
+            drop = select_drops(scores, droppable, ratio, self.cfg.resolved_drop == "high")
+        stats = {"tid_target_ratio": Stat.mean(ratio), "tid_drop_ratio": Stat.mean(drop.sum() / droppable.sum().clamp(min=1)),
+                 "tid_score_time": Stat.sum(clock)}
         return drop, stats
