@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,8 +95,7 @@ def exclusive_lock(path: str | Path, wait: bool = False):
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            f.seek(0)
-            raise LockedError(f"{path} is held by process {f.read().strip() or '?'}") from None
+            raise LockedError(f"{path} is held by process {_holder(f)}") from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -104,6 +104,18 @@ def exclusive_lock(path: str | Path, wait: bool = False):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _holder(f, seconds: float = 2.0) -> str:
+    """The process id a lock file names. The holder writes it just after taking the lock, so a
+    loser that arrives in between waits a moment for it rather than naming no one."""
+    deadline = time.monotonic() + seconds
+    while True:
+        f.seek(0)
+        pid = f.read().strip()
+        if pid or time.monotonic() > deadline:
+            return pid or "?"
+        time.sleep(0.02)
 
 
 def process_alive(pid: int) -> bool:

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 import models
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
+from experiment_config import RunConfig, from_dict
 from models import ModelConfig
 from models.checkpoint import load_checkpoint, load_weights, model_config
 from modelskv.model import build
@@ -38,9 +39,8 @@ class LoadedModel:
     step: int                   # training step the checkpoint was saved at
     config: dict                # the run config as saved (plain dicts)
 
-    def run_config(self):
+    def run_config(self) -> RunConfig:
         """The saved config as a RunConfig (checked as when it was written)."""
-        from experiment_config import from_dict  # the config tree is only needed by callers that read it
         return from_dict(self.config)
 
 

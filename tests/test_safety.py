@@ -22,7 +22,7 @@ import generic_runner
 from conftest import REPO, prepare_run, run_cli, tiny_run_config, tiny_sets
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.prepare import data_key
-from fileio import atomic_write, load_plain_pickle
+from fileio import LockedError, atomic_write, exclusive_lock, load_plain_pickle
 from models.checkpoint import load_checkpoint
 from train_logs import load_losses
 
@@ -112,6 +112,23 @@ def test_second_writer_of_a_run_is_refused_until_the_first_dies(tmp_path, capsys
         holder.kill()   # kill -9: the OS releases the lock
         holder.wait()
     assert train_cli(tmp_path, capsys, "--run-name", "tiny", sets=["train.max_steps=2"])[0] == 0
+
+
+def test_a_loser_arriving_before_the_holder_wrote_its_id_still_names_it(tmp_path):
+    # the holder takes the lock, then writes its id: a second process between the two must wait for the id
+    lock = tmp_path / "run.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\nf = open(sys.argv[1], 'a+')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\ntime.sleep(0.5)\nf.write('4242'); f.flush()\ntime.sleep(120)", str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockedError, match="held by process 4242"):
+            with exclusive_lock(lock):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_two_trainings_of_one_run_started_together_one_refuses(tmp_path):
