@@ -17,7 +17,7 @@ Definitions (DESIGN section 6), each made once in this package:
   order) and prints its mean (the seed's aggregate) and median, the corpus perplexity
   exp(total NLL / total targets), bits per token = corpus loss / ln 2, and bits per byte = total NLL / ln 2 / UTF-8 bytes of the rows'
   text (bytes of the text only: BOS/EOS have none, but EOS's NLL counts, as in the trainer).
-- `--packed` scores a split's token stream exactly as `Trainer.evaluate` does: blocks of
+- `--packed` scores a split's token stream with `Trainer.evaluate`'s own function (`packed_nll`): blocks of
   context + 1 tokens at stride = context, total NLL / target tokens, the training model class in
   eval mode, batches of train.batch_size; bits per byte = loss / ln 2 / (bytes / token of the split).
 

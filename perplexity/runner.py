@@ -65,7 +65,7 @@ def load_scorer(ckpt: str | Path, device: str = "auto", dtype: str = "auto", tra
     loaded = load_model(ckpt, max_batch=1, max_seq_len=1, device=device, dtype="fp32", quantize=quantize,
                         training_model=training_model)
     model = loaded.model
-    logits_fn = (lambda x: model(x)[0]) if training_model else model.forward_full  # (logits, loss, stats)
+    logits_fn = (lambda x: model(x).logits) if training_model else model.forward_full
     nll_fn = token_nll(logits_fn)
     if compile:
         nll_fn = torch.compile(nll_fn, dynamic=False)
