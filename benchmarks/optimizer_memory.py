@@ -16,8 +16,8 @@ import torch
 import models
 import optimizers
 from benchmarks.common import default_out, device_info, write_results
-from runtime import resolve_device
 from models import ModelConfig
+from runtime import resolve_device
 
 
 def measure(preset: str, name: str, device: torch.device) -> dict:

@@ -10,8 +10,8 @@ training model, compiled when the step is (see tid.py).
 
 
 from benchmarks.common import benchmark_cli, device_info
-from runtime import resolve_device
 from benchmarks.train_speed import model_sets, train_on_random_tokens
+from runtime import resolve_device
 
 METHODS = ("none", "random", "entropy", "attention_mass", "gradient_norm")
 LIMITS = {"random": 0.02, "entropy": 0.35, "attention_mass": 0.40, "gradient_norm": 0.80}  # the targets

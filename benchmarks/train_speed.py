@@ -21,11 +21,10 @@ import torch
 import models
 from benchmarks.common import (WARMUP_STEPS, benchmark_cli, device_info, median_seconds, peak_memory_gb,
                                print_targets)
-from runtime import resolve_device
 from benchmarks.synthetic import RandomTokens
 from experiment_config import load_config
 from generic_runner import train
-from runtime import PEAK_FLOPS
+from runtime import PEAK_FLOPS, resolve_device
 from train_logs import load_times
 
 H100_BF16 = PEAK_FLOPS["H100"]

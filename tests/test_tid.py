@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 from conftest import tiny_run_config
 from generic_runner import Trainer, train
-from runtime import setup_env
 from models import ModelConfig, build
+from run_stats import values
+from runtime import setup_env
 from tid import (SCHEDULES, TIDConfig, TokenImportanceDropout, attention_mass_scores, drop_ratio,
                  droppable_mask, entropy_scores, gradient_norm_scores, select_drops)
-from run_stats import values
 from train_logs import load_losses
 
 V = 97

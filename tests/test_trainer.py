@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-import train_setup
 import optimizers
+import train_setup
 from conftest import REPO, prepare_run, tiny_run_config
 from generic_runner import Interrupted, Trainer, train
 from models.checkpoint import load_checkpoint
