@@ -72,29 +72,27 @@ def state_bytes(optimizer) -> int:
 
 def plain_state(state_dict: dict) -> dict:
     """An optimizer state dict with every quantised moment as {"lowbit": class, "tensors", "attrs"}."""
-    out = {**state_dict, "state": {}}
-    for key, state in state_dict["state"].items():
-        out["state"][key] = {}
-        for name, value in state.items():
-            if type(value).__name__ in _SUBCLASSES:
-                inner, attrs = value.__tensor_flatten__()
-                value = {"lowbit": type(value).__name__, "tensors": {n: getattr(value, n) for n in inner},
-                         "attrs": list(attrs)}
-            out["state"][key][name] = value
-    return out
+    def plain(value):
+        if type(value).__name__ not in _SUBCLASSES:
+            return value
+        inner, attrs = value.__tensor_flatten__()
+        return {"lowbit": type(value).__name__, "tensors": {n: getattr(value, n) for n in inner}, "attrs": list(attrs)}
+    return _map_state(state_dict, plain)
 
 
 def restore_state(state_dict: dict) -> dict:
     """The inverse of `plain_state`: quantised moments rebuilt as torchao tensors."""
-    out = {**state_dict, "state": {}}
-    for key, state in state_dict["state"].items():
-        out["state"][key] = {}
-        for name, value in state.items():
-            if isinstance(value, dict) and "lowbit" in value:
-                cls = _subclass(value["lowbit"])
-                value = cls.__tensor_unflatten__(value["tensors"], value["attrs"], None, None)
-            out["state"][key][name] = value
-    return out
+    def restored(value):
+        if not (isinstance(value, dict) and "lowbit" in value):
+            return value
+        return _subclass(value["lowbit"]).__tensor_unflatten__(value["tensors"], value["attrs"], None, None)
+    return _map_state(state_dict, restored)
+
+
+def _map_state(state_dict: dict, fn) -> dict:
+    """`state_dict` with fn applied to every per-parameter state value (param_groups as they are)."""
+    return {**state_dict, "state": {key: {name: fn(value) for name, value in state.items()}
+                                    for key, state in state_dict["state"].items()}}
 
 
 def _torchao_optim(name: str):

@@ -158,7 +158,7 @@ class GPT(nn.Module):
                              "crop the input or raise model.context")
         if drop_mask is not None and keep_position:
             x = x.masked_fill(drop_mask.unsqueeze(-1), 0.0)
-        positions = start_pos + torch.arange(T, device=x.device)                # (T,)
+        positions = start_pos + torch.arange(T, device=x.device)                     # (T,)
         rope = None
         if self.cfg.position == "learned":
             x = x + self.pos_emb(positions)                                          # (T, C) broadcast
