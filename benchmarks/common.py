@@ -73,10 +73,19 @@ def print_targets(goals: list[dict]) -> None:
         print(f"  {'met    ' if g['met'] else 'not met'}  {g['target']}: {g['value']:,.3f}")
 
 
+def device_arg(name: str) -> str:
+    """--device, checked when parsed: one that this machine lacks ends the command with exit 2."""
+    try:
+        resolve_device(name)
+    except (ValueError, RuntimeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def benchmark_parser(name: str, description: str, steps: bool = False) -> argparse.ArgumentParser:
     """The options every speed benchmark shares: --device, --quick, [--steps], --out."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the CPU smoke run)")
     if steps:
         parser.add_argument("--steps", type=int, default=None, help="optimizer steps per case")

@@ -15,7 +15,7 @@ import torch
 
 import models
 import optimizers
-from benchmarks.common import default_out, device_info, write_results
+from benchmarks.common import default_out, device_arg, device_info, write_results
 from models import ModelConfig
 from runtime import resolve_device
 
@@ -41,7 +41,7 @@ def measure(preset: str, name: str, device: torch.device) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", type=device_arg)
     parser.add_argument("--presets", default="baseline,gpt2_125m")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ import importlib
 import time
 from pathlib import Path
 
-from benchmarks.common import device_info, write_results
+from benchmarks.common import device_arg, device_info, write_results
 from runtime import resolve_device
 
 BENCHMARKS = ("train_speed", "tid_overhead", "perplexity_speed", "decode_speed")
@@ -20,7 +20,7 @@ BENCHMARKS = ("train_speed", "tid_overhead", "perplexity_speed", "decode_speed")
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", type=device_arg)
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
     parser.add_argument("--out-dir", default="benchmarks/results")
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from benchmarks import decode_speed, perplexity_speed, run_all, tid_overhead, train_speed
 from benchmarks.synthetic import RandomTokens
@@ -55,6 +56,14 @@ def test_bench_cli_runs_tiny(ckpt, tmp_path):
 def test_unknown_benchmark_is_refused():
     with pytest.raises(SystemExit):
         run_all.main(["--device", "cpu", "--only", "train_speed,nope"])
+
+
+@pytest.mark.parametrize("module", [train_speed, decode_speed, perplexity_speed, tid_overhead, run_all])
+def test_a_device_this_machine_lacks_is_refused_when_parsed(module, capsys):
+    bad = "gpu" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--device", bad])
+    assert exit_.value.code == 2 and "argument --device" in capsys.readouterr().err
 
 
 def test_random_tokens_train_without_a_corpus(tmp_path):
