@@ -44,7 +44,7 @@ DEFAULT_SEEDS = (1, 2, 3)
 STUDY_KEYS = {"description", "configs", "set", "seeds", "reference", "heldout_rows", "arms"}
 ARM_KEYS = {"runner", "set"}
 # keys of a resolved config that name where outputs go, not what is trained
-NOT_COMPARED = ("run_name", "seed", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb")
+NOT_COMPARED = ("run_name", "seed", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb", "log")
 
 
 @dataclass
