@@ -188,6 +188,21 @@ def load_config(paths: list[str | Path] = (), sets: list[str] = ()) -> RunConfig
     return from_dict(merged)
 
 
+def section_from(cls, d: dict, sets: list[str], prefix: str):
+    """A config section outside the run tree (e.g. a study's `launcher:` block) as a `cls` dataclass:
+    `d`, then the `--set prefix.key=value` items; an unknown key or a wrong type names the key."""
+    merged = dict(d)
+    for item in sets:
+        key, value = _parse_set(item)
+        merged[key.removeprefix(prefix)] = value
+    try:
+        return _build(cls, merged, prefix)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # the section's own __post_init__ checks
+        raise ConfigError(str(e)) from None
+
+
 def from_dict(d: dict) -> RunConfig:
     """Build a RunConfig from nested plain dicts (e.g. the `config` saved in a checkpoint)."""
     try:
