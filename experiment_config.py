@@ -199,18 +199,13 @@ def section_from(cls, d: dict, sets: list[str], prefix: str):
         return _build(cls, merged, prefix)
     except ConfigError:
         raise
-    except (ValueError, TypeError) as e:  # the section's own __post_init__ checks
+    except (ValueError, TypeError) as e:  # raised by a section's own __post_init__ checks
         raise ConfigError(str(e)) from None
 
 
 def from_dict(d: dict) -> RunConfig:
     """Build a RunConfig from nested plain dicts (e.g. the `config` saved in a checkpoint)."""
-    try:
-        return _build(RunConfig, d, "")
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:  # raised by a section's own __post_init__ checks
-        raise ConfigError(str(e)) from None
+    return section_from(RunConfig, d, [], "")
 
 
 def to_dict(cfg) -> dict:
