@@ -37,7 +37,7 @@ def _argv(tmp_path, path: str, name: str) -> list[str]:
 def _shape(out_dir) -> dict:
     """What the report holds, without the numbers: arms, rows and columns of summary.json and summary.md."""
     report = json.loads((out_dir / "summary.json").read_text())
-    tables = [line.split("|")[1].strip() if line.startswith("| ") else line
+    tables = [(line.count("|"), line.split("|")[1].strip())          # columns and the row's label
               for line in (out_dir / "summary.md").read_text().splitlines() if line.startswith("|")]
     return {"keys": sorted(report), "arms": {a: sorted(m) for a, m in report["arms"].items()},
             "runs": [(r["arm"], r["seed"], sorted(r)) for r in report["runs"]],
