@@ -87,6 +87,11 @@ class WandbConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False       # also write TensorBoard event files to <log_dir>/tensorboard/<run>/
+
+
+@dataclass
 class RunConfig:
     run_name: str | None = None     # outputs go to checkpoints/<run_name>/ and logs/*/<run_name>.*
     seed: int = 1337
@@ -103,6 +108,7 @@ class RunConfig:
     tid: TIDConfig = field(default_factory=TIDConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
@@ -117,7 +123,7 @@ class RunConfig:
 # A resumed run must be the run its checkpoint started: every config key defines the run, except
 # these (where outputs go, the device, how long and how often to evaluate, save and log). A key
 # added later defines the run unless it is listed here. A trailing "." lists a whole section.
-RESUMABLE_KEYS = ("run_name", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb.",
+RESUMABLE_KEYS = ("run_name", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb.", "log.",
                   "train.max_steps", "train.eval_every", "train.eval_batches", "train.save_every",
                   "train.keep_every", "train.checkpoints", "train.patience", "train.log_every", "train.compile")
 
@@ -182,14 +188,24 @@ def load_config(paths: list[str | Path] = (), sets: list[str] = ()) -> RunConfig
     return from_dict(merged)
 
 
-def from_dict(d: dict) -> RunConfig:
-    """Build a RunConfig from nested plain dicts (e.g. the `config` saved in a checkpoint)."""
+def section_from(cls, d: dict, sets: list[str], prefix: str):
+    """A config section outside the run tree (e.g. a study's `launcher:` block) as a `cls` dataclass:
+    `d`, then the `--set prefix.key=value` items; an unknown key or a wrong type names the key."""
+    merged = dict(d)
+    for item in sets:
+        key, value = _parse_set(item)
+        merged[key.removeprefix(prefix)] = value
     try:
-        return _build(RunConfig, d, "")
+        return _build(cls, merged, prefix)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:  # raised by a section's own __post_init__ checks
         raise ConfigError(str(e)) from None
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Build a RunConfig from nested plain dicts (e.g. the `config` saved in a checkpoint)."""
+    return section_from(RunConfig, d, [], "")
 
 
 def to_dict(cfg) -> dict:

@@ -1,7 +1,7 @@
 """A training run's files: where they go, the lock that keeps one writer per run name, and claiming
 them (a run never overwrites another's outputs unless --resume or --force says what to do).
 
-    checkpoints/<run>/{last,best,step_<n>}.pt     logs/{losses,times,csv}/<run>.*   (train_logs.py)
+    checkpoints/<run>/{last,best,step_<n>}.pt     logs/{losses,times,csv}/<run>.*, logs/tensorboard/<run>/   (train_logs.py)
     <log_dir>/.locks/<run>.lock, <checkpoint_dir>/.locks/<run>.lock   held for the run's life
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from experiment_config import RunConfig
 from fileio import LockedError, exclusive_lock
-from train_logs import run_log_paths
+from train_logs import run_log_paths, tensorboard_dir
 
 
 class TrainingError(RuntimeError):
@@ -26,7 +26,8 @@ def run_outputs(cfg: RunConfig) -> list[Path]:
     """The files this run writes (and --force deletes): its checkpoints and its logs, nothing else."""
     paths = run_paths(cfg)
     ckpts = [paths["last"], paths["best"], *paths["dir"].glob("step_*.pt")] if paths["dir"].is_dir() else []
-    return [p for p in [*ckpts, *run_log_paths(cfg.run_name, cfg.log_dir)] if p.is_file()]
+    events = tensorboard_dir(cfg.run_name, cfg.log_dir).glob("events.out.tfevents.*")
+    return [p for p in [*ckpts, *run_log_paths(cfg.run_name, cfg.log_dir), *events] if p.is_file()]
 
 
 def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:

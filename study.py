@@ -9,6 +9,7 @@ A study file (configs/studies/*.yaml) holds:
     seeds: [1, 2, 3]                     # default 1, 2, 3
     reference: baseline                  # the arm the others are compared with (default: the first)
     heldout_rows: 10000                  # held-out rows each run is scored on (default: all there are)
+    launcher: {partition: gpu}           # settings of --launcher slurm (optional; study_slurm.py)
     arms:
       baseline: {runner: run_tid.py, set: {tid.method: none}}
       entropy:  {runner: run_tid.py, set: {tid.method: entropy}}
@@ -41,10 +42,10 @@ from pathlib import Path
 from experiment_config import ConfigError, RunConfig, flatten, load_config, read_yaml, to_dict
 
 DEFAULT_SEEDS = (1, 2, 3)
-STUDY_KEYS = {"description", "configs", "set", "seeds", "reference", "heldout_rows", "arms"}
+STUDY_KEYS = {"description", "configs", "set", "seeds", "reference", "heldout_rows", "arms", "launcher"}
 ARM_KEYS = {"runner", "set"}
 # keys of a resolved config that name where outputs go, not what is trained
-NOT_COMPARED = ("run_name", "seed", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb")
+NOT_COMPARED = ("run_name", "seed", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb", "log")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Study:
     sets: list[str] = field(default_factory=list)
     heldout_rows: int | None = None
     description: str = ""
+    launcher: dict = field(default_factory=dict)  # the `launcher:` block (settings of --launcher slurm)
     out_dir: Path | None = None     # default studies/<name>
 
     @property
@@ -111,12 +113,15 @@ def load_study(path: str | Path) -> Study:
     reference = d.get("reference", arms[0].name)
     if reference not in arms_d:
         raise ConfigError(f"study file {path}: reference {reference!r} is not one of the arms {list(arms_d)}")
+    launcher = d.get("launcher", {})
+    if not isinstance(launcher, dict):
+        raise ConfigError(f"study file {path}: 'launcher' must map settings to values, e.g. {{partition: gpu}}")
     heldout = d.get("heldout_rows")
     if heldout is not None and (not isinstance(heldout, int) or heldout <= 0):
         raise ConfigError(f"study file {path}: heldout_rows must be a positive integer (or left out: all rows)")
     return Study(name=path.stem, path=path, arms=arms, reference=reference, seeds=seeds,
                  configs=_str_list(d.get("configs", []), "configs", path), sets=_sets(d.get("set", []), "set", path),
-                 heldout_rows=heldout, description=str(d.get("description", "")).strip())
+                 heldout_rows=heldout, description=str(d.get("description", "")).strip(), launcher=launcher)
 
 
 def _arm(name, spec, path: Path) -> Arm:

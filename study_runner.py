@@ -1,10 +1,12 @@
 """Train and score a study's runs (study.py resolves them), then write its report; the command line.
 
     python run_study.py --study configs/studies/tid.yaml [--config FILE ...] [--set key=value ...] [--parallel N]
+    python run_study.py --study ... --launcher slurm [--set launcher.KEY=VALUE ...]   # one SLURM job per run
 
 Each run is trained by its runner in a subprocess, then scored by the perplexity runner, `--parallel`
 at a time (one GPU each where there are several); one log file per run under studies/<name>/runs/.
-A finished run is reused, a killed one resumes from its last checkpoint.
+A finished run is reused, a killed one resumes from its last checkpoint. `--launcher slurm` runs the
+same two commands of each run in its own submitit job instead (study_slurm.py).
 """
 
 import concurrent.futures
@@ -85,7 +87,7 @@ def execute(study: Study, runs: list[Run], parallel: int = 1, log=print) -> None
         with lock:
             slot = free.pop()
         try:
-            _train_and_score(study, run, slots[slot], children)
+            train_and_score(study, run, slots[slot], children)
         finally:
             with lock:
                 free.append(slot)
@@ -131,7 +133,9 @@ class StudyRunError(RuntimeError):
     """A run of the study failed; the message names its log file."""
 
 
-def _train_and_score(study: Study, run: Run, env: dict, children: set) -> None:
+def train_and_score(study: Study, run: Run, env: dict, children: set) -> None:
+    """Train the run (unless trained) and score it, recording each stage; `env` adds to the commands'
+    environment, `children` holds the live subprocess (for stopping it)."""
     log_path = study.dir / "runs" / f"{run.name}.log"
     with open(log_path, "a") as out:
         if run_state(run) not in ("trained", "scored"):
@@ -177,6 +181,20 @@ def check_trained_configs(runs: list[Run]) -> None:
 
 # ----------------------------------------------------------------------------- command line
 
+def _launcher(name: str, study: Study, sets: list[str], parallel: int):
+    """The function that trains and scores the runs: `execute` here, or one SLURM job per run."""
+    if name == "local":
+        if sets:
+            raise ConfigError(f"--set {sets[0]}: launcher.* settings are for --launcher slurm")
+        return lambda s, runs: execute(s, runs, parallel)
+    if parallel != 1:
+        raise ConfigError("--parallel is for --launcher local; with slurm every run is its own job")
+    from study_slurm import execute_on_slurm, slurm_config
+
+    cfg = slurm_config(study, sets)
+    return lambda s, runs: execute_on_slurm(s, runs, cfg)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -195,7 +213,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="override for every arm, e.g. --set data.source=text (repeatable)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (one GPU each where there are several)")
     parser.add_argument("--out", default=None, metavar="DIR", help="report folder (default studies/NAME)")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: subprocesses here (default); slurm: one submitit job per run (--set launcher.*)")
     args = parser.parse_args(argv)
+    launcher_sets = [s for s in args.set if s.startswith("launcher.")]
+    arm_sets = [s for s in args.set if not s.startswith("launcher.")]
     # a scheduler's SIGTERM stops the study as Ctrl-C does: running runs are stopped, finished ones kept
     signal.signal(signal.SIGTERM, _interrupt)
     command = " ".join(["python run_study.py", "--study", args.study,
@@ -203,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         study = load_study(args.study)
         study.out_dir = Path(args.out) if args.out else None
-        runs = resolve_runs(study, args.config, args.set)
+        launch = _launcher(args.launcher, study, launcher_sets, args.parallel)
+        runs = resolve_runs(study, args.config, arm_sets)
         differences = config_differences(study, runs)
         print(f"study {study.name}: {len(study.arms)} arms x {len(study.seeds)} seeds {study.seeds}, "
               f"reference {study.reference!r}, {tokens_budget(runs[0].cfg):,} tokens per run")
@@ -211,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             if arm != study.reference:
                 print(f"  {arm}: " + (", ".join(f"{k}={b!r}" for k, (_, b) in diff.items()) or "(no difference)"))
         prepare_once(runs)
-        execute(study, runs, args.parallel)
+        launch(study, runs)
         check_trained_configs(runs)
         report = write_report(study, runs, differences, command, study.dir)
     except ConfigError as e:

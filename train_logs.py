@@ -12,6 +12,9 @@ Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically
                            device time of the step), "tokens_per_s", "elapsed" (s since start,
                            summed over resumed segments), "total_elapsed"
     logs/csv/NAME.csv      one row per step: the numbers above, val_* columns filled on eval steps
+    logs/tensorboard/NAME/ with log.tensorboard=true: every numeric CSV column as a TensorBoard scalar
+                           at its step (val_x as val/x, the others as train/x, train_ dropped); a resumed
+                           run adds an event file whose purge step hides what was logged after last.pt
 
     losses = load_losses("quickstart")      # -> dict as above
     times = load_times("quickstart")
@@ -58,6 +61,15 @@ def run_log_paths(run: str, log_dir: str | Path) -> list[Path]:
     return [log_dir / "losses" / f"{run}.pkl", log_dir / "times" / f"{run}.pkl", log_dir / "csv" / f"{run}.csv"]
 
 
+def tensorboard_dir(run: str, log_dir: str | Path) -> Path:
+    return Path(log_dir) / "tensorboard" / run
+
+
+def tensorboard_tag(column: str) -> str:
+    """The TensorBoard tag of a CSV column: val_loss -> val/loss, train_loss -> train/loss, lr -> train/lr."""
+    return f"val/{column[4:]}" if column.startswith("val_") else f"train/{column.removeprefix('train_')}"
+
+
 def _plain(value):
     """Python floats for numbers (e.g. numpy scalars), so the pickles hold plain data only."""
     if isinstance(value, dict):
@@ -74,8 +86,9 @@ def _load(path: Path) -> dict:
 class RunLogger:
     """Collects per-step and per-eval numbers and writes the pickles, the CSV and (optionally) W&B."""
 
-    def __init__(self, run: str, log_dir: str | Path, meta: dict, resume_step: int = 0, wandb_run=None):
-        self.run, self.wandb = run, wandb_run
+    def __init__(self, run: str, log_dir: str | Path, meta: dict, resume_step: int = 0, wandb_run=None,
+                 tensorboard=None):
+        self.run, self.wandb, self.tensorboard = run, wandb_run, tensorboard
         self.paths = dict(zip(("losses", "times", "csv"), run_log_paths(run, log_dir)))
         for p in self.paths.values():
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -190,11 +203,19 @@ class RunLogger:
             self._rewrite_csv(rows)
         with open(self.paths["csv"], "a", newline="") as f:
             csv.DictWriter(f, self.csv_fields).writerow(self._pending_row)
+        if self.tensorboard is not None:  # the row the CSV got, so the two never disagree
+            step = self._pending_row["step"]
+            for k, v in self._pending_row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tensorboard.add_scalar(tensorboard_tag(k), v, global_step=step)
         self._pending_row = None
 
     def save(self) -> None:
-        """Write the pickles atomically and the pending CSV row."""
+        """Write the pickles atomically, the pending CSV row and the TensorBoard events (before
+        last.pt is written, so a resume from it finds every step it keeps on disk)."""
         self._flush_row()
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
         for name, obj in (("losses", self.losses), ("times", self.times)):
             atomic_write(self.paths[name], pickle.dumps(obj))
 
@@ -208,6 +229,20 @@ def open_wandb(wandb_cfg, run_name: str, config: dict):
     except ImportError:
         raise ValueError("wandb.mode is set but wandb is not installed: pip install wandb (or wandb.mode=disabled)") from None
     return wandb.init(project=wandb_cfg.project, name=run_name, mode=wandb_cfg.mode, config=config)
+
+
+def open_tensorboard(log_cfg, run_name: str, log_dir: str | Path, resume_step: int = 0):
+    """A SummaryWriter on logs/tensorboard/<run>/ when log.tensorboard is on, else None. A run resumed
+    from step n writes a new event file with purge step n + 1: TensorBoard then hides the events the
+    stopped process logged after its last.pt, which the resumed run logs again."""
+    if not log_cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError('log.tensorboard=true needs TensorBoard: pip install -e ".[tensorboard]" '
+                         "(or log.tensorboard=false)") from None
+    return SummaryWriter(str(tensorboard_dir(run_name, log_dir)), purge_step=resume_step + 1 if resume_step else None)
 
 
 def summary_line(summary: dict) -> str:

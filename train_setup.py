@@ -22,7 +22,7 @@ from models.checkpoint import load_weights, model_config
 from models.lora import apply_lora
 from run_files import TrainingError
 from runtime import Env
-from train_logs import RunLogger, open_wandb
+from train_logs import RunLogger, open_tensorboard, open_wandb
 
 
 def with_init_checkpoint(cfg: RunConfig, ckpt: dict, env: Env) -> RunConfig:
@@ -103,14 +103,16 @@ def parameter_counts(model: torch.nn.Module, cfg: RunConfig) -> tuple[dict, int]
 
 
 def open_logger(trainer) -> RunLogger:
-    """The run's logs (continued from a resumed step), with wandb when wandb.mode asks for it."""
-    cfg = to_dict(trainer.cfg)
+    """The run's logs (continued from a resumed step), with wandb and TensorBoard when wandb.mode and
+    log.tensorboard ask for them."""
+    cfg, run = to_dict(trainer.cfg), trainer.cfg
     try:
-        wandb_run = open_wandb(trainer.cfg.wandb, trainer.cfg.run_name, cfg)
+        wandb_run = open_wandb(run.wandb, run.run_name, cfg)
+        tensorboard = open_tensorboard(run.log, run.run_name, run.log_dir, trainer.step)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return RunLogger(trainer.cfg.run_name, trainer.cfg.log_dir, {"config": cfg, **trainer.param_counts},
-                     resume_step=trainer.step, wandb_run=wandb_run)
+    return RunLogger(run.run_name, run.log_dir, {"config": cfg, **trainer.param_counts},
+                     resume_step=trainer.step, wandb_run=wandb_run, tensorboard=tensorboard)
 
 
 def describe_run(trainer) -> str:
