@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from generators import Generator
 from generators.sampling import filter_top_k, next_token, sample_top_p
+from test_generators import PrefixModel
 
 LOGITS = torch.tensor([2.0, 1.2, 0.9, 0.0, -0.5, -1.5])   # distinct values: the sorted order is unique
 DRAWS = 20_000
@@ -146,28 +147,14 @@ def test_greedy_is_argmax_of_every_row():
     assert torch.equal(next_token(logits, 0.0, top_p=0.1, top_k=3), logits.argmax(dim=-1))
 
 
-class PrefixLogits(torch.nn.Module):
-    """Stub with the modelskv interface whose logits are a fixed random function of the whole prefix;
-    its "cache" is the token history per row, so a wrong start_pos or a stale row changes the output."""
+class PrefixLogits(PrefixModel):
+    """test_generators' stub (logits a fixed random function of the whole prefix, its "cache" the
+    token history per row, so a wrong start_pos or a stale row changes the output), over 7 tokens
+    and with the no-cache forward too."""
     V = 7
 
-    def __init__(self, max_batch=4, max_seq_len=24):
-        super().__init__()
-        self.max_batch, self.max_seq_len = max_batch, max_seq_len
-        self.history = torch.zeros(max_batch, max_seq_len, dtype=torch.long)
-
-    @classmethod
-    def logits_of(cls, prefix) -> torch.Tensor:
-        seed = 0
-        for t in prefix:
-            seed = (seed * 31 + int(t) + 1) % 2**31
-        return 2.0 * torch.randn(cls.V, generator=torch.Generator().manual_seed(seed))
-
-    def forward(self, tokens, start_pos=0):
-        B, T = tokens.shape
-        self.history[:B, start_pos:start_pos + T] = tokens
-        return torch.stack([torch.stack([self.logits_of(self.history[b, :start_pos + t + 1]) for t in range(T)])
-                            for b in range(B)])
+    def __init__(self):
+        super().__init__(max_batch=4, max_seq_len=24)
 
     def forward_full(self, tokens):
         return torch.stack([torch.stack([self.logits_of(row[:t + 1]) for t in range(len(row))]) for row in tokens])
@@ -198,9 +185,22 @@ def test_batched_unequal_prompts_decode_greedily_as_each_alone(use_cache):
     batched, _ = gen.generate(PROMPTS, max_gen_len=10, temperature=0, use_cache=use_cache)
     expected = [reference_greedy(p, 10, eos=2) for p in PROMPTS]
     assert batched == expected
-    assert sorted(map(len, expected)) == [4, 8, 10]     # EOS stops two rows (EOS inside a prompt does not)
+    assert sorted(map(len, expected)) == [1, 2, 10]     # EOS stops two rows (EOS inside a prompt does not)
     for prompt, row in zip(PROMPTS, batched):
         assert gen.generate([prompt], max_gen_len=10, temperature=0, use_cache=use_cache)[0][0] == row
+    echoed, _ = gen.generate(PROMPTS, max_gen_len=10, temperature=0, use_cache=use_cache, echo=True)
+    assert echoed == [p + e for p, e in zip(PROMPTS, expected)]
+
+
+def test_an_eos_inside_the_prompt_neither_ends_nor_cuts_the_generation():
+    """A prompt holding the EOS id decodes to max_gen_len, past the early-stop check (every 8 steps)
+    that the other row, ended by a generated EOS, would satisfy."""
+    gen = _prefix_generator()
+    prompts = [[6], [0, 2, 0]]
+    expected = [reference_greedy(p, 12, eos=2) for p in prompts]
+    assert [len(e) for e in expected] == [5, 12]
+    assert gen.generate(prompts, max_gen_len=12, temperature=0)[0] == expected
+    assert gen.generate(prompts, max_gen_len=12, temperature=0, echo=True)[0] == [p + e for p, e in zip(prompts, expected)]
 
 
 @pytest.mark.parametrize("prompts,use_cache", [(PROMPTS, True), (LONGER_PROMPTS, True), (LONGER_PROMPTS, False)])
