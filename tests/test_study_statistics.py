@@ -168,3 +168,11 @@ def test_build_report_pairs_rows_and_seeds_and_matches_scipy(tmp_path, monkeypat
     assert c["ci95"][0] == pytest.approx(hand_lo, abs=0.15 * half)
     assert c["ci95"][1] == pytest.approx(hand_hi, abs=0.15 * half)
     assert 0 < c["ci95"][0] and c["verdict"] == "worse (higher held-out NLL)"
+
+    # summary.md prints these numbers: the paired row, and each arm's mean ± t half-width
+    md = study_report.markdown(report)
+    seeds = ", ".join(f"{d:+.4f}" for d in per_seed)
+    assert (f"| entropy | {np.mean(arm - ref):+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {seeds} | "
+            f"[{lo:+.4f}, {hi:+.4f}] | {100 * (math.exp(np.mean(arm - ref)) - 1):+.2f}% | worse") in md
+    mean_ppl = [np.exp(row).mean() for row in ref]
+    assert f"| baseline (reference) | {np.mean(mean_ppl):.3f} ± {scipy_half_width(mean_ppl):.3f} |" in md
