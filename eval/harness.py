@@ -45,6 +45,7 @@ except ModuleNotFoundError as e:
     raise ImportError(LMEVAL_MISSING) from None
 
 MODEL_NAME = "small-lm"
+LMEVAL_DEFAULT_DEVICE = "cuda:0"  # what lm_eval's command line passes without --device
 SAMPLING_KEYS = {"do_sample", "temperature", "top_p", "top_k"}  # what generate_until passes to the Generator
 
 
@@ -75,8 +76,11 @@ class SmallLM(TemplateLM):
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "SmallLM":
         """model_args win over the command line's batch_size and device, which lm_eval always passes
-        (batch_size 1 by default), so `--model_args ...,batch_size=8` is not a duplicate argument."""
+        (batch_size 1 and device cuda:0 by default), so `--model_args ...,batch_size=8` is not a duplicate
+        argument; lm_eval's default device on a machine without CUDA gives way to ours ("auto")."""
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        if extra.get("device") == LMEVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
+            del extra["device"]
         return cls(**{**extra, **arg_dict})
 
     # -- tokens
