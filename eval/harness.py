@@ -122,10 +122,10 @@ class SmallLM(TemplateLM):
                 y[b, len(row) - 1 - n:len(row) - 1] = torch.tensor(row[-n:])  # only the continuation is a target
             x, y = x.to(self.device), y.to(self.device)
             logits = self.model.forward_full(x)                                          # (B, T, V)
-            logprob = -target_nll(logits, y).double().sum(1)
-            greedy = ((logits.argmax(-1) == y) | (y == IGNORE)).all(1)
+            logprob = (-target_nll(logits, y).double().sum(1)).tolist()
+            greedy = ((logits.argmax(-1) == y) | (y == IGNORE)).all(1).tolist()
             for b, i in enumerate(batch):
-                out[i] = (logprob[b].item(), bool(greedy[b]))
+                out[i] = (logprob[b], greedy[b])
         for (pair, _, _), answer in zip(requests, out):
             if pair is not None:
                 self.cache_hook.add_partial("loglikelihood", pair, answer)

@@ -219,7 +219,17 @@ def test_cli_writes_the_results_of_simple_evaluate(local_tasks_only, ours, capsy
     (written,) = out.rglob("results_*.json")
     doc = json.loads(written.read_text())
     assert doc["results"]["tiny_mc"]["acc,none"] == ours["results"]["tiny_mc"]["acc,none"]
-    assert doc["config"]["model_args"]["batch_size"] == 2  # model_args win over the CLI's default batch_size
+
+
+def test_model_args_win_over_what_the_cli_always_passes(lm_eval):
+    """lm_eval's CLI passes batch_size=1 and device=cuda:0 when they are not given."""
+    from eval.harness import SmallLM
+
+    lm = SmallLM.create_from_arg_string(f"ckpt={lm_eval['ckpt']},batch_size=2,device=cpu",
+                                        {"batch_size": 1, "device": "cuda:0", "max_batch_size": None})
+    assert (lm.batch_size, lm.model.max_batch, lm.device.type) == (2, 2, "cpu")
+    lm = SmallLM.create_from_arg_obj({"ckpt": lm_eval["ckpt"]}, {"batch_size": 3, "device": "cuda:0"})
+    assert (lm.batch_size, lm.device.type) == (3, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.parametrize("model_args,message", [
