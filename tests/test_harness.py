@@ -207,9 +207,15 @@ def local_tasks_only(lm_eval, monkeypatch):
     return lm_eval
 
 
-def test_cli_writes_the_results_of_simple_evaluate(local_tasks_only, ours, capsys):
+def test_cli_writes_the_results_of_simple_evaluate(local_tasks_only, ours, capsys, monkeypatch):
+    from lm_eval.api import registry
+
     from eval.lm_eval_harness import main
 
+    # as in a fresh process: small-lm unknown to lm_eval until the command imports eval.harness
+    monkeypatch.setattr(registry.model_registry, "_objs",
+                        {k: v for k, v in registry.model_registry.items() if k != "small-lm"})
+    monkeypatch.delitem(sys.modules, "eval.harness")
     env = local_tasks_only
     out = env["root"] / "cli"
     argv = ["--model", "small-lm", "--model_args", f"ckpt={env['ckpt']},device=cpu,batch_size=2",
