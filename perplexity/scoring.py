@@ -30,12 +30,14 @@ NllFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]    # tokens, target
 SHAPE_MULTIPLE = 64             # fixed_shapes: window lengths are padded up to a multiple of this
 
 
+def target_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """NLL (B, T) of targets (B, T) under logits (B, T, V): fp32 cross-entropy per token, 0 on IGNORE targets."""
+    return F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+
+
 def token_nll(logits_fn: LogitsFn) -> NllFn:
-    """The NllFn of a logits function: fp32 cross-entropy per token, 0 on IGNORE targets."""
-    def nll(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = logits_fn(x)                                                        # (B, T, V)
-        return F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE, reduction="none")
-    return nll
+    """The NllFn of a logits function (`target_nll` of its logits)."""
+    return lambda x, y: target_nll(logits_fn(x), y)
 
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
