@@ -171,12 +171,13 @@ def test_falcon_objective_is_ce_plus_weighted_balance_and_z_loss_of_every_layer(
 def test_falcon_balance_loss_gradient_reaches_the_router_through_the_mean_probabilities():
     """d aux / d router logits flows through importance (the mean router probability) and the z-loss only:
     the router's gradient equals autograd of the written-out aux loss with the kept counts held fixed."""
-    model = _falcon(0.6)
+    model = _falcon(1.0)
     moe = model.blocks[0].mlp
     x = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(7))
     _, aux, _ = moe(x)
     (got,) = torch.autograd.grad(aux, moe.router.weight)
     ref = _moe_by_hand(moe, x.detach())
+    assert ref["dropped"] > 0 and len(set(ref["kept"])) > 1     # unequal kept loads: the balance term has a gradient
     W = moe.router.weight.detach().double().requires_grad_()
     logits = x.reshape(-1, 16).double() @ W.T                                      # (N, E)
     N, E, k = logits.size(0), 4, 2
