@@ -166,7 +166,11 @@ class Trainer:
         """Forward/backward over grad_accum micro-batches, clip, step.
 
         Returns loss and grad norm as 0-d device tensors and the statistics: nothing here waits for
-        the GPU; `read_back` fetches the numbers in groups.
+        the GPU; `read_back` fetches the numbers in groups. loss is the mean over micro-batches of each
+        one's objective (its mean cross-entropy plus aux loss), averaged over ranks: for micro-batches of
+        equal token counts, what one batch of grad_accum times the blocks gives. grad_norm is the global
+        L2 norm of the accumulated gradient before clipping (0 when train.grad_clip = 0); the optimizer
+        applies that gradient times min(1, grad_clip / grad_norm).
         """
         cfg, env = self.cfg, self.env
         total = torch.zeros((), device=env.device)

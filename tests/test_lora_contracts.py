@@ -81,10 +81,12 @@ def test_merged_model_equals_the_adapted_model_and_the_hand_merged_weights():
     torch.testing.assert_close(folded, adapted, rtol=1e-4, atol=1e-5)
 
 
-def test_trainer_with_lora_optimizes_and_changes_only_the_adapters(tmp_path):
-    cfg = tiny_run_config(tmp_path, ["lora.rank=2", "lora.alpha=3", "lora.targets=wqkv,up", "train.lr=1e-2"])
+def test_trainer_with_lora_optimizes_and_changes_only_the_adapters(tiny_root):
+    cfg = tiny_run_config(tiny_root, ["lora.rank=2", "lora.alpha=3", "lora.targets=wqkv,up", "train.lr=1e-2",
+                                      "run_name=lora-adapters"])
     trainer = Trainer(cfg, setup_env(cfg.device, cfg.train.precision), False)
-    lora_names = {f"blocks.{i}.{m}.{ab}" for i in range(2) for m in ("attn.wqkv", "mlp.up") for ab in ("lora_a", "lora_b")}
+    lora_names = {f"blocks.{i}.{m}.{ab}" for i in range(2) for m in ("attn.wqkv", "mlp.up")
+                  for ab in ("lora_a", "lora_b")}
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     in_optimizer = {names[id(p)] for g in trainer.optimizer.param_groups for p in g["params"]}
     assert in_optimizer == lora_names

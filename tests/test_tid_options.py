@@ -30,14 +30,9 @@ def test_every_tid_option_has_a_trainer_test():
     assert all(name in globals() for name in COVERED.values())
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("tid_options")
-
-
-def _run(root, sets, step=0):
-    return _first_step(root, [f"train.max_steps={MAX_STEPS}", *sets, "run_name=" + "-".join(sets).replace("=", "_")],
-                       step)
+def _run(tiny_root, sets, step=0):
+    name = "-".join(sets).replace("=", "_")
+    return _first_step(tiny_root, [f"train.max_steps={MAX_STEPS}", *sets, f"run_name={name}"], step)
 
 
 def _expected_mask(tokens, scores, ratio, drop_high, protect_first, specials):
@@ -56,20 +51,23 @@ def _specials(trainer):
     return {tok.bos_id, tok.pad_id}
 
 
-def test_method_none_and_random(root):
-    _, _, loss_none, seen, _ = _run(root, ["tid.method=none", "tid.p_start=0.3", "tid.p_end=0.3"])
+def _droppable_counts(trainer, tokens) -> list[int]:
+    """Per row, the positions after the first that hold no bos or pad token."""
+    return [sum(t not in _specials(trainer) for t in row[1:].tolist()) for row in tokens]
+
+
+def test_method_none_and_random(tiny_root):
+    _, _, loss_none, seen, _ = _run(tiny_root, ["tid.method=none", "tid.p_start=0.3", "tid.p_end=0.3"])
     assert seen["drop_mask"] is None
-    trainer, _, loss_random, seen, x0 = _run(root, ["tid.method=random", "tid.p_start=0.3", "tid.p_end=0.3"])
+    trainer, _, loss_random, seen, x0 = _run(tiny_root, ["tid.method=random", "tid.p_start=0.3", "tid.p_end=0.3"])
     mask, tokens = seen["drop_mask"], seen["tokens"]
-    droppable = [sum(tokens[b, t].item() not in _specials(trainer) for t in range(1, tokens.size(1)))
-                 for b in range(tokens.size(0))]
-    assert mask.sum(1).tolist() == [round(0.3 * n) for n in droppable]
+    assert mask.sum(1).tolist() == [round(0.3 * n) for n in _droppable_counts(trainer, tokens)]
     assert x0[mask].abs().max() == 0 and abs(loss_random - loss_none) > 1e-4
 
 
 @pytest.mark.parametrize("method, end", [("entropy", "high"), ("gradient_norm", "low")])
-def test_drop_auto_follows_the_method(root, method, end):
-    trainer, model, _, seen, _ = _run(root, [f"tid.method={method}", "tid.drop=auto", "tid.p_start=0.3",
+def test_drop_auto_follows_the_method(tiny_root, method, end):
+    trainer, model, _, seen, _ = _run(tiny_root, [f"tid.method={method}", "tid.drop=auto", "tid.p_start=0.3",
                                              "tid.p_end=0.3"])
     tokens = seen["tokens"]
     scores = (explicit_entropy(model, tokens) if method == "entropy"
@@ -79,8 +77,8 @@ def test_drop_auto_follows_the_method(root, method, end):
     assert torch.equal(seen["drop_mask"], expected) and not torch.equal(expected, opposite)
 
 
-def test_entropy_of_current(root):
-    trainer, model, _, seen, _ = _run(root, ["tid.method=entropy", "tid.entropy_of=current", "tid.p_start=0.3",
+def test_entropy_of_current(tiny_root):
+    trainer, model, _, seen, _ = _run(tiny_root, ["tid.method=entropy", "tid.entropy_of=current", "tid.p_start=0.3",
                                              "tid.p_end=0.3"])
     tokens = seen["tokens"]
     expected = _expected_mask(tokens, explicit_entropy(model, tokens, "current"), 0.3, True, 1, _specials(trainer))
@@ -88,9 +86,9 @@ def test_entropy_of_current(root):
     assert torch.equal(seen["drop_mask"], expected) and not torch.equal(expected, of_next)
 
 
-def test_keep_position_true(root):
+def test_keep_position_true(tiny_root):
     """Learned positions: a dropped position's first-block input is its position embedding alone."""
-    _, model, _, seen, x0 = _run(root, ["tid.method=random", "tid.keep_position=true", "tid.p_start=0.3",
+    _, model, _, seen, x0 = _run(tiny_root, ["tid.method=random", "tid.keep_position=true", "tid.p_start=0.3",
                                         "tid.p_end=0.3"])
     tokens, mask = seen["tokens"], seen["drop_mask"]
     pos = model.pos_emb.weight.detach()[: tokens.size(1)].expand(tokens.size(0), -1, -1)
@@ -119,14 +117,14 @@ SCHEDULE_CASES = [("constant", 0.35, 0.35, 6), ("linear_decay", 0.55, 0.2, 5), (
 
 
 @pytest.mark.parametrize("schedule, p_start, p_end, step", SCHEDULE_CASES)
-def test_schedule_and_endpoints(root, schedule, p_start, p_end, step):
+def test_schedule_and_endpoints(tiny_root, schedule, p_start, p_end, step):
     """At optimizer step `step` of 10, every row drops round(ratio * droppable) tokens, ratio the schedule's
     closed form: ignoring the schedule, p_start, p_end or the step would give another count."""
-    trainer, _, _, seen, _ = _run(root, ["tid.method=random", f"tid.schedule={schedule}", f"tid.p_start={p_start}",
+    trainer, _, _, seen, _ = _run(tiny_root, ["tid.method=random", f"tid.schedule={schedule}", f"tid.p_start={p_start}",
                                          f"tid.p_end={p_end}"], step)
     tokens, mask = seen["tokens"], seen["drop_mask"]
     ratio = _closed_form_ratio(schedule, p_start, p_end, step / MAX_STEPS)
-    n = [sum(tokens[b, t].item() not in _specials(trainer) for t in range(1, tokens.size(1))) for b in range(len(tokens))]
+    n = _droppable_counts(trainer, tokens)
     assert mask.sum(1).tolist() == [round(ratio * k) for k in n]
     wrong = {0.1, p_start if schedule != "constant" else 0.1, p_end if schedule != "constant" else 0.1,
              _closed_form_ratio(schedule, p_start, p_end, 0.0), _closed_form_ratio("constant", p_start, p_end, 0)}
@@ -136,7 +134,7 @@ def test_schedule_and_endpoints(root, schedule, p_start, p_end, step):
         == pytest.approx(ratio)
 
 
-def test_layer(root, monkeypatch):
+def test_layer(tiny_root, monkeypatch):
     """attention_mass reads tid.layer: on 3 layers, layer 1 is neither the default 0 nor the last (weights
     perturbed: at init every layer attends nearly uniformly, so all three would rank alike)."""
     build_model = train_setup.build_model
@@ -148,7 +146,7 @@ def test_layer(root, monkeypatch):
                 p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
         return model
     monkeypatch.setattr(train_setup, "build_model", perturbed)
-    trainer, model, _, seen, _ = _run(root, ["model.n_layers=3", "tid.method=attention_mass", "tid.layer=1",
+    trainer, model, _, seen, _ = _run(tiny_root, ["model.n_layers=3", "tid.method=attention_mass", "tid.layer=1",
                                              "tid.p_start=0.3", "tid.p_end=0.3"])
     tokens = seen["tokens"]
     masks = [_expected_mask(tokens, explicit_attention_mass(model, tokens, layer), 0.3, False, 1, _specials(trainer))
@@ -157,8 +155,8 @@ def test_layer(root, monkeypatch):
     assert not torch.equal(masks[1], masks[0]) and not torch.equal(masks[1], masks[2])
 
 
-def test_protect_first(root):
-    trainer, model, _, seen, _ = _run(root, ["tid.method=entropy", "tid.protect_first=6", "tid.p_start=0.4",
+def test_protect_first(tiny_root):
+    trainer, model, _, seen, _ = _run(tiny_root, ["tid.method=entropy", "tid.protect_first=6", "tid.p_start=0.4",
                                              "tid.p_end=0.4"])
     tokens, mask = seen["tokens"], seen["drop_mask"]
     scores = explicit_entropy(model, tokens)
@@ -167,9 +165,9 @@ def test_protect_first(root):
     assert not torch.equal(mask, _expected_mask(tokens, scores, 0.4, True, 1, _specials(trainer)))
 
 
-def test_bos_and_pad_are_never_dropped_by_the_trainers_tid(root):
+def test_bos_and_pad_are_never_dropped_by_the_trainers_tid(tiny_root):
     """The trainer hands its tokenizer's bos and pad ids to TID: at ratio 0.9 every other position goes."""
-    cfg = tiny_run_config(root, ["tid.method=random", "tid.p_start=0.9", "tid.p_end=0.9", "run_name=specials"])
+    cfg = tiny_run_config(tiny_root, ["tid.method=random", "tid.p_start=0.9", "tid.p_end=0.9", "run_name=specials"])
     trainer = Trainer(cfg, setup_env(cfg.device, cfg.train.precision), False)
     tok = trainer.data.tokenizer
     assert tok.bos_id is not None and tok.pad_id is not None and tok.bos_id != tok.pad_id

@@ -19,14 +19,8 @@ from runtime import setup_env
 from train_logs import load_losses
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """One prepared data cache for every trainer built here."""
-    return tmp_path_factory.mktemp("trainer_step")
-
-
-def _trainer(root, sets) -> Trainer:
-    cfg = tiny_run_config(root, ["train.precision=fp32", *sets])
+def _trainer(tiny_root, sets) -> Trainer:
+    cfg = tiny_run_config(tiny_root, ["train.precision=fp32", *sets])
     return Trainer(cfg, setup_env(cfg.device, cfg.train.precision), False)
 
 
@@ -73,13 +67,13 @@ def _assert_close_grads(a: dict, b: dict, rtol=1e-4, atol=1e-7):
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
-def test_grad_accum_k_equals_one_batch_of_k_times_b(root):
+def test_grad_accum_k_equals_one_batch_of_k_times_b(tiny_root):
     """grad_accum=3 of 2 blocks and grad_accum=1 of 6 blocks see the same blocks in the same order (the
     sampler consumes one permutation), so each step returns the same loss and applies the same gradient,
     the batch mean (a sum over micro-batches would be 3x: Adam's first update hides that, these do not)."""
     runs = {}
     for accum, batch in ((3, 2), (1, 6)):
-        trainer = _trainer(root, [f"train.grad_accum={accum}", f"train.batch_size={batch}", "train.grad_clip=0",
+        trainer = _trainer(tiny_root, [f"train.grad_accum={accum}", f"train.batch_size={batch}", "train.grad_clip=0",
                                   f"run_name=accum{accum}"])
         start = copy.deepcopy(trainer.model)                                        # before the hooks
         applied, batches = _record_applied_gradients(trainer), _record_batches(trainer)
@@ -105,19 +99,19 @@ def test_grad_accum_k_equals_one_batch_of_k_times_b(root):
 
 
 @pytest.mark.parametrize("clipped", [True, False])
-def test_clipping_scales_the_applied_gradient_to_the_bound(root, clipped):
+def test_clipping_scales_the_applied_gradient_to_the_bound(tiny_root, clipped):
     """Over 2 micro-batches: the returned grad_norm is the pre-clip global L2 norm (hand-computed); above the
     bound the optimizer applies the unclipped gradient times bound / norm (so its norm is the bound),
     below it the gradient untouched. Read at the optimizer's step, where AdamW cannot hide the scale."""
     sets = ["train.grad_accum=2", "train.batch_size=3"]
-    probe = _trainer(root, [*sets, "run_name=clip-probe", "train.grad_clip=0"])
+    probe = _trainer(tiny_root, [*sets, "run_name=clip-probe", "train.grad_clip=0"])
     start = copy.deepcopy(probe.model)                                              # before the hook
     probe_batches = _record_batches(probe)
     probe.train_step()
     _, unclipped = _reference_gradients(start, probe_batches)
     norm = _total_norm(unclipped)
     bound = norm / 3 if clipped else norm * 3
-    trainer = _trainer(root, [*sets, f"run_name=clip-{clipped}", f"train.grad_clip={bound}"])
+    trainer = _trainer(tiny_root, [*sets, f"run_name=clip-{clipped}", f"train.grad_clip={bound}"])
     applied, batches = _record_applied_gradients(trainer), _record_batches(trainer)
     _, grad_norm, _ = trainer.train_step()
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, probe_batches))     # the same blocks, same weights
@@ -142,7 +136,7 @@ def _closed_form_lr(step, lr, min_lr, warmup, max_steps):
     return lr - (lr - min_lr) * (1 - math.cos(math.pi * t)) / 2
 
 
-def test_lr_of_every_step_is_the_schedule_in_the_optimizer_and_the_logs(root, monkeypatch):
+def test_lr_of_every_step_is_the_schedule_in_the_optimizer_and_the_logs(tiny_root, monkeypatch):
     groups_lr = []
     real = train_setup.make_optimizer
 
@@ -152,9 +146,9 @@ def test_lr_of_every_step_is_the_schedule_in_the_optimizer_and_the_logs(root, mo
         return optimizer
     monkeypatch.setattr(train_setup, "make_optimizer", make_optimizer)
     lr, min_lr, warmup, steps = 2e-3, 3e-4, 3, 9
-    cfg = tiny_run_config(root, [f"train.lr={lr}", f"train.min_lr={min_lr}", f"train.warmup_steps={warmup}",
+    cfg = tiny_run_config(tiny_root, [f"train.lr={lr}", f"train.min_lr={min_lr}", f"train.warmup_steps={warmup}",
                                  f"train.max_steps={steps}", "train.eval_every=100", "train.save_every=100",
-                                 "train.log_every=4", "run_name=lr-steps"])
+                                 "train.log_every=4", "train.checkpoints=false", "run_name=lr-steps"])
     train(cfg)
     expected = [_closed_form_lr(s, lr, min_lr, warmup, steps) for s in range(steps)]
     assert expected[0] == pytest.approx(lr / 3) and expected[warmup] == pytest.approx(lr)
@@ -189,8 +183,9 @@ def _family_models():
 
 
 def _expected_decay(model) -> tuple[set, set]:
-    """Names of the tensors that decay and that do not, by module kind (not by tensor shape): weights of linear layers, embeddings, batched experts and LoRA
-    factors decay; norm weights and every bias do not; frozen tensors are in no group; tied ones once."""
+    """Names of the tensors that decay and that do not, by module kind (not by tensor shape): weights of
+    linear layers, embeddings, batched experts and LoRA factors decay; norm weights and every bias do not;
+    frozen tensors are in no group; tied ones once."""
     decay, no_decay, seen = set(), set(), set()
     for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
@@ -224,8 +219,8 @@ def test_weight_decay_groups_hold_exactly_the_matrices(name):
     assert decay and (no_decay or name == "lora")
 
 
-def test_the_trainer_optimizer_uses_the_decay_groups(root):
-    trainer = _trainer(root, ["train.weight_decay=0.03", "model.preset=falcon", "run_name=wd-falcon"])
+def test_the_trainer_optimizer_uses_the_decay_groups(tiny_root):
+    trainer = _trainer(tiny_root, ["train.weight_decay=0.03", "model.preset=falcon", "run_name=wd-falcon"])
     decay, no_decay = _expected_decay(trainer.model)
     groups = trainer.optimizer.param_groups
     assert [g["weight_decay"] for g in groups] == [0.03, 0.0]
