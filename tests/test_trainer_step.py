@@ -67,14 +67,16 @@ def _assert_close_grads(a: dict, b: dict, rtol=1e-4, atol=1e-7):
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
-def test_grad_accum_k_equals_one_batch_of_k_times_b(tiny_root):
+@pytest.mark.parametrize("packing", ["pack", "pad"])
+def test_grad_accum_k_equals_one_batch_of_k_times_b(tiny_root, packing):
     """grad_accum=3 of 2 blocks and grad_accum=1 of 6 blocks see the same blocks in the same order (the
     sampler consumes one permutation), so each step returns the same loss and applies the same gradient,
-    the batch mean (a sum over micro-batches would be 3x: Adam's first update hides that, these do not)."""
+    the mean over all 6 blocks' targets (a sum over micro-batches would be 3x: Adam's first update hides
+    that, these do not; with padded rows a mean of micro-batch means would differ too)."""
     runs = {}
     for accum, batch in ((3, 2), (1, 6)):
         trainer = _trainer(tiny_root, [f"train.grad_accum={accum}", f"train.batch_size={batch}", "train.grad_clip=0",
-                                  f"run_name=accum{accum}"])
+                                       f"data.packing={packing}", f"run_name=accum{accum}-{packing}"])
         start = copy.deepcopy(trainer.model)                                        # before the hooks
         applied, batches = _record_applied_gradients(trainer), _record_batches(trainer)
         losses = [trainer.train_step()[0].item() for _ in range(3)]
@@ -82,6 +84,8 @@ def test_grad_accum_k_equals_one_batch_of_k_times_b(tiny_root):
     small, big = runs[3], runs[1]
     assert len(small["batches"]) == 9 and len(big["batches"]) == 3
     assert torch.equal(torch.cat([b[0] for b in small["batches"][:3]]), big["batches"][0][0])   # same blocks
+    counted = [(y != -100).sum().item() for _, y in small["batches"]]
+    assert (len(set(counted)) > 1) == (packing == "pad")                 # padded micro-batches count unequally
     # the first step against a hand-written mean cross-entropy over the 6 blocks
     ref_loss, ref_grads = _reference_gradients(small["start"], small["batches"][:3])
     assert small["losses"][0] == pytest.approx(ref_loss.item(), rel=1e-5)
@@ -96,6 +100,23 @@ def test_grad_accum_k_equals_one_batch_of_k_times_b(tiny_root):
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(small["trainer"].optimizer.state[p][key], big["trainer"].optimizer.state[q][key],
                                        rtol=1e-3, atol=1e-9, msg=lambda m: f"{name} {key}: {m}")
+
+
+def test_grad_accum_of_a_mixture_of_experts_averages_its_aux_loss(tiny_root):
+    """Falcon over 2 micro-batches: the step's loss and applied gradient are those of the mean over
+    micro-batches of (cross-entropy + balance and z-loss), each micro-batch routed on its own (capacity
+    is per forward), from a copy of the model run micro-batch by micro-batch."""
+    trainer = _trainer(tiny_root, ["model.preset=falcon", "train.grad_accum=2", "train.batch_size=2",
+                                   "train.grad_clip=0", "run_name=accum-falcon"])
+    start = copy.deepcopy(trainer.model)
+    applied, batches = _record_applied_gradients(trainer), _record_batches(trainer)
+    loss = trainer.train_step()[0].item()
+    outs = [start(x, y) for x, y in batches]
+    assert len(outs) == 2 and all(out.aux_loss.item() > 0.01 for out in outs)
+    expected = sum(out.loss + out.aux_loss for out in outs) / 2
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    expected.backward()
+    _assert_close_grads(applied[0], {n: p.grad for n, p in start.named_parameters()}, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("clipped", [True, False])
