@@ -26,7 +26,7 @@ import math
 import pickle
 from pathlib import Path
 
-from fileio import atomic_write, load_plain_pickle
+from fileio import append_whole, atomic_write, load_plain_pickle
 
 PPL_CAP_LOSS = 50.0  # a diverged loss still prints a finite perplexity
 
@@ -188,8 +188,9 @@ class RunLogger:
             with open(self.paths["csv"], newline="") as f:
                 rows = list(csv.DictReader(f))
             self._rewrite_csv(rows)
-        with open(self.paths["csv"], "a", newline="") as f:
-            csv.DictWriter(f, self.csv_fields).writerow(self._pending_row)
+        row = io.StringIO(newline="")
+        csv.DictWriter(row, self.csv_fields).writerow(self._pending_row)
+        append_whole(self.paths["csv"], row.getvalue())  # a full disk leaves no half row
         self._pending_row = None
 
     def save(self) -> None:

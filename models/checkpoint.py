@@ -47,7 +47,19 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         raise CheckpointError(f"not writing {path}: {len(bad)} weight tensors are not finite (first: {bad[0]})")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "tensor_sha256": tensor_sha256(state)}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: _torch_save(state, tmp))
+
+
+def _torch_save(state: dict, path: Path) -> None:
+    """torch.save through a Python file, so that a failed write (a full disk) raises its OSError:
+    torch then raises a RuntimeError about zip positions while that OSError propagates."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def non_finite_tensors(state_dict: dict) -> list[str]:
