@@ -53,8 +53,9 @@ def content_sha256(path: str | Path, cache_file: str | Path | None = None) -> st
             cache[key], changed = {"stamp": stamp, "sha256": sha256_file(f)}, True
         h.update(f"{f.relative_to(path) if path.is_dir() else ''}\0{cache[key]['sha256']}\0".encode())
     if cache_file and changed:
-        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache_file, json.dumps(cache, indent=1))
+        with contextlib.suppress(OSError):  # a memo only: where it cannot be written, files are hashed again
+            Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache_file, json.dumps(cache, indent=1))
     return h.hexdigest()
 
 
@@ -208,15 +209,28 @@ class _PlainUnpickler(pickle.Unpickler):
         raise UnsafeFileError(f"it names {module}.{name}")
 
 
-def load_plain_pickle(path: str | Path):
+def load_plain_pickle(path: str | Path, layout: Callable[[object], str | None] | None = None):
     """Unpickle a file that may hold only plain containers, strings and numbers: no class or
-    function is looked up, so a crafted file cannot run code. Other content raises UnsafeFileError."""
+    function is looked up, so a crafted file cannot run code. Other content raises UnsafeFileError,
+    as does plain data that `layout` (the problem with it, or None) finds the wrong shape."""
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return _PlainUnpickler(io.BytesIO(data)).load()
+        obj = _PlainUnpickler(io.BytesIO(data)).load()
     except UnsafeFileError as e:
         raise UnsafeFileError(f"{path} holds more than plain lists, dicts and numbers ({e}); "
                               "refusing to load it (pickled logs are read without running code)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
         raise UnsafeFileError(f"{path} is not a readable log pickle ({e})") from None
+    problem = layout(obj) if layout else None
+    if problem:
+        raise UnsafeFileError(f"{path} is not a readable log pickle ({problem})")
+    return obj
+
+
+def list_of_numbers(obj) -> str | None:
+    """A `layout` for load_plain_pickle: a flat list of numbers (e.g. per-row perplexities)."""
+    if not isinstance(obj, list):
+        return f"it holds a {type(obj).__name__}, not a list of numbers"
+    bad = next((v for v in obj if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    return None if bad is None else f"it holds {bad!r} among its numbers"

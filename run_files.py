@@ -53,7 +53,7 @@ def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
 def check_output_dirs(cfg: RunConfig) -> None:
     """Every folder the run writes in is a folder it can write (made if missing), before any work:
     otherwise one error naming the config key."""
-    keys = ["log_dir", "data_dir", "tokenizer_dir"] + (["checkpoint_dir"] if cfg.train.checkpoints else [])
+    keys = ["log_dir"] + (["checkpoint_dir"] if cfg.train.checkpoints else [])  # data: prepare_data checks
     for key in keys:
         why = unwritable_dir(getattr(cfg, key))
         if why:
