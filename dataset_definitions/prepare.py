@@ -158,7 +158,8 @@ def _rehash_sources(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str 
 def _check_writable(data_dir: str | Path, tokenizer_dir: str | Path, tokenizer: TokenizerConfig) -> None:
     """Before a build: the cache folder (and, for a tokenizer trained here, its folder) can be written."""
     trained = not tokenizer.path and tokenizer.kind not in ("gpt2", "llama")
-    for key, folder in (("data_dir", Path(data_dir) / "processed"), ("tokenizer_dir", Path(tokenizer_dir) if trained else None)):
+    for key, folder in (("data_dir", Path(data_dir)), ("data_dir", Path(data_dir) / "processed"),
+                        ("tokenizer_dir", Path(tokenizer_dir) if trained else None)):
         why = folder and unwritable_dir(folder)
         if why:
             raise DataError(f"{key}: {why} (--set {key}=DIR)")

@@ -9,6 +9,7 @@ file whose bits changed fails loudly instead of producing garbage. It loads with
 
 import hashlib
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -76,10 +77,11 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:  # a class or function torch's safe loader does not admit, or not a pickle
-        detail = _unpickling_detail(e)
-        if "global" not in detail.lower():
-            raise CheckpointError(f"{path} is not a readable checkpoint ({detail})") from None
-        raise CheckpointError(f"{path} holds more than tensors and plain data ({detail}); "
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not named:
+            raise CheckpointError(f"{path} is not a readable checkpoint (torch's weights-only loader cannot "
+                                  "read it: damaged, or not written by torch.save)") from None
+        raise CheckpointError(f"{path} holds more than tensors and plain data (it names {named[1]}); "
                               "refusing to load it (checkpoints load without running code)") from None
     except Exception as e:  # truncated files, non-torch files
         raise CheckpointError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
@@ -93,14 +95,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is corrupted: its weights do not match the hash stored with them "
                               "(restore the file or use another checkpoint of the run)")
     return ckpt
-
-
-def _unpickling_detail(e: Exception) -> str:
-    """The line of torch's weights-only error that says what the file names (its advice to load with
-    weights_only=False, i.e. to run the file's code, is left out)."""
-    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [line.strip() for line in str(e).splitlines()]
-    return next((line for line in lines if line and not line.startswith(skip)), "a global torch does not admit")
 
 
 def _layout_problem(ckpt: dict) -> str | None:
