@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -80,6 +81,41 @@ def test_a_folder_that_refuses_writes_is_named_with_its_key(tmp_path, capsys, mo
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
 
 
+def test_a_full_disk_while_building_the_data_names_the_folder_and_leaves_no_cache(tmp_path, capsys, monkeypatch):
+    import dataset_definitions.prepare as prepare
+    from prepare_data import main as prepare_main
+
+    def encode_on_a_full_disk(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a file object's write names no file
+
+    monkeypatch.setattr(prepare, "_encode_split", encode_on_a_full_disk)
+    argv = [*(a for s in tiny_sets(tmp_path) for a in ("--set", s))]
+    line = _the_error(*run_cli(prepare_main, argv, capsys), 1)
+    processed = tmp_path / "data" / "processed"
+    assert line.startswith(f"error: data: cannot write in {processed}: the disk is full") and "removed" in line
+    assert [p.name for p in processed.iterdir() if p.is_dir()] == []
+
+
+def test_a_cache_in_a_read_only_data_dir_is_still_read(tmp_path, monkeypatch):
+    from conftest import prepare_run, tiny_run_config
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"Line {i} of a tale about {i % 5} owls.\n" for i in range(300)))
+    cfg = tiny_run_config(tmp_path, ["data.source=text", f"data.path={corpus}", "data.train_rows=null",
+                                     "tokenizer.vocab_size=300"])
+    built = prepare_run(cfg, log=lambda *a: None)
+    os.utime(corpus, ns=(0, 10**18))                 # a new mtime: the hash memo would be rewritten
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).is_relative_to(tmp_path / "data"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    assert prepare_run(cfg, log=lambda *a: None).dir == built.dir
+
+
 def _resumable_copy(trained: Path, tmp_path: Path) -> tuple[Path, str]:
     """A copy of the 5-step trained run and the SHA-256 of its last.pt."""
     root = tmp_path / "run"
@@ -102,7 +138,7 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_and_names_the_last_good_one
     monkeypatch.setattr(torch, "save", _torch_save_on_a_full_disk)
     line = _the_error(*_train(capsys, tiny_sets(root), "--resume"), 1)
     ckpts = root / "checkpoints/tiny"
-    assert f"cannot write {ckpts}/" in line and "the disk is full" in line
+    assert re.search(rf"cannot write {ckpts}/(best|last)\.pt: the disk is full", line), line
     assert f"{ckpts / 'last.pt'} (step 5) is the last good checkpoint" in line and "--resume" in line
     monkeypatch.undo()
     assert _sha(ckpts / "last.pt") == last_sha and load_checkpoint(ckpts / "last.pt")["step"] == 5
