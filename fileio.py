@@ -65,7 +65,7 @@ def rehash(paths: list[Path], cache_file: str | Path) -> list[Path]:
     `content_sha256` hashes them anew)."""
     cache = _read_json(cache_file)
     stale = [f for path in paths for f in _files_of(Path(path))
-             if str(f.resolve()) in cache and cache[str(f.resolve())]["sha256"] != sha256_file(f)]
+             if str(f.resolve()) in cache and cache[str(f.resolve())].get("sha256") != sha256_file(f)]
     if stale:
         for f in stale:
             del cache[str(f.resolve())]

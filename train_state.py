@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 import optimizers
 from experiment_config import ConfigError, run_identity_diff, to_dict
-from fileio import write_failure
+from fileio import WRITE_FAILURES, write_failure
 from models.checkpoint import CHECKPOINT_FORMAT, load_weights, non_finite_tensors, save_checkpoint
 from models.lora import merged_state_dict
 from run_files import TrainingError, run_paths
@@ -52,6 +52,8 @@ def stop_on_write_error(trainer):
     try:
         yield
     except OSError as e:
+        if e.errno not in WRITE_FAILURES:  # not a refused write (e.g. a file that vanished): as it was
+            raise
         then = "continue with --resume" if trainer.saved_step is not None else "start the run again with --force"
         raise TrainingError(f"{write_failure(e)}; stopped at step {trainer.step}. {_last_good(trainer)}; "
                             f"once fixed, {then}") from None
