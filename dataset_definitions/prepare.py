@@ -127,7 +127,8 @@ def prepare_data(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str | P
         data_dir: where caches live (<data_dir>/processed/<data key>/).
         tokenizer_dir: where a tokenizer trained here is saved.
         context: the model's context; given, the summary counts the training blocks of each split.
-        force: rebuild even if the cache exists. verify: re-hash every cached file against meta.json.
+        force: rebuild even if the cache exists. verify: re-hash the local sources (whatever their size
+            and mtime say) and every cached file against meta.json.
         log: where the summary lines go.
     """
     if verify:
