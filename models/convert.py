@@ -314,7 +314,7 @@ def from_safetensors(path: str | Path) -> tuple[ModelConfig, dict, dict | None]:
     except (TypeError, ValueError) as e:  # not JSON, not a mapping, keys or values not ours
         raise ConversionError(f"{path}: its metadata is not a model config of ours ({str(e).splitlines()[0]}); "
                               "import a file written by models.convert --to safetensors") from None
-    if spec is not None and not (isinstance(spec, dict) and {"kind", "path", "vocab_size"} <= spec.keys()):
+    if spec is not None and not isinstance(spec, dict):
         raise ConversionError(f"{path}: its metadata 'tokenizer' is not a tokenizer spec of ours; "
                               "pass --tokenizer PATH")
     if cfg.tie_embeddings and "tok_emb.weight" in sd:  # without it the strict load names what is missing
@@ -331,6 +331,9 @@ def imported_checkpoint(name: str, cfg: ModelConfig, sd: dict, tokenizer_spec: d
     from . import build
     from .checkpoint import load_weights
 
+    missing = {"kind", "path", "vocab_size"} - tokenizer_spec.keys()
+    if missing:
+        raise ConversionError(f"the tokenizer spec lacks {sorted(missing)}: pass --tokenizer PATH")
     ckpt = {"format": CHECKPOINT_FORMAT, "model": sd, "tokenizer": tokenizer_spec, "step": 0,
             "config": {"run_name": name, "model": dict(cfg.__dict__),
                        "tokenizer": {k: tokenizer_spec[k] for k in ("kind", "path", "vocab_size")}}}
