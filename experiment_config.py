@@ -128,6 +128,9 @@ RESUMABLE_KEYS = ("run_name", "device", "data_dir", "tokenizer_dir", "checkpoint
                   "train.keep_every", "train.checkpoints", "train.patience", "train.log_every", "train.compile")
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*")
+# File systems allow 255 bytes per name; the longest name made from a run name is the temporary
+# ".<run>.pkl.<8 random>.tmp" of an atomic write (18 bytes more), so 200 leaves room.
+MAX_RUN_NAME_BYTES = 200
 
 
 def check_run_name(name: str | None) -> None:
@@ -137,6 +140,9 @@ def check_run_name(name: str | None) -> None:
     if not RUN_NAME.fullmatch(name):
         raise ConfigError(f"run_name {name!r} is not a plain name: use letters, digits and -_.= "
                           "(no '/', not starting with '.'), e.g. --run-name my-run")
+    if len(name.encode()) > MAX_RUN_NAME_BYTES:
+        raise ConfigError(f"run_name is {len(name.encode())} bytes long, more than the {MAX_RUN_NAME_BYTES} "
+                          "that leave its file names within the file system's 255 bytes: pass a shorter --run-name")
 
 
 def default_run_name(config_paths: list[str], sets: list[str]) -> str:
@@ -226,7 +232,10 @@ def read_yaml(path: Path, what: str = "config file",
     if not path.is_file():
         raise ConfigError(f"{what} {path} not found ({where})")
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not a text file (byte {e.start} is not UTF-8): "
+                          f"give a YAML file ({where})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {e}".splitlines()[0]) from None
     if not isinstance(d, dict):

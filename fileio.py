@@ -32,13 +32,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _files_of(path: Path) -> list[Path]:
+    """The file itself, or a folder's files in sorted order."""
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
 def content_sha256(path: str | Path, cache_file: str | Path | None = None) -> str:
     """SHA-256 of a file, or of a folder's files (relative names and contents, in sorted order).
 
     With `cache_file` (a JSON map), a file's hash is reused while its size and mtime are unchanged.
     """
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = _files_of(path)
     cache = _read_json(cache_file) if cache_file else {}
     h, changed = hashlib.sha256(), False
     for f in files:
@@ -48,9 +53,24 @@ def content_sha256(path: str | Path, cache_file: str | Path | None = None) -> st
             cache[key], changed = {"stamp": stamp, "sha256": sha256_file(f)}, True
         h.update(f"{f.relative_to(path) if path.is_dir() else ''}\0{cache[key]['sha256']}\0".encode())
     if cache_file and changed:
-        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache_file, json.dumps(cache, indent=1))
+        with contextlib.suppress(OSError):  # a memo only: where it cannot be written, files are hashed again
+            Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache_file, json.dumps(cache, indent=1))
     return h.hexdigest()
+
+
+def rehash(paths: list[Path], cache_file: str | Path) -> list[Path]:
+    """Re-hash every file under `paths` whose hash `cache_file` remembers; returns the files whose
+    content changed although their size and mtime did not, after dropping their stale hashes (so
+    `content_sha256` hashes them anew)."""
+    cache = _read_json(cache_file)
+    stale = [f for path in paths for f in _files_of(Path(path))
+             if str(f.resolve()) in cache and cache[str(f.resolve())].get("sha256") != sha256_file(f)]
+    if stale:
+        for f in stale:
+            del cache[str(f.resolve())]
+        atomic_write(cache_file, json.dumps(cache, indent=1))
+    return stale
 
 
 def _read_json(path: str | Path) -> dict:
@@ -76,9 +96,65 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None]) -
         else:
             tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: named by the file meant, not the temporary
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def append_whole(path: str | Path, text: str) -> None:
+    """Append `text` to a file, all of it or nothing: a failed write (a full disk) cuts the file back
+    to its old size before the error goes on, so no half line is left."""
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+WRITE_FAILURES = {  # errno -> what it means for a file being written, and the fix
+    errno.ENOSPC: "the disk is full: free space on it",
+    errno.EDQUOT: "the disk quota is used up: free space",
+    errno.EROFS: "the file system is read-only: use a writable folder",
+    errno.EACCES: "permission denied: make the folder writable or use another one",
+    errno.EPERM: "permission denied: make the folder writable or use another one",
+    errno.ENOTDIR: "a file stands where a folder is needed: move the file or use another folder",
+    errno.EEXIST: "a file stands where a folder is needed: move the file or use another folder",
+    errno.ENAMETOOLONG: "a name is longer than the file system allows (255 bytes): use a shorter name",
+}
+
+
+def write_failure(e: OSError, where: str | Path | None = None) -> str:
+    """One line for an OSError raised while writing: the file (or `where`), what happened and the fix."""
+    where = where or e.filename
+    what = WRITE_FAILURES.get(e.errno, f"{e.strerror or e}")
+    return f"cannot write {where}: {what}" if where else f"cannot write: {what}"
+
+
+def unwritable_dir(path: str | Path) -> str | None:
+    """Why files cannot be written in the folder `path` (made if missing), or None when they can:
+    a file in its place, a read-only file system, no permission. Probed with a temporary file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder: move the file or use another folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return write_failure(e, f"in {path}")
+    return None
 
 
 @contextlib.contextmanager
@@ -133,15 +209,28 @@ class _PlainUnpickler(pickle.Unpickler):
         raise UnsafeFileError(f"it names {module}.{name}")
 
 
-def load_plain_pickle(path: str | Path):
+def load_plain_pickle(path: str | Path, layout: Callable[[object], str | None] | None = None):
     """Unpickle a file that may hold only plain containers, strings and numbers: no class or
-    function is looked up, so a crafted file cannot run code. Other content raises UnsafeFileError."""
+    function is looked up, so a crafted file cannot run code. Other content raises UnsafeFileError,
+    as does plain data that `layout` (the problem with it, or None) finds the wrong shape."""
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return _PlainUnpickler(io.BytesIO(data)).load()
+        obj = _PlainUnpickler(io.BytesIO(data)).load()
     except UnsafeFileError as e:
         raise UnsafeFileError(f"{path} holds more than plain lists, dicts and numbers ({e}); "
                               "refusing to load it (pickled logs are read without running code)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
         raise UnsafeFileError(f"{path} is not a readable log pickle ({e})") from None
+    problem = layout(obj) if layout else None
+    if problem:
+        raise UnsafeFileError(f"{path} is not a readable log pickle ({problem})")
+    return obj
+
+
+def list_of_numbers(obj) -> str | None:
+    """A `layout` for load_plain_pickle: a flat list of numbers (e.g. per-row perplexities)."""
+    if not isinstance(obj, list):
+        return f"it holds a {type(obj).__name__}, not a list of numbers"
+    bad = next((v for v in obj if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    return None if bad is None else f"it holds {bad!r} among its numbers"

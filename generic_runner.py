@@ -35,7 +35,7 @@ from experiment_config import ConfigError, RunConfig, check_run_name, default_ru
 from fileio import UnsafeFileError
 from models.checkpoint import CheckpointError, load_checkpoint
 from perplexity.scoring import packed_nll
-from run_files import TrainingError, claim_outputs, run_lock, run_paths
+from run_files import TrainingError, check_output_dirs, claim_outputs, run_lock, run_paths
 from run_stats import Stat, StepRecord, combine, read_back, values
 from runtime import Env, Stopwatch, agree_on_signal, peak_flops, setup_env, stop_on_signals, to_device
 from tid import TokenImportanceDropout
@@ -88,6 +88,8 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False, data=None) 
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
+        if env.is_main:
+            check_output_dirs(cfg)
         with run_lock(cfg, env.is_main):
             if env.is_main:
                 claim_outputs(cfg, resume, force)
@@ -95,7 +97,8 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False, data=None) 
                 dist.barrier()
             trainer = Trainer(cfg, env, resume, data)
             env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")
-            summary = trainer.fit(train_setup.open_logger(trainer) if env.is_main else None)
+            with train_state.stop_on_write_error(trainer):
+                summary = trainer.fit(train_setup.open_logger(trainer) if env.is_main else None)
             if env.world > 1:
                 dist.barrier()  # leave together: a rank tearing down gloo while another still runs aborts
             return summarise(trainer, summary)

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", action="append", default=[], help="YAML config; repeat to overlay")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
-    parser.add_argument("--verify", action="store_true", help="re-hash every cached file against meta.json")
+    parser.add_argument("--verify", action="store_true", help="re-hash the local sources (a new cache if one changed) and every cached file against meta.json")
     args = parser.parse_args(argv)
 
     def prepare():

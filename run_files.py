@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 
 from experiment_config import RunConfig
-from fileio import LockedError, exclusive_lock
+from fileio import LockedError, exclusive_lock, unwritable_dir
 from train_logs import run_log_paths, tensorboard_dir
 
 
@@ -49,6 +49,16 @@ def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
             "--force to overwrite it, or --run-name NAME for a new run")
     for p in existing:
         p.unlink()
+
+
+def check_output_dirs(cfg: RunConfig) -> None:
+    """Every folder the run writes in is a folder it can write (made if missing), before any work:
+    otherwise one error naming the config key."""
+    keys = ["log_dir"] + (["checkpoint_dir"] if cfg.train.checkpoints else [])  # data: prepare_data checks
+    for key in keys:
+        why = unwritable_dir(getattr(cfg, key))
+        if why:
+            raise TrainingError(f"{key}={getattr(cfg, key)}: {why} (--set {key}=DIR)")
 
 
 def run_locks(cfg: RunConfig) -> list[Path]:

@@ -39,7 +39,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiment_config import ConfigError, RunConfig, flatten, load_config, read_yaml, to_dict
+from experiment_config import ConfigError, RunConfig, check_run_name, flatten, load_config, read_yaml, to_dict
 
 DEFAULT_SEEDS = (1, 2, 3)
 STUDY_KEYS = {"description", "configs", "set", "seeds", "reference", "heldout_rows", "arms", "launcher"}
@@ -202,6 +202,11 @@ def resolve_runs(study: Study, cli_configs: list[str] = (), cli_sets: list[str] 
             sets = [*study.sets, *cli_sets, f"seed={seed}", *arm.sets]
             cfg = load_config([runner_default_config(arm.runner), *configs], sets)
             cfg.run_name = f"{study.name}-{arm.name}-s{seed}-{config_hash(cfg)}"
+            try:
+                check_run_name(cfg.run_name)
+            except ConfigError as e:
+                raise ConfigError(f"study file {study.path}, arm {arm.name!r}: {e}; here the run name is "
+                                  "<study file name>-<arm>-s<seed>-<hash>: shorten the file's or the arm's name") from None
             runs.append(Run(study.dir, arm.name, seed, cfg, arm.runner, configs, sets))
     return runs
 

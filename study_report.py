@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fileio import atomic_write, load_plain_pickle
+from fileio import atomic_write, list_of_numbers, load_plain_pickle
 from train_logs import bits_per_token, load_losses, load_times
 
 BOOTSTRAP_SAMPLES = 4000
@@ -109,8 +109,8 @@ def run_metrics(run) -> dict:
 
 def row_nll(run) -> np.ndarray:
     """Per held-out row mean token NLL (log of the row perplexities the runner saved)."""
-    return np.log(np.asarray(load_plain_pickle(Path(run.cfg.log_dir) / "perplexity-losses" / f"{run.name}.pkl"),
-                              dtype=float))
+    return np.log(np.asarray(load_plain_pickle(Path(run.cfg.log_dir) / "perplexity-losses" / f"{run.name}.pkl",
+                                               list_of_numbers), dtype=float))
 
 
 # ----------------------------------------------------------------------------- the report

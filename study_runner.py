@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from dataset_definitions.sources import DataError
+    from fileio import UnsafeFileError
     from study_report import write_report
 
     parser = argparse.ArgumentParser(description="Train and compare a study's arms over its seeds.")
@@ -242,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (StudyRunError, DataError) as e:
         print(f"error: {e}; rerun the same command to continue", file=sys.stderr)
+        sys.exit(1)
+    except (UnsafeFileError, FileNotFoundError) as e:  # a run's logs: crafted, damaged or deleted
+        print(f"error: {e}; delete that file and the run's <run>.json in the study's runs/ folder, then rerun "
+              "the same command (the run is resumed from its last checkpoint and scored again)", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; rerun the same command to continue", file=sys.stderr)

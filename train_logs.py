@@ -29,7 +29,7 @@ import math
 import pickle
 from pathlib import Path
 
-from fileio import atomic_write, load_plain_pickle
+from fileio import append_whole, atomic_write, load_plain_pickle
 
 PPL_CAP_LOSS = 50.0  # a diverged loss still prints a finite perplexity
 
@@ -48,12 +48,38 @@ CSV_FIELDS = ["step", "train_loss", "lr", "grad_norm", "step_time", "tokens_per_
               "val_loss", "val_ppl", "val_bits_per_token", "val_bpb"]
 
 
+# what the readers of each pickle take from it: key -> type ("val" is itself a dict of this kind)
+LOSSES_LAYOUT = {"meta": dict, "step": list, "train_loss": list, "lr": list, "grad_norm": list, "stats": dict,
+                 "val": dict}
+VAL_LAYOUT = {"step": list, "loss": list, "bpb": list, "stats": dict}
+TIMES_LAYOUT = {"step": list, "step_time": list, "tokens_per_s": list, "elapsed": list,
+                "total_elapsed": (int, float)}
+
+
 def load_losses(run: str, log_dir: str | Path = "logs") -> dict:
-    return _load(Path(log_dir) / "losses" / f"{run}.pkl")
+    return _load(Path(log_dir) / "losses" / f"{run}.pkl", _losses_problem)
 
 
 def load_times(run: str, log_dir: str | Path = "logs") -> dict:
-    return _load(Path(log_dir) / "times" / f"{run}.pkl")
+    return _load(Path(log_dir) / "times" / f"{run}.pkl", _times_problem)
+
+
+def _losses_problem(d) -> str | None:
+    return _layout_problem(d, LOSSES_LAYOUT) or _layout_problem(d["val"], VAL_LAYOUT, "val.")
+
+
+def _times_problem(d) -> str | None:
+    return _layout_problem(d, TIMES_LAYOUT)
+
+
+def _layout_problem(d, layout: dict, prefix: str = "") -> str | None:
+    """What keeps `d` from being a dict with `layout`'s keys and types (None when nothing does)."""
+    if not isinstance(d, dict):
+        return f"{prefix or 'it'} holds a {type(d).__name__}, not a dict of log entries"
+    for key, kind in layout.items():
+        if not isinstance(d.get(key), kind) or isinstance(d.get(key), bool):
+            return f"'{prefix}{key}' is missing or not a {getattr(kind, '__name__', 'number')}"
+    return None
 
 
 def run_log_paths(run: str, log_dir: str | Path) -> list[Path]:
@@ -77,10 +103,10 @@ def _plain(value):
     return value if value is None or isinstance(value, (str, bool, int)) else float(value)
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path, layout) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no log at {path}: train the run first, or check the run name and log dir")
-    return load_plain_pickle(path)
+    return load_plain_pickle(path, layout)
 
 
 class RunLogger:
@@ -108,7 +134,7 @@ class RunLogger:
     def _truncate_to(self, step: int) -> None:
         """On resume, keep what was logged up to `step` and drop the rest (it will be redone)."""
         if self.paths["losses"].is_file():
-            old = _load(self.paths["losses"])
+            old = _load(self.paths["losses"], _losses_problem)
             keep = sum(s <= step for s in old["step"])
             for k in ("step", "train_loss", "lr", "grad_norm"):
                 self.losses[k] = old[k][:keep]
@@ -119,7 +145,7 @@ class RunLogger:
             # logs written before bits per token was logged: derive it from the loss
             self.losses["val"].setdefault("bits_per_token", [bits_per_token(x) for x in self.losses["val"]["loss"]])
         if self.paths["times"].is_file():
-            old = _load(self.paths["times"])
+            old = _load(self.paths["times"], _times_problem)
             keep = sum(s <= step for s in old["step"])
             for k in ("step", "step_time", "tokens_per_s", "elapsed"):
                 self.times[k] = old[k][:keep]
@@ -201,8 +227,9 @@ class RunLogger:
             with open(self.paths["csv"], newline="") as f:
                 rows = list(csv.DictReader(f))
             self._rewrite_csv(rows)
-        with open(self.paths["csv"], "a", newline="") as f:
-            csv.DictWriter(f, self.csv_fields).writerow(self._pending_row)
+        row = io.StringIO(newline="")
+        csv.DictWriter(row, self.csv_fields).writerow(self._pending_row)
+        append_whole(self.paths["csv"], row.getvalue())  # a full disk leaves no half row
         if self.tensorboard is not None:  # the row the CSV got, so the two never disagree
             step = self._pending_row["step"]
             for k, v in self._pending_row.items():

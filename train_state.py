@@ -5,16 +5,20 @@ this run, and putting the state back, so `--resume` continues exactly where the 
     check_resumable(ckpt, cfg, path)    # ConfigError when the checkpoint is another run's
     restore(trainer, ckpt)
     stop_non_finite(trainer, what)      # TrainingError naming the last good checkpoint
+    with stop_on_write_error(trainer):  # a failed write (disk full) too
 
 `trainer` is generic_runner.Trainer: its cfg, env, model, optimizer, scaler, sampler, data and
 counters (step, best_val, evals_since_best, saved_step).
 """
+
+import contextlib
 
 import torch
 import torch.distributed as dist
 
 import optimizers
 from experiment_config import ConfigError, run_identity_diff, to_dict
+from fileio import WRITE_FAILURES, write_failure
 from models.checkpoint import CHECKPOINT_FORMAT, load_weights, non_finite_tensors, save_checkpoint
 from models.lora import merged_state_dict
 from run_files import TrainingError, run_paths
@@ -36,11 +40,29 @@ def save(trainer, path) -> None:
 
 def stop_non_finite(trainer, what: str) -> None:
     """Stop the run, saying truthfully which checkpoint (if any) holds the last good state."""
-    paths = run_paths(trainer.cfg)
-    kept = (f"{paths['last']} (step {trainer.saved_step}) is the last good checkpoint"
-            if trainer.saved_step is not None else "no last.pt was written before this")
-    raise TrainingError(f"{what} at step {trainer.step}; stopped, nothing written. {kept}: "
+    raise TrainingError(f"{what} at step {trainer.step}; stopped, nothing written. {_last_good(trainer)}: "
                         "lower train.lr, raise train.warmup_steps or use fp32")
+
+
+@contextlib.contextmanager
+def stop_on_write_error(trainer):
+    """A checkpoint or log that cannot be written (a full disk, a read-only folder) stops the run
+    with one line naming the file and the last good checkpoint; the atomic writes left the earlier
+    files whole."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_FAILURES:  # not a refused write (e.g. a file that vanished): as it was
+            raise
+        then = "continue with --resume" if trainer.saved_step is not None else "start the run again with --force"
+        raise TrainingError(f"{write_failure(e)}; stopped at step {trainer.step}. {_last_good(trainer)}; "
+                            f"once fixed, {then}") from None
+
+
+def _last_good(trainer) -> str:
+    paths = run_paths(trainer.cfg)
+    return (f"{paths['last']} (step {trainer.saved_step}) is the last good checkpoint"
+            if trainer.saved_step is not None else "no last.pt was written before this")
 
 
 def capture(trainer) -> dict:

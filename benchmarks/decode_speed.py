@@ -31,10 +31,11 @@ from benchmarks.common import (benchmark_parser, default_out, device_info, media
                                print_targets, seconds_of, write_results)
 from benchmarks.synthetic import IdTokenizer
 from cli import exit_with
-from experiment_config import prepare_run_data
+from experiment_config import ConfigError, prepare_run_data
 from generators.beam_search import beam_search
 from generators.generation import Generator
 from models import ModelConfig
+from models.checkpoint import CheckpointError
 from modelskv.load import inference_model, load_model
 from modelskv.quantize import quantize_int8
 from runtime import resolve_device, resolve_dtype
@@ -277,7 +278,14 @@ def run_checkpoint(args) -> dict:
     batch_sizes, beams = _positive_ints("--batch-sizes", args.batch_sizes), _positive_ints("--beams", args.beams)
     if args.new_tokens < 1 or args.repeats < 1 or args.rows < 1:
         exit_with("error: --new-tokens, --repeats and --rows must be >= 1", 2)
-    loaded = load_model(args.ckpt, max_batch=max(batch_sizes + beams), device=args.device, dtype=args.dtype)
+    try:  # a checkpoint that is not ours, damaged or crafted: one line, before any timing
+        loaded = load_model(args.ckpt, max_batch=max(batch_sizes + beams), device=args.device, dtype=args.dtype)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        exit_with(f"error: {e}", 1)
+    try:
+        cfg = loaded.run_config()
+    except ConfigError as e:
+        exit_with(f"error: {args.ckpt} holds a run config that does not load ({e}): give a checkpoint the trainer wrote", 1)
     gen = Generator(loaded.model, loaded.tokenizer, loaded.device)
     prompt = gen.prompt_tokens("Once upon a time there was")[:args.prompt_len]
     speed = checkpoint_speed(gen, batch_sizes, args.new_tokens, args.repeats, prompt)
@@ -288,7 +296,6 @@ def run_checkpoint(args) -> dict:
         speed += [{**row, "compile_s": compile_s} for row in checkpoint_speed(
             gen, batch_sizes, args.new_tokens, args.repeats, prompt, decoder="greedy compiled")]
     speed += checkpoint_hf_speed(gen, batch_sizes, args.new_tokens, args.repeats, prompt)
-    cfg = loaded.run_config()
     heldout = prepare_run_data(cfg, log=lambda *a: None).rows("heldout")
     quality = quality_rows(gen, heldout[:args.rows], args.prompt_words, args.new_tokens, beams)
 

@@ -18,6 +18,7 @@ local hf files, tokenizer files): a file edited in place gets a new cache and a 
 tokenizer. The trainer calls `prepare_data`, so preparation is automatic.
 """
 
+import errno
 import glob
 import hashlib
 import itertools
@@ -38,7 +39,8 @@ from dataset_definitions.dedup import Deduplicator
 from dataset_definitions.sources import DataError, iter_rows
 from dataset_definitions.tokenization import Tokenizer, load_tokenizer
 from dataset_definitions.tokenizer_training import build_tokenizer
-from fileio import atomic_write, content_sha256, exclusive_lock, process_alive, sha256_file
+from fileio import (atomic_write, content_sha256, exclusive_lock, process_alive, rehash, sha256_file, unwritable_dir,
+                    write_failure)
 
 FORMAT_VERSION = 1
 REBUILD = ("rebuild it: python prepare_data.py --base <the runner's config> with the run's "
@@ -91,7 +93,7 @@ def data_key(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str | Path)
     (their SHA-256 is remembered under `data_dir`)."""
     ignored = IGNORED_BY_SOURCE[data.source] | {"stride", "packing"}
     settings = {k: v for k, v in asdict(data).items() if k not in ignored}
-    hashes = Path(data_dir) / "processed" / ".content-hashes.json"  # size + mtime -> SHA-256
+    hashes = _hash_cache(data_dir)
     settings["content"] = [content_sha256(p, hashes) for p in _local_files(data)]
     tok = asdict(tokenizer)
     if tok["path"] and Path(tok["path"]).exists():
@@ -100,6 +102,10 @@ def data_key(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str | Path)
         tok.pop("vocab_size")  # fixed by the file, not trained
     blob = json.dumps({"format": FORMAT_VERSION, "data": settings, "tokenizer": tok}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _hash_cache(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "processed" / ".content-hashes.json"  # size + mtime -> SHA-256
 
 
 def _local_files(cfg: DataConfig) -> list[Path]:
@@ -121,13 +127,48 @@ def prepare_data(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str | P
         data_dir: where caches live (<data_dir>/processed/<data key>/).
         tokenizer_dir: where a tokenizer trained here is saved.
         context: the model's context; given, the summary counts the training blocks of each split.
-        force: rebuild even if the cache exists. verify: re-hash every cached file against meta.json.
+        force: rebuild even if the cache exists. verify: re-hash the local sources (whatever their size
+            and mtime say) and every cached file against meta.json.
         log: where the summary lines go.
     """
+    if verify:
+        _rehash_sources(data, tokenizer, data_dir, log)
     key = data_key(data, tokenizer, data_dir)
     final = Path(data_dir) / "processed" / key
     if final.exists() and not force:
         return _cached(final, verify, context, log)
+    _check_writable(data_dir, tokenizer_dir, tokenizer)
+    try:
+        return _build_cache(data, tokenizer, tokenizer_dir, key, final, force, verify, context, log)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise DataError(f"data: {write_failure(e, e.filename or f'in {final.parent}')}; the half-built cache was "
+                        "removed (or set data_dir / tokenizer_dir to a folder on another disk)") from None
+
+
+def _rehash_sources(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str | Path, log) -> None:
+    """--verify: re-hash every local source (text/jsonl file, local hf files, tokenizer file), so an edit
+    that kept a file's size and modification time still changes the data key (a new cache)."""
+    paths = _local_files(data) + ([Path(tokenizer.path)] if tokenizer.path and Path(tokenizer.path).exists() else [])
+    for f in rehash(paths, _hash_cache(data_dir)):
+        log(f"data: {f} changed although its size and modification time did not: its hash is renewed, "
+            "so the data key and the cache follow the new content")
+
+
+def _check_writable(data_dir: str | Path, tokenizer_dir: str | Path, tokenizer: TokenizerConfig) -> None:
+    """Before a build: the cache folder (and, for a tokenizer trained here, its folder) can be written."""
+    trained = not tokenizer.path and tokenizer.kind not in ("gpt2", "llama")
+    for key, folder in (("data_dir", Path(data_dir)), ("data_dir", Path(data_dir) / "processed"),
+                        ("tokenizer_dir", Path(tokenizer_dir) if trained else None)):
+        why = folder and unwritable_dir(folder)
+        if why:
+            raise DataError(f"{key}: {why} (--set {key}=DIR)")
+
+
+def _build_cache(data: DataConfig, tokenizer: TokenizerConfig, tokenizer_dir: str | Path, key: str, final: Path,
+                 force: bool, verify: bool, context: int | None, log) -> PreparedData:
+    """Build the cache of `key` under a temporary name (one builder per key) and rename it to `final`."""
     with exclusive_lock(final.with_name(f".{key}.lock"), wait=True):  # one builder per key
         _remove_stale_temporaries(final.parent, log)
         if final.exists() and not force:  # another process built it while this one waited

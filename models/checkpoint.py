@@ -8,6 +8,8 @@ file whose bits changed fails loudly instead of producing garbage. It loads with
 """
 
 import hashlib
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -47,7 +49,19 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         raise CheckpointError(f"not writing {path}: {len(bad)} weight tensors are not finite (first: {bad[0]})")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "tensor_sha256": tensor_sha256(state)}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: _torch_save(state, tmp))
+
+
+def _torch_save(state: dict, path: Path) -> None:
+    """torch.save through a Python file, so that a failed write (a full disk) raises its OSError:
+    torch then raises a RuntimeError about zip positions while that OSError propagates."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def non_finite_tensors(state_dict: dict) -> list[str]:
@@ -62,19 +76,50 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} not found (checkpoints live in checkpoints/<run>/last.pt or best.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, non-torch files
+    except pickle.UnpicklingError as e:  # a class or function torch's safe loader does not admit, or not a pickle
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not named:
+            raise CheckpointError(f"{path} is not a readable checkpoint (torch's weights-only loader cannot "
+                                  "read it: damaged, or not written by torch.save)") from None
+        raise CheckpointError(f"{path} holds more than tensors and plain data (it names {named[1]}); "
+                              "refusing to load it (checkpoints load without running code)") from None
+    except Exception as e:  # truncated files, non-torch files
         raise CheckpointError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no format {CHECKPOINT_FORMAT} marker)")
+    problem = _layout_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{path} is not a checkpoint of this project ({problem}): "
+                              "give a checkpoint the trainer or models.convert wrote")
     if "tensor_sha256" in ckpt and tensor_sha256(ckpt) != ckpt["tensor_sha256"]:
         raise CheckpointError(f"{path} is corrupted: its weights do not match the hash stored with them "
                               "(restore the file or use another checkpoint of the run)")
     return ckpt
 
 
+def _layout_problem(ckpt: dict) -> str | None:
+    """What a loaded checkpoint lacks that every reader needs: weights, a model config, a tokenizer spec."""
+    weights = ckpt.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        return "'model' is not a dict of tensors"
+    if not isinstance(ckpt.get("tokenizer"), dict):
+        return "no 'tokenizer' spec"
+    try:
+        model_config(ckpt)
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
 def model_config(ckpt: dict) -> ModelConfig:
-    """The ModelConfig a checkpoint was trained with."""
-    return ModelConfig(**ckpt["config"]["model"])
+    """The ModelConfig a checkpoint was trained with; CheckpointError if it holds none."""
+    d = ckpt.get("config", {}).get("model") if isinstance(ckpt.get("config"), dict) else None
+    if not isinstance(d, dict):
+        raise CheckpointError("no model config under 'config'")
+    try:
+        return ModelConfig(**d)
+    except (TypeError, ValueError) as e:  # unknown keys, wrong types or values
+        raise CheckpointError(f"its model config is not one of ours: {str(e).splitlines()[0]}") from None
 
 
 def load_weights(model: nn.Module, ckpt: dict) -> None:

@@ -198,7 +198,12 @@ def from_hf(folder: str | Path) -> tuple[ModelConfig, dict]:
         raise ConversionError(f"{folder}: {e}") from None
     except (OSError, ValueError) as e:
         raise ConversionError(f"{folder} is not a Hugging Face model folder: {str(e).splitlines()[0]}") from None
-    hf = AutoModelForCausalLM.from_pretrained(folder).float().state_dict()
+    pickled = sorted(Path(folder).glob("*.bin"))
+    if pickled and not any(Path(folder).glob("*.safetensors")):
+        raise ConversionError(f"{pickled[0]} is in PyTorch's pickle format, which can run code when loaded: "
+                              "convert it to safetensors where you trust the file (AutoModelForCausalLM.from_pretrained"
+                              "(folder).save_pretrained(folder, safe_serialization=True)), then import the folder")
+    hf = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).float().state_dict()
     return cfg, from_hf_state_dict(cfg, hf)
 
 
@@ -303,10 +308,18 @@ def from_safetensors(path: str | Path) -> tuple[ModelConfig, dict, dict | None]:
         raise ConversionError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
     if "config" not in meta:
         raise ConversionError(f"{path} has no model config in its metadata (not written by models.convert)")
-    cfg = ModelConfig(**json.loads(meta["config"]))
-    if cfg.tie_embeddings:
+    try:
+        cfg = ModelConfig(**json.loads(meta["config"]))
+        spec = json.loads(meta["tokenizer"]) if "tokenizer" in meta else None
+    except (TypeError, ValueError) as e:  # not JSON, not a mapping, keys or values not ours
+        raise ConversionError(f"{path}: its metadata is not a model config of ours ({str(e).splitlines()[0]}); "
+                              "import a file written by models.convert --to safetensors") from None
+    if spec is not None and not isinstance(spec, dict):
+        raise ConversionError(f"{path}: its metadata 'tokenizer' is not a tokenizer spec of ours; "
+                              "pass --tokenizer PATH")
+    if cfg.tie_embeddings and "tok_emb.weight" in sd:  # without it the strict load names what is missing
         sd["lm_head.weight"] = sd["tok_emb.weight"]
-    return cfg, sd, json.loads(meta["tokenizer"]) if "tokenizer" in meta else None
+    return cfg, sd, spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +331,9 @@ def imported_checkpoint(name: str, cfg: ModelConfig, sd: dict, tokenizer_spec: d
     from . import build
     from .checkpoint import load_weights
 
+    missing = {"kind", "path", "vocab_size"} - tokenizer_spec.keys()
+    if missing:
+        raise ConversionError(f"the tokenizer spec lacks {sorted(missing)}: pass --tokenizer PATH")
     ckpt = {"format": CHECKPOINT_FORMAT, "model": sd, "tokenizer": tokenizer_spec, "step": 0,
             "config": {"run_name": name, "model": dict(cfg.__dict__),
                        "tokenizer": {k: tokenizer_spec[k] for k in ("kind", "path", "vocab_size")}}}

@@ -3,6 +3,7 @@
 import ast
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -11,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import REPO, prepare_run, tiny_run_config
+from conftest import REPO, prepare_run, tiny_run_config, tiny_sets
 from dataset_definitions.config import DataConfig, TokenizerConfig
 from dataset_definitions.datasets import BlockSampler, TokenBlocks
 from dataset_definitions.dialogue import iter_dialogues, split_last_turn
@@ -347,3 +348,48 @@ def test_an_empty_heldout_split_is_allowed(tmp_path):
     prepared = prepare_run(tiny_run_config(tmp_path, ["data.heldout_rows=0"]), log=_quiet)
     assert len(prepared.tokens("heldout")) == 0 and prepared.rows("heldout") == []
     assert len(prepared.blocks("heldout", 32)) == 0
+
+
+def _edit_keeping_size_and_mtime(path, old: bytes, new: bytes) -> None:
+    """Replace `old` by `new` (same length) in a file, then set its modification time back."""
+    assert len(old) == len(new)
+    stat = path.stat()
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+@pytest.mark.parametrize("source", ["text", "jsonl", "hf"])
+def test_verify_rehashes_a_source_edited_without_a_new_size_or_mtime(tmp_path, capsys, source):
+    texts = [f"Row {i:03d} tells of a fox and {i % 7} hens by the river." for i in range(150)]
+    if source == "text":
+        path = edited = tmp_path / "corpus.txt"
+        path.write_text("\n".join(texts) + "\n")
+        sets = ["data.source=text", f"data.path={path}"]
+    else:
+        folder = tmp_path / "hf_folder"
+        folder.mkdir()
+        edited = (tmp_path if source == "jsonl" else folder) / "rows.jsonl"
+        edited.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        sets = (["data.source=jsonl", f"data.path={edited}"] if source == "jsonl"
+                else ["data.source=hf", f"data.name={folder}", "data.text_field=text"])
+    cfg = tiny_run_config(tmp_path, [*sets, "data.heldout_rows=10", "data.val_rows=10", "data.train_rows=null",
+                                     "tokenizer.vocab_size=300"])
+    first = prepare_run(cfg, log=_quiet)
+    assert first.rows("heldout")[0] == texts[0]
+    _edit_keeping_size_and_mtime(edited, b"Row 000 tells of a fox", b"Row 000 tells of a cat")
+    # the fast path trusts size + mtime: the old cache, with the old text
+    assert prepare_run(cfg, log=_quiet).dir == first.dir
+    argv = ["--config", "configs/quickstart.yaml"] + [a for s in [*tiny_sets(tmp_path), *sets,
+            "data.heldout_rows=10", "data.val_rows=10", "data.train_rows=null", "tokenizer.vocab_size=300"]
+            for a in ("--set", s)]
+    capsys.readouterr()
+    prepare_main([*argv, "--verify"])
+    out = capsys.readouterr().out
+    assert f"data: {edited} changed although its size and modification time did not" in out
+    again = prepare_run(cfg, log=_quiet)                    # and the fast path now keeps the new hash
+    assert again.dir != first.dir and f"data: {again.dir} (built" in out
+    assert again.rows("heldout")[0] == texts[0].replace("fox", "cat")   # the file as it is now
+    assert again.rows("heldout")[1:] == texts[1:10]
