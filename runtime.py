@@ -38,6 +38,21 @@ def resolve_dtype(name: str, device: torch.device, training: bool = False) -> to
     return DTYPES[name]
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device`: free GPU memory, or the host's available memory
+    (Linux /proc/meminfo); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision as the trainer runs it (weights stay fp32, matmuls in dtype); fp32 = plain."""
     if dtype == torch.float32:
