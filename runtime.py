@@ -53,6 +53,15 @@ def free_memory(device: torch.device) -> int | None:
         return None
 
 
+def require_memory(need: int, device: torch.device, what: str, fix: str) -> None:
+    """A ValueError naming the sizes, before anything is allocated, when `need` bytes (of `what`) are more
+    than `device` has free: such a request would swap, hang or be killed instead of failing."""
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ValueError(f"{what} needs {need / 2**30:,.2f} GiB, more than the {free / 2**30:,.2f} GiB free "
+                         f"on {device}: {fix}")
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision as the trainer runs it (weights stay fp32, matmuls in dtype); fp32 = plain."""
     if dtype == torch.float32:

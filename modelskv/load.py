@@ -24,7 +24,7 @@ from models import ModelConfig
 from models.checkpoint import load_checkpoint, load_weights, model_config
 from modelskv.model import build
 from modelskv.quantize import quantize_int8
-from runtime import free_memory, resolve_device, resolve_dtype
+from runtime import require_memory, resolve_device, resolve_dtype
 
 QUANTIZE = (None, "int8")
 
@@ -72,17 +72,15 @@ def load_model(ckpt: str | Path, max_batch: int = 1, max_seq_len: int | None = N
 def check_fits(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, max_batch: int,
                max_seq_len: int | None) -> None:
     """A ValueError saying the size, before anything is allocated, when the weights and the KV caches for
-    (max_batch, max_seq_len) need more memory than `device` has free (it would swap, hang or be killed)."""
+    (max_batch, max_seq_len) need more memory than `device` has free."""
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = build(cfg, max_batch, max_seq_len, dtype)
     cache = sum(t.numel() * t.element_size() for block in model.blocks for t in (block.kv_cache.k, block.kv_cache.v))
     weights = sum(p.numel() for p in model.parameters()) * dtype.itemsize
-    free = free_memory(device)
-    if free is not None and cache + weights > free:
-        raise ValueError(f"a KV cache for {max_batch:,} sequences x {model.max_seq_len:,} positions needs "
-                         f"{cache / 2**30:,.2f} GiB (+ {weights / 2**30:,.2f} GiB of weights), more than the "
-                         f"{free / 2**30:,.2f} GiB free on {device}: decode fewer prompts or beams at once, "
-                         "or a shorter max_seq_len")
+    require_memory(cache + weights, device,
+                   f"a KV cache for {max_batch:,} sequences x {model.max_seq_len:,} positions ({cache / 2**30:,.2f} "
+                   f"GiB, with {weights / 2**30:,.2f} GiB of weights)",
+                   "decode fewer prompts or beams at once, or a shorter max_seq_len")
 
 
 def inference_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, max_batch: int = 1,

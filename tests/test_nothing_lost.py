@@ -101,8 +101,11 @@ def test_resume_with_another_global_batch_is_refused_naming_both(trained, tmp_pa
     # two processes (torchrun --nproc_per_node=2) with the same per-process batch: twice the tokens
     with pytest.raises(ConfigError, match=r"trained with 128 tokens per step .*this run would take 256 "):
         check_resumable(ckpt, cfg, last, world=2)
-    old = {k: v for k, v in ckpt.items() if k != "tokens_per_step"}  # a checkpoint from before the record
-    with pytest.raises(ConfigError, match=r"128 tokens per step \(4 x 1 x 32 x 1 .*256 \(4 x 1 x 32 x 2\)"):
+    # a checkpoint from before the record, of 2 processes x batch 2: the same 128 tokens, derived
+    old = {**{k: v for k, v in ckpt.items() if k != "tokens_per_step"}, "world_size": 2,
+           "config": {**ckpt["config"], "train": {**ckpt["config"]["train"], "batch_size": 2}}}
+    check_resumable(old, cfg, last, world=1)
+    with pytest.raises(ConfigError, match=r"128 tokens per step \(2 x 1 x 32 x 2 .*256 \(4 x 1 x 32 x 2\)"):
         check_resumable(old, cfg, last, world=2)
     for sets, world in ((["train.batch_size=2"], 2), (["train.batch_size=1", "train.grad_accum=2"], 2),
                         (["train.batch_size=2", "train.grad_accum=2"], 1)):
@@ -265,6 +268,7 @@ def test_a_data_path_that_is_not_a_regular_file_is_refused(tmp_path, capsys, kin
 def test_a_kv_cache_that_would_not_fit_is_refused_up_front_with_its_size(trained, capsys, monkeypatch):
     import models
     import modelskv.load
+    import runtime
     from generators.generate import main as gen_main
     ckpt_path = trained / "checkpoints/tiny/last.pt"
     cfg = models.ModelConfig(**load_checkpoint(ckpt_path)["config"]["model"])
@@ -275,15 +279,29 @@ def test_a_kv_cache_that_would_not_fit_is_refused_up_front_with_its_size(trained
                                                        str(beams), "--device", "cpu"], capsys))
     line = error_line(err)
     assert code == 1 and f"a KV cache for {beams:,} sequences x {cfg.context} positions" in line
-    assert f"needs {cache / 2**30:,.2f} GiB" in line and "free on cpu" in line
+    assert f"({cache / 2**30:,.2f} GiB, with" in line and "GiB free on cpu" in line
     # the limit is the weights and the caches together, against the memory free
     weights = sum(p.numel() for p in models.build(cfg).parameters()) * 4
     need = cfg.n_layers * 2 * 3 * cfg.n_heads * cfg.context * head_dim * 4 + weights
-    monkeypatch.setattr(modelskv.load, "free_memory", lambda device: need - 1)
+    monkeypatch.setattr(runtime, "free_memory", lambda device: need - 1)
     with pytest.raises(ValueError, match="a KV cache for 3 sequences"):
         modelskv.load.load_model(ckpt_path, max_batch=3, device="cpu")
-    monkeypatch.setattr(modelskv.load, "free_memory", lambda device: need)
+    monkeypatch.setattr(runtime, "free_memory", lambda device: need)
     assert modelskv.load.load_model(ckpt_path, max_batch=3, device="cpu").model.max_batch == 3
+
+
+def test_a_perplexity_batch_whose_logits_would_not_fit_is_refused(trained, tmp_path, capsys, monkeypatch):
+    import runtime
+    from perplexity.runner import main as ppl_main
+    argv = ["--ckpt", str(trained / "checkpoints/tiny/last.pt"), "--batch-size", "10", "--rows", "40",
+            "--log-dir", str(tmp_path / "logs"), "--quiet", "--device", "cpu"]
+    logits = 10 * 32 * 384 * (4 + 4)  # windows x context x vocab, fp32 logits and cross-entropy's fp32 copy
+    monkeypatch.setattr(runtime, "free_memory", lambda device: logits - 1)
+    code, err = run_cli(ppl_main, argv, capsys)
+    assert code == 1 and "a batch of 10 windows x 32 positions x 384 logits needs" in error_line(err)
+    assert "--batch-size" in err and not (tmp_path / "logs").exists()
+    monkeypatch.setattr(runtime, "free_memory", lambda device: logits)
+    assert run_cli(ppl_main, argv, capsys)[0] == 0
 
 
 # ----------------------------------------------------------------------------- 8. a study runs only the project's runners
