@@ -58,8 +58,12 @@ def require_memory(need: int, device: torch.device, what: str, fix: str) -> None
     than `device` has free: such a request would swap, hang or be killed instead of failing."""
     free = free_memory(device)
     if free is not None and need > free:
-        raise ValueError(f"{what} needs {need / 2**30:,.2f} GiB, more than the {free / 2**30:,.2f} GiB free "
-                         f"on {device}: {fix}")
+        raise ValueError(f"{what} needs {size(need)}, more than the {size(free)} free on {device}: {fix}")
+
+
+def size(n_bytes: int) -> str:
+    """Bytes for a message: "7,629.39 GiB", "3.00 MiB"."""
+    return f"{n_bytes / 2**30:,.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.2f} MiB"
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -24,7 +24,7 @@ from models import ModelConfig
 from models.checkpoint import load_checkpoint, load_weights, model_config
 from modelskv.model import build
 from modelskv.quantize import quantize_int8
-from runtime import require_memory, resolve_device, resolve_dtype
+from runtime import require_memory, resolve_device, resolve_dtype, size
 
 QUANTIZE = (None, "int8")
 
@@ -78,8 +78,8 @@ def check_fits(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, max_b
     cache = sum(t.numel() * t.element_size() for block in model.blocks for t in (block.kv_cache.k, block.kv_cache.v))
     weights = sum(p.numel() for p in model.parameters()) * dtype.itemsize
     require_memory(cache + weights, device,
-                   f"a KV cache for {max_batch:,} sequences x {model.max_seq_len:,} positions ({cache / 2**30:,.2f} "
-                   f"GiB, with {weights / 2**30:,.2f} GiB of weights)",
+                   f"a KV cache for {max_batch:,} sequences x {model.max_seq_len:,} positions ({size(cache)}, "
+                   f"with {size(weights)} of weights)",
                    "decode fewer prompts or beams at once, or a shorter max_seq_len")
 
 
