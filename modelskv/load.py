@@ -74,11 +74,14 @@ def check_fits(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, max_b
     """A ValueError saying the size, before anything is allocated, when the weights and the KV caches for
     (max_batch, max_seq_len) need more memory than `device` has free."""
     with torch.device("meta"):  # shapes only: nothing is allocated
-        model = build(cfg, max_batch, max_seq_len, dtype)
-    cache = sum(t.numel() * t.element_size() for block in model.blocks for t in (block.kv_cache.k, block.kv_cache.v))
+        model = models.build(cfg)
+    seq = max_seq_len or cfg.context
+    # per layer, as KVCacheMixin.setup_caches makes them: keys and values of (max_batch, heads, seq, dim)
+    cache = sum(max_batch * b.attn.n_heads * seq * (b.attn.key_dim + b.attn.head_dim) for b in model.blocks)
+    cache *= dtype.itemsize
     weights = sum(p.numel() for p in model.parameters()) * dtype.itemsize
     require_memory(cache + weights, device,
-                   f"a KV cache for {max_batch:,} sequences x {model.max_seq_len:,} positions ({size(cache)}, "
+                   f"a KV cache for {max_batch:,} sequences x {seq:,} positions ({size(cache)}, "
                    f"with {size(weights)} of weights)",
                    "decode fewer prompts or beams at once, or a shorter max_seq_len")
 
