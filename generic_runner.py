@@ -95,6 +95,8 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False, data=None) 
             if env.world > 1:
                 dist.barrier()
             trainer = Trainer(cfg, env, resume, data)
+            if resume:
+                train_state.check_unfinished(trainer)
             for p in replaced:  # --force: the new run passed its checks; only now the old one goes
                 p.unlink()
             env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")

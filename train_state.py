@@ -79,6 +79,13 @@ class RunFinished(TrainingError):
     """--resume of a checkpoint already at train.max_steps: there is nothing left to train."""
 
 
+def check_unfinished(trainer) -> None:
+    """RunFinished when the resumed trainer is already at train.max_steps (training would only log nan)."""
+    if trainer.step >= trainer.cfg.train.max_steps:
+        raise RunFinished(f"--resume: {run_paths(trainer.cfg)['last']} is at step {trainer.step}, the run's "
+                          "train.max_steps: it is finished, nothing to train (raise train.max_steps to train it further)")
+
+
 def tokens_per_step(cfg, world: int) -> int:
     """Tokens one optimizer step takes over all processes: batch_size x grad_accum x context x world."""
     return cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context * world
@@ -101,9 +108,6 @@ def check_resumable(ckpt: dict, cfg, path, world: int, data_key: str | None = No
     Without `tokenizer_spec` (before the data is ready) the config alone is compared, less
     model.vocab_size (which the tokenizer sets)."""
     step, max_steps = ckpt["step"], cfg.train.max_steps
-    if step == max_steps:
-        raise RunFinished(f"--resume: {path} is at step {step}, the run's train.max_steps: it is finished, "
-                          f"nothing to train (raise train.max_steps to train it further)")
     if step > max_steps:
         raise ConfigError(f"--resume: {path} is at step {step}, beyond train.max_steps={max_steps}: "
                           f"set train.max_steps above {step} to train it further")
