@@ -3,7 +3,8 @@ this run, and putting the state back, so `--resume` continues exactly where the 
 
     save(trainer, path)                 # capture() written; every rank joins (the RNG states are gathered)
     check_resumable(ckpt, cfg, path, world)  # ConfigError when the checkpoint is another run's (or
-                                             # another global batch); RunFinished when nothing is left
+                                             # another global batch)
+    check_unfinished(trainer)           # RunFinished when the resumed run has no step left
     restore(trainer, ckpt)
     stop_non_finite(trainer, what)      # TrainingError naming the last good checkpoint
 
