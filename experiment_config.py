@@ -121,10 +121,12 @@ class RunConfig:
 
 
 # A resumed run must be the run its checkpoint started: every config key defines the run, except
-# these (where outputs go, the device, how long and how often to evaluate, save and log). A key
+# these (where outputs go, the device, how long and how often to evaluate, save and log, and how a
+# step's batch is split: train_state.check_resumable keeps batch_size x grad_accum x processes). A key
 # added later defines the run unless it is listed here. A trailing "." lists a whole section.
 RESUMABLE_KEYS = ("run_name", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb.", "log.",
-                  "train.max_steps", "train.eval_every", "train.eval_batches", "train.save_every",
+                  "train.max_steps", "train.batch_size", "train.grad_accum", "train.eval_every",
+                  "train.eval_batches", "train.save_every",
                   "train.keep_every", "train.checkpoints", "train.patience", "train.log_every", "train.compile")
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*")

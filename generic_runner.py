@@ -70,6 +70,8 @@ def main(default_config: str, argv: list[str] | None = None) -> None:
         exit_with(f"error: {e}", 2)
     except Interrupted as e:
         exit_with(f"interrupted: {e}", 128 + e.signum)
+    except train_state.RunFinished as e:
+        exit_with(f"nothing to do: {e}", 0)
     except (DataError, TrainingError, CheckpointError, FileNotFoundError, UnsafeFileError) as e:
         exit_with(f"error: {e}", 1)
     except KeyboardInterrupt:
@@ -91,11 +93,14 @@ def train(cfg: RunConfig, resume: bool = False, force: bool = False, data=None) 
         if env.is_main:
             check_output_dirs(cfg)
         with run_lock(cfg, env.is_main):
-            if env.is_main:
-                claim_outputs(cfg, resume, force)
+            replaced = claim_outputs(cfg, resume, force) if env.is_main else []
             if env.world > 1:
                 dist.barrier()
             trainer = Trainer(cfg, env, resume, data)
+            if resume:
+                train_state.check_unfinished(trainer)
+            for p in replaced:  # --force: the new run passed its checks; only now the old one goes
+                p.unlink()
             env.log(f"run {cfg.run_name}: outputs in {run_paths(cfg)['dir']} and {cfg.log_dir}/")
             with train_state.stop_on_write_error(trainer):
                 summary = trainer.fit(train_setup.open_logger(trainer) if env.is_main else None)
@@ -136,7 +141,7 @@ class Trainer:
         last = run_paths(cfg)["last"]
         resume_from = load_checkpoint(last, map_location=env.device) if resume else None
         if resume_from:  # refuse another run's checkpoint before any work (the data check follows)
-            train_state.check_resumable(resume_from, cfg, last)
+            train_state.check_resumable(resume_from, cfg, last, env.world)
         self.data = data = train_setup.load_data(cfg, env) if data is None else data
         self.data_key = getattr(data, "meta", {}).get("key")  # None for stand-in data (benchmarks)
         self.cfg = cfg = replace(cfg, model=replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
@@ -154,12 +159,12 @@ class Trainer:
         self.step, self.best_val, self.evals_since_best = 0, math.inf, 0
         self.saved_step: int | None = None  # the step of the last.pt on disk (none yet)
         if resume:
-            train_state.check_resumable(resume_from, cfg, last, self.data_key, tok.spec())
+            train_state.check_resumable(resume_from, cfg, last, env.world, self.data_key, tok.spec())
             train_state.restore(self, resume_from)
         else:
             torch.manual_seed(cfg.seed + env.rank)  # the training stream (dropout, TID) differs per rank
         self.wrapped = train_setup.wrap_for_training(self.model, cfg, env)
-        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context * env.world
+        self.tokens_per_step = train_state.tokens_per_step(cfg, env.world)
         self.param_counts, self.flops_per_token = train_setup.parameter_counts(self.model, cfg)
         self.peak = peak_flops(env.device)
         env.log(train_setup.describe_run(self))

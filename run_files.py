@@ -30,8 +30,10 @@ def run_outputs(cfg: RunConfig) -> list[Path]:
     return [p for p in [*ckpts, *run_log_paths(cfg.run_name, cfg.log_dir), *events] if p.is_file()]
 
 
-def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
-    """Refuse to overwrite another run's outputs unless --resume or --force says what to do.
+def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> list[Path]:
+    """Refuse to overwrite another run's outputs unless --resume or --force says what to do; returns
+    the earlier outputs that --force replaces. Nothing is deleted here: the caller removes them once
+    the new run has passed every check (config, data, model), so a failing check loses nothing.
     (Called under the run's lock: temporaries of its files are left by a killed writer; removed.)"""
     paths = run_paths(cfg)
     stale = [*paths["dir"].glob(".*.tmp"), *(t for p in run_log_paths(cfg.run_name, cfg.log_dir)
@@ -42,13 +44,12 @@ def claim_outputs(cfg: RunConfig, resume: bool, force: bool) -> None:
     if resume:
         if not paths["last"].is_file():
             raise TrainingError(f"--resume: no checkpoint at {paths['last']} (start the run without --resume)")
-        return
+        return []
     if existing and not force:
         raise TrainingError(
             f"run {cfg.run_name!r} already has outputs ({existing[0]}): pass --resume to continue it, "
             "--force to overwrite it, or --run-name NAME for a new run")
-    for p in existing:
-        p.unlink()
+    return existing
 
 
 def check_output_dirs(cfg: RunConfig) -> None:
@@ -65,7 +66,12 @@ def run_locks(cfg: RunConfig) -> list[Path]:
     """The locks of a run: <log_dir>/.locks/<run>.lock, and <checkpoint_dir>/.locks/<run>.lock when it
     writes checkpoints (a run that shares either folder and name with a live one must not start)."""
     dirs = [cfg.log_dir] + ([cfg.checkpoint_dir] if cfg.train.checkpoints else [])
-    return [Path(d) / ".locks" / f"{cfg.run_name}.lock" for d in dirs]
+    return [lock_path(d, cfg.run_name) for d in dirs]
+
+
+def lock_path(folder: str | Path, run_name: str) -> Path:
+    """The lock of run `run_name` in one of its output folders (a checkpoint_dir or log_dir)."""
+    return Path(folder) / ".locks" / f"{run_name}.lock"
 
 
 @contextlib.contextmanager

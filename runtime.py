@@ -38,6 +38,34 @@ def resolve_dtype(name: str, device: torch.device, training: bool = False) -> to
     return DTYPES[name]
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device`: free GPU memory, or the host's available memory
+    (Linux /proc/meminfo); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def require_memory(need: int, device: torch.device, what: str, fix: str) -> None:
+    """A ValueError naming the sizes, before anything is allocated, when `need` bytes (of `what`) are more
+    than `device` has free: such a request would swap, hang or be killed instead of failing."""
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ValueError(f"{what} needs {size(need)}, more than the {size(free)} free on {device}: {fix}")
+
+
+def size(n_bytes: int) -> str:
+    """Bytes for a message: "7,629.39 GiB", "3.00 MiB"."""
+    return f"{n_bytes / 2**30:,.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.2f} MiB"
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision as the trainer runs it (weights stay fp32, matmuls in dtype); fp32 = plain."""
     if dtype == torch.float32:

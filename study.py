@@ -130,7 +130,11 @@ def _arm(name, spec, path: Path) -> Arm:
                           "and optionally 'set' (key: value overrides)")
     if not str(name).replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"study file {path}: arm name {name!r} must be letters, digits, '-' or '_'")
-    return Arm(str(name), str(spec["runner"]), _sets(spec.get("set", {}), f"arms.{name}.set", path))
+    try:
+        runner = check_runner(str(spec["runner"]))
+    except ConfigError as e:
+        raise ConfigError(f"study file {path}: arm {name!r}: {e}") from None
+    return Arm(str(name), runner, _sets(spec.get("set", {}), f"arms.{name}.set", path))
 
 
 def _str_list(value, key: str, path: Path) -> list[str]:
@@ -151,17 +155,36 @@ def _yaml_value(v) -> str:
         if isinstance(v, bool) else str(v)
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+def project_runners() -> list[str]:
+    """The project's training runners: the run_*.py scripts in its root that call main(default_config=...)."""
+    return sorted(p.name for p in PROJECT_ROOT.glob("run_*.py") if _default_config(p) is not None)
+
+
+def check_runner(runner: str) -> str:
+    """`runner` as the file name of one of the project's runners ("./run_tid.py" -> "run_tid.py"), or a
+    ConfigError listing them: a study runs no other script."""
+    name = Path(runner).name
+    if Path(runner).parent != Path(".") or name not in project_runners():
+        raise ConfigError(f"runner {runner!r} is not one of the project's runners {project_runners()} "
+                          "(the run_*.py scripts in its root)")
+    return name
+
+
 def runner_default_config(runner: str) -> str:
     """The default config a runner script passes to generic_runner.main (read, not imported)."""
-    path = Path(runner)
-    if not path.is_file():
-        raise ConfigError(f"runner {runner} not found (runners are the repo's run_*.py scripts, e.g. run_tid.py)")
+    return _default_config(PROJECT_ROOT / check_runner(runner))
+
+
+def _default_config(path: Path) -> str | None:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "main":
             for kw in node.keywords:
                 if kw.arg == "default_config" and isinstance(kw.value, ast.Constant):
                     return kw.value.value
-    raise ConfigError(f"runner {runner} does not call main(default_config=...) as the run_*.py scripts do")
+    return None
 
 
 # ----------------------------------------------------------------------------- resolving the runs

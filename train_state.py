@@ -2,7 +2,9 @@
 this run, and putting the state back, so `--resume` continues exactly where the run stopped.
 
     save(trainer, path)                 # capture() written; every rank joins (the RNG states are gathered)
-    check_resumable(ckpt, cfg, path)    # ConfigError when the checkpoint is another run's
+    check_resumable(ckpt, cfg, path, world)  # ConfigError when the checkpoint is another run's (or
+                                             # another global batch)
+    check_unfinished(trainer)           # RunFinished when the resumed run has no step left
     restore(trainer, ckpt)
     stop_non_finite(trainer, what)      # TrainingError naming the last good checkpoint
     with stop_on_write_error(trainer):  # a failed write (disk full) too
@@ -92,13 +94,53 @@ def capture(trainer) -> dict:
         "best_val": trainer.best_val,
         "evals_since_best": trainer.evals_since_best,
         "world_size": env.world,
+        "tokens_per_step": trainer.tokens_per_step,
     }
 
 
-def check_resumable(ckpt: dict, cfg, path, data_key: str | None = None, tokenizer_spec: dict | None = None) -> None:
-    """Refuse a checkpoint that does not continue this config's run (data, tokenizer, model, seed, ...).
+class RunFinished(TrainingError):
+    """--resume of a checkpoint already at train.max_steps: there is nothing left to train."""
+
+
+def check_unfinished(trainer) -> None:
+    """RunFinished when the resumed trainer is already at train.max_steps (training would only log nan)."""
+    if trainer.step >= trainer.cfg.train.max_steps:
+        raise RunFinished(f"--resume: {run_paths(trainer.cfg)['last']} is at step {trainer.step}, the run's "
+                          "train.max_steps: it is finished, nothing to train (raise train.max_steps to train it further)")
+
+
+def tokens_per_step(cfg, world: int) -> int:
+    """Tokens one optimizer step takes over all processes: batch_size x grad_accum x context x world."""
+    return cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context * world
+
+
+def _global_batch(ckpt: dict) -> tuple[int, str]:
+    """A checkpoint's tokens per step and how they came about (checkpoints before "tokens_per_step": from its config)."""
+    t, world = ckpt["config"]["train"], ckpt.get("world_size", 1)
+    how = f"{t['batch_size']} x {t['grad_accum']} x {ckpt['config']['model']['context']} x {world}"
+    recorded = ckpt.get("tokens_per_step")
+    return (recorded if recorded is not None else
+            t["batch_size"] * t["grad_accum"] * ckpt["config"]["model"]["context"] * world), how
+
+
+def check_resumable(ckpt: dict, cfg, path, world: int, data_key: str | None = None,
+                    tokenizer_spec: dict | None = None) -> None:
+    """Refuse a checkpoint that does not continue this config's run (data, tokenizer, model, seed, ...,
+    and the global batch: train.batch_size and grad_accum may change with the number of processes
+    `world` only so that the tokens per step stay the same), or that has no step left to train.
     Without `tokenizer_spec` (before the data is ready) the config alone is compared, less
     model.vocab_size (which the tokenizer sets)."""
+    step, max_steps = ckpt["step"], cfg.train.max_steps
+    if step > max_steps:
+        raise ConfigError(f"--resume: {path} is at step {step}, beyond train.max_steps={max_steps}: "
+                          f"set train.max_steps above {step} to train it further")
+    old, old_how = _global_batch(ckpt)
+    new = tokens_per_step(cfg, world)
+    if old != new:
+        raise ConfigError(
+            f"--resume: {path} was trained with {old:,} tokens per step ({old_how} = batch_size x grad_accum x "
+            f"context x processes), this run would take {new:,} ({cfg.train.batch_size} x {cfg.train.grad_accum} x "
+            f"{cfg.model.context} x {world}): set train.batch_size / train.grad_accum so the global batch is unchanged")
     now = to_dict(cfg)
     if tokenizer_spec is None:
         now["model"]["vocab_size"] = ckpt["config"]["model"]["vocab_size"]

@@ -111,11 +111,20 @@ def _hash_cache(data_dir: str | Path) -> Path:
 def _local_files(cfg: DataConfig) -> list[Path]:
     """The local files (or folders) a source reads: text/jsonl data.path, hf local folders and data files."""
     if cfg.source in ("text", "jsonl"):
-        return [Path(cfg.path)] if Path(cfg.path).exists() else []
+        return _regular_files([Path(cfg.path)] if Path(cfg.path).exists() else [])
     if cfg.source != "hf":
         return []
     found = [Path(cfg.name)] if Path(cfg.name).is_dir() else []
-    return found + [Path(p) for p in sorted(glob.glob(cfg.path))] if cfg.path else found
+    return found + _regular_files([Path(p) for p in sorted(glob.glob(cfg.path))]) if cfg.path else found
+
+
+def _regular_files(paths: list[Path]) -> list[Path]:
+    """`paths`, each a regular file: a device (/dev/zero), a pipe or a folder would be read forever or not at all."""
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"data.path {p} is not a regular file (a device, a pipe or a folder): "
+                            "point data.path at a text or jsonl file")
+    return paths
 
 
 def prepare_data(data: DataConfig, tokenizer: TokenizerConfig, data_dir: str | Path, tokenizer_dir: str | Path, *,
@@ -194,6 +203,7 @@ def _cached(final: Path, verify: bool, context: int | None, log) -> PreparedData
     meta = _load_meta(final)
     _check_files(final, meta, full=verify)
     prepared = PreparedData(final, meta, _tokenizer_or_error(load_tokenizer, meta["tokenizer"]))
+    _check_token_ids(prepared)
     log(f"data: cached {final}" + (" (every file verified against meta.json)" if verify else ""))
     _summarise(prepared, context, log)
     return prepared
@@ -325,6 +335,17 @@ def _check_files(d: Path, meta: dict, full: bool) -> None:
             raise DataError(f"data cache {d} is incomplete or corrupted ({name} size differs): {REBUILD}")
         if full and sha256_file(p) != info["sha256"]:
             raise DataError(f"data cache {d} is corrupted ({name} SHA-256 differs from meta.json): {REBUILD}")
+
+
+def _check_token_ids(prepared: PreparedData) -> None:
+    """Every cached token id is in the vocabulary (one pass over each memmap: cheap beside training), so
+    a corrupted stream stops here, naming the cache, rather than as an IndexError inside the embedding."""
+    vocab = prepared.meta["vocab_size"]
+    for split in prepared.meta["splits"]:
+        tokens = prepared.tokens(split)
+        if len(tokens) and not 0 <= int(tokens.min()) <= int(tokens.max()) < vocab:
+            raise DataError(f"data cache {prepared.dir} is corrupted ({split}.bin holds token ids outside the "
+                            f"vocabulary of {vocab:,}: {int(tokens.min())}..{int(tokens.max())}): {REBUILD}")
 
 
 def _summarise(prepared: PreparedData, context: int | None, log) -> None:

@@ -2,9 +2,15 @@
 
 A checkpoint is a dict: "format", "model" (state dict), "config" (the resolved run config as
 plain dicts), "tokenizer" (spec), "step", plus the trainer's resume state (optimizer, scaler,
-rng, sampler, ...), and "tensor_sha256": a hash of the weights, checked on every load, so a
-file whose bits changed fails loudly instead of producing garbage. It loads with
+rng, sampler, ...), and "state_sha256": a hash of every other entry (tensors and plain values
+alike), checked on every load, so a file whose bits changed anywhere fails loudly instead of
+producing garbage or a resume that is silently different. It loads with
 `torch.load(weights_only=True)`: no code runs on load.
+
+Checkpoints written before "state_sha256" carry "tensor_sha256", a hash of the weights only; they
+are still accepted with that check: it covers everything inference reads, their resume state cannot
+be checked after the fact, and refusing them would strand every run in progress (its next save
+writes the full hash).
 """
 
 import hashlib
@@ -26,7 +32,34 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, not ours, or does not fit the model; the message says which."""
 
 
-HASHED = ("model", "lora_model")  # the state dicts whose tensors the hash covers
+HASHED = ("model", "lora_model")  # the state dicts whose tensors the weights-only hash covers
+HASH_KEYS = ("state_sha256", "tensor_sha256")  # what state_sha256 leaves out: the hashes themselves
+
+
+def state_sha256(ckpt: dict) -> str:
+    """SHA-256 over every entry of a checkpoint but its hashes: keys, plain values and tensors (name,
+    dtype, shape, bytes), in sorted key order."""
+    h = hashlib.sha256()
+    _hash_value(h, {k: v for k, v in ckpt.items() if k not in HASH_KEYS})
+    return h.hexdigest()
+
+
+def _hash_value(h, value) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}:{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}\0".encode())
+        for k, v in sorted(value.items(), key=lambda kv: repr(kv[0])):
+            h.update(f"{k!r}\0".encode())
+            _hash_value(h, v)
+    elif isinstance(value, (list, tuple)):  # one tag: a tuple may come back from a file as a list
+        h.update(f"L{len(value)}\0".encode())
+        for v in value:
+            _hash_value(h, v)
+    else:  # str, int, float (repr keeps every bit, nan and inf included), bool, None
+        h.update(f"V{type(value).__name__}:{value!r}\0".encode())
 
 
 def tensor_sha256(ckpt: dict) -> str:
@@ -42,13 +75,14 @@ def tensor_sha256(ckpt: dict) -> str:
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """torch.save to a uniquely named temporary file, then rename: a crash never leaves a
-    half-written checkpoint. Refuses non-finite weights; stores their hash."""
+    half-written checkpoint. Refuses non-finite weights; stores the hash of everything written."""
     path = Path(path)
     bad = non_finite_tensors(state["model"])
     if bad:
         raise CheckpointError(f"not writing {path}: {len(bad)} weight tensors are not finite (first: {bad[0]})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {**state, "tensor_sha256": tensor_sha256(state)}
+    state = {k: v for k, v in state.items() if k not in HASH_KEYS}
+    state["state_sha256"] = state_sha256(state)
     atomic_write(path, lambda tmp: _torch_save(state, tmp))
 
 
@@ -91,8 +125,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if problem:
         raise CheckpointError(f"{path} is not a checkpoint of this project ({problem}): "
                               "give a checkpoint the trainer or models.convert wrote")
-    if "tensor_sha256" in ckpt and tensor_sha256(ckpt) != ckpt["tensor_sha256"]:
-        raise CheckpointError(f"{path} is corrupted: its weights do not match the hash stored with them "
+    if "state_sha256" in ckpt:
+        corrupted = state_sha256(ckpt) != ckpt["state_sha256"]
+    else:  # written before the full hash: the weights only (see the module docstring)
+        corrupted = "tensor_sha256" in ckpt and tensor_sha256(ckpt) != ckpt["tensor_sha256"]
+    if corrupted:
+        raise CheckpointError(f"{path} is corrupted: its contents do not match the hash stored with them "
                               "(restore the file or use another checkpoint of the run)")
     return ckpt
 

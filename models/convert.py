@@ -7,6 +7,9 @@
     python -m models.convert --from meta meta_model/ --context 2048 --tokenizer tokenizer.model --out ...
     python -m models.convert --from safetensors weights.safetensors --out checkpoints/imported/last.pt
 
+An existing --out (a file, or a folder holding files) is replaced only with --overwrite, and a write
+into a run's checkpoints/<run>/ folder holds that run's lock (never beside a training of the run).
+
 What each format can express (anything else is refused with a ConversionError naming what it lacks):
   hf, GPT-2   learned positions, LayerNorm, GELU (erf, or tanh as GPT-2's "gelu_new"), biases:
               `baseline`, `condor` with standard attention
@@ -24,12 +27,15 @@ way out and back on the way in. GPT-2's Conv1D stores weights (in, out): transpo
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
 from pathlib import Path
 
 import torch
+
+from fileio import LockedError, exclusive_lock
 
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, model_config, save_checkpoint
 from .config import ModelConfig
@@ -375,17 +381,41 @@ def main(argv=None) -> None:
                                             "default: the one in the folder")
     parser.add_argument("--context", type=int, help="--from meta: the model's context (params.json does not hold it)")
     parser.add_argument("--out", required=True, help="folder (hf, meta), .safetensors file, or .pt checkpoint (--from)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (refused without it)")
     args = parser.parse_args(argv)
     if bool(args.source) == bool(args.ckpt and args.to):
         parser.error("give either --ckpt PATH --to FORMAT, or --from FORMAT PATH")
+    out = Path(args.out)
     try:
-        if args.source:
-            save_checkpoint(args.out, _import(*args.source, tokenizer=args.tokenizer, context=args.context))
-        else:
-            _export(load_checkpoint(args.ckpt), args.to, Path(args.out))
+        _refuse_existing(out, args.overwrite)
+        with _run_lock_of(out.parent if args.source or args.to == "safetensors" else out):
+            if args.source:
+                save_checkpoint(out, _import(*args.source, tokenizer=args.tokenizer, context=args.context))
+            else:
+                _export(load_checkpoint(args.ckpt), args.to, out)
+    except LockedError as e:
+        sys.exit(f"error: --out {out} is in the folder of a run being trained ({e}): wait for it to finish, "
+                 "or choose another --out")
     except (CheckpointError, ConversionError, ImportError, OSError, ValueError) as e:
         sys.exit(f"error: {str(e).splitlines()[0]}")
     print(f"wrote {args.out}")
+
+
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    """An existing --out (a checkpoint, a run's file, a folder holding files) is replaced only with --overwrite."""
+    if not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
+        raise ConversionError(f"--out {out} already exists: pass --overwrite to replace it, or choose another --out")
+
+
+def _run_lock_of(folder: Path):
+    """The run's lock (run_files.py) when `folder` is a run's checkpoints/<run>/ folder (its parent holds the
+    .locks of a checkpoint_dir); else nothing to hold."""
+    from run_files import lock_path  # the run's lock path is the trainer's convention
+
+    folder = folder.resolve()
+    if (folder.parent / ".locks").is_dir():
+        return exclusive_lock(lock_path(folder.parent, folder.name))
+    return contextlib.nullcontext()
 
 
 def _import(fmt: str, path: str, tokenizer: str | None, context: int | None) -> dict:

@@ -24,7 +24,7 @@ from models import ModelConfig
 from models.checkpoint import load_checkpoint, load_weights, model_config
 from modelskv.model import build
 from modelskv.quantize import quantize_int8
-from runtime import resolve_device, resolve_dtype
+from runtime import require_memory, resolve_device, resolve_dtype, size
 
 QUANTIZE = (None, "int8")
 
@@ -69,6 +69,23 @@ def load_model(ckpt: str | Path, max_batch: int = 1, max_seq_len: int | None = N
                        int(checkpoint.get("step", 0)), checkpoint["config"])
 
 
+def check_fits(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, max_batch: int,
+               max_seq_len: int | None) -> None:
+    """A ValueError saying the size, before anything is allocated, when the weights and the KV caches for
+    (max_batch, max_seq_len) need more memory than `device` has free."""
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = models.build(cfg)
+    seq = max_seq_len or cfg.context
+    # per layer, as KVCacheMixin.setup_caches makes them: keys and values of (max_batch, heads, seq, dim)
+    cache = sum(max_batch * b.attn.n_heads * seq * (b.attn.key_dim + b.attn.head_dim) for b in model.blocks)
+    cache *= dtype.itemsize
+    weights = sum(p.numel() for p in model.parameters()) * dtype.itemsize
+    require_memory(cache + weights, device,
+                   f"a KV cache for {max_batch:,} sequences x {seq:,} positions ({size(cache)}, "
+                   f"with {size(weights)} of weights)",
+                   "decode fewer prompts or beams at once, or a shorter max_seq_len")
+
+
 def inference_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, max_batch: int = 1,
                     max_seq_len: int | None = None, quantize: str | None = None, training_model: bool = False,
                     checkpoint: dict | None = None) -> nn.Module:
@@ -76,6 +93,8 @@ def inference_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, 
     quantised if asked, caches for (max_batch, max_seq_len) allocated once; in eval mode."""
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize {quantize!r} is not one of {list(QUANTIZE)}")
+    if not training_model:
+        check_fits(cfg, device, dtype, max_batch, max_seq_len)
     model = models.build(cfg) if training_model else build(cfg, max_batch, max_seq_len, dtype)
     if checkpoint is not None:
         load_weights(model, checkpoint)

@@ -165,7 +165,7 @@ def _run(args, text_file: bool) -> None:
         name = args.out_name or f"{run}-{args.split}-packed"
         info.update(split=args.split, source=f"{args.split} packed", data_dir=str(data.dir))
         scores = score_packed(scorer.nll_fn, data.tokens(args.split), context, data.bytes_per_token(args.split),
-                              batch, scorer.device, scorer.dtype, progress)
+                              batch, scorer.device, scorer.dtype, progress, scorer.tokenizer.vocab_size)
     else:
         if text_file:
             name = args.out_name or f"{run}-{Path(args.text_file).stem}"

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dataset_definitions.datasets import TokenBlocks
 from dataset_definitions.tokenization import Tokenizer
-from runtime import autocast, to_device
+from runtime import autocast, require_memory, to_device
 from train_logs import bits_per_token
 
 IGNORE = -100                   # target id that cross_entropy skips (padding, already-scored targets)
@@ -38,6 +38,14 @@ def target_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def token_nll(logits_fn: LogitsFn) -> NllFn:
     """The NllFn of a logits function (`target_nll` of its logits)."""
     return lambda x, y: target_nll(logits_fn(x), y)
+
+
+def check_batch_fits(n_windows: int, length: int, vocab_size: int, device: torch.device, dtype: torch.dtype) -> None:
+    """A ValueError naming the size, before the first forward, when one batch's logits (in dtype, and the
+    fp32 copy cross-entropy reads) need more memory than `device` has free."""
+    need = n_windows * length * vocab_size * (dtype.itemsize + 4)
+    require_memory(need, device, f"a batch of {n_windows:,} windows x {length:,} positions x {vocab_size:,} logits",
+                   "lower the batch size (--batch-size)")
 
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -102,7 +110,8 @@ class Scores:
 @torch.inference_mode()
 def score_rows(nll_fn: NllFn, rows: Sequence[Sequence[int]], context: int, stride: int | None = None,
                batch_size: int = 16, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               pad_id: int = 0, progress: bool = False, fixed_shapes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               pad_id: int = 0, progress: bool = False, fixed_shapes: bool = False,
+               vocab_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL and scored-target count of each row of token ids, windows batched across rows.
 
     Args:
@@ -118,6 +127,7 @@ def score_rows(nll_fn: NllFn, rows: Sequence[Sequence[int]], context: int, strid
         fixed_shapes: pad every batch to batch_size windows and its length up to a multiple of
             SHAPE_MULTIPLE (at most the context): few distinct shapes, so a compiled nll_fn is not
             recompiled for every batch. The padding is ignored targets; the result is the same.
+        vocab_size: given, a batch whose logits would not fit in the device's free memory is refused first.
     Returns:
         (nll, count): float64 (N,) summed NLL in nats and int64 (N,) scored targets (= len(row) - 1).
     """
@@ -125,6 +135,9 @@ def score_rows(nll_fn: NllFn, rows: Sequence[Sequence[int]], context: int, strid
     device = torch.device(device)
     windows = [(i, *w) for i, row in enumerate(rows) for w in window_plan(len(row), context, stride)]
     windows.sort(key=lambda w: w[2] - w[1], reverse=True)  # similar lengths together: little padding
+    if vocab_size:
+        check_batch_fits(batch_size if fixed_shapes else min(batch_size, len(windows)), context, vocab_size, device,
+                         dtype)
     window_nll = torch.zeros(len(windows), device=device, dtype=torch.float64)
     count = np.zeros(len(rows), dtype=np.int64)
     with tqdm(total=len(windows), desc=f"scoring {len(rows):,} rows", unit=" windows", disable=not progress,
@@ -159,7 +172,7 @@ def score_texts(nll_fn: NllFn, tokenizer: Tokenizer, texts: Sequence[str], conte
     rows = encode_rows(tokenizer, texts)
     t0 = time.perf_counter()
     nll, count = score_rows(nll_fn, rows, context, stride, batch_size, device, dtype, tokenizer.pad_id, progress,
-                            fixed_shapes)
+                            fixed_shapes, tokenizer.vocab_size)
     seconds = time.perf_counter() - t0
     n_bytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
     return Scores(nll, count, n_bytes, seconds)
@@ -189,7 +202,7 @@ def packed_nll(nll_fn: NllFn, blocks, index: np.ndarray, batch_size: int, device
 @torch.inference_mode()
 def score_packed(nll_fn: NllFn, tokens: np.ndarray, context: int, bytes_per_token: float,
                  batch_size: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 progress: bool = False) -> Scores:
+                 progress: bool = False, vocab_size: int | None = None) -> Scores:
     """Score a packed token stream as the trainer's validation does (`packed_nll`), one Scores row per block.
 
     Blocks of context + 1 tokens start every `context` tokens (the incomplete tail is left out, as in
@@ -197,6 +210,8 @@ def score_packed(nll_fn: NllFn, tokens: np.ndarray, context: int, bytes_per_toke
     the summary's bpb is the trainer's loss / ln 2 / bytes_per_token.
     """
     blocks = TokenBlocks(tokens, context)  # the trainer's validation blocks
+    if vocab_size:  # as score_rows
+        check_batch_fits(min(batch_size, len(blocks)), context, vocab_size, torch.device(device), dtype)
     t0 = time.perf_counter()
     nll, targets = packed_nll(nll_fn, blocks, np.arange(len(blocks)), batch_size, torch.device(device), dtype,
                               progress)

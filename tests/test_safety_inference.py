@@ -18,11 +18,12 @@ from models.checkpoint import load_checkpoint
 
 # ----------------------------------------------------------------------------- checkpoint hashes
 
-def _flip_a_weight_bit(src: Path, dst: Path) -> None:
-    """Copy a checkpoint and flip one bit inside the first stored tensor (as a bad disk would)."""
+def _flip_a_weight_bit(src: Path, dst: Path, record: int = 0) -> None:
+    """Copy a checkpoint and flip one bit inside a stored tensor (as a bad disk would): the first, or
+    the `record`-th of the file's tensor records."""
     dst.write_bytes(src.read_bytes())
     with zipfile.ZipFile(dst) as z:
-        info = next(i for i in z.infolist() if "/data/" in i.filename)
+        info = [i for i in z.infolist() if "/data/" in i.filename][record]
     with open(dst, "r+b") as f:
         f.seek(info.header_offset + 26)
         name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
@@ -48,7 +49,8 @@ def test_flipped_bits_in_the_weights_fail_every_loader(trained, tmp_path, capsys
 def test_non_finite_scores_are_not_written(trained, tmp_path, capsys):
     from perplexity.runner import main as ppl_main
     ckpt = torch.load(trained / "checkpoints/tiny/last.pt", weights_only=True)
-    ckpt.pop("tensor_sha256")                      # a file from before hashes, with NaN weights
+    for key in ("state_sha256", "tensor_sha256"):  # a file from before hashes, with NaN weights
+        ckpt.pop(key, None)
     ckpt["model"]["tok_emb.weight"][:] = math.nan
     torch.save(ckpt, tmp_path / "nan.pt")
     code, err = run_cli(ppl_main, ["--ckpt", str(tmp_path / "nan.pt"), "--log-dir", str(tmp_path / "logs"),
