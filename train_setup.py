@@ -64,7 +64,7 @@ def resolve_epochs(cfg: RunConfig, batches_per_epoch: int) -> RunConfig:
         return replace(cfg, train=replace(t, epochs=round(t.max_steps / steps_per_epoch, 4)))
     steps = max(1, round(t.epochs * steps_per_epoch))
     if t.max_steps is not None and t.max_steps != steps:
-        raise ConfigError(f"train.epochs={t.epochs} is {steps} steps ({steps_per_epoch:g} per epoch), not "
+        raise ConfigError(f"train.epochs={t.epochs:g} is {steps} steps ({steps_per_epoch:g} per epoch), not "
                           f"train.max_steps={t.max_steps}: set one of them and the other to null")
     return replace(cfg, train=replace(t, max_steps=steps))
 
