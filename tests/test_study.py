@@ -183,6 +183,7 @@ def test_study_runs_reports_and_resumes_without_retraining(tmp_path, monkeypatch
     for m in report["runs"]:
         assert m["val_bits_per_token"] == pytest.approx(m["val_loss"] / math.log(2))
         assert m["final_step"] == 4
+    _check_best_and_last(tmp_path, report, md)
 
     # as if the second run had been killed after step 2: its last.pt is the step-2 state, no record of finishing
     s = study.load_study(path)
@@ -201,3 +202,26 @@ def test_study_runs_reports_and_resumes_without_retraining(tmp_path, monkeypatch
     assert "resumed from step 2" in log
     report = json.loads((tmp_path / "out/summary.json").read_text())
     assert [m["final_step"] for m in report["runs"]] == [4, 4]
+
+
+def _check_best_and_last(tmp_path, report, md):
+    """Each run is scored at best.pt (its best validation step) and at last.pt; both are reported with their
+    own paired comparison, and the epochs and unique tokens of every arm are in summary.md."""
+    from models.checkpoint import load_checkpoint
+    from train_logs import load_losses
+
+    for m in report["runs"]:
+        val = load_losses(m["run"], tmp_path / "logs")["val"]
+        best = val["step"][int(np.argmin(val["loss"]))]
+        assert m["heldout_step"] == 4 and m["best_heldout_step"] == m["best_step"] == best
+        last = json.loads((tmp_path / "logs/perplexity-losses" / f"{m['run']}.json").read_text())
+        assert m["heldout_corpus_ppl"] == last["corpus_ppl"]
+        ckpt = load_checkpoint(tmp_path / "ck" / m["run"] / "last.pt")["config"]["train"]
+        assert m["epochs"] == ckpt["epochs"] and ckpt["max_steps"] == 4
+    nll = {(m["arm"], c): np.log(study_report.load_plain_pickle(
+        tmp_path / "logs/perplexity-losses" / f"{m['run']}{'' if c == 'last' else '-best'}.pkl")) for m in report["runs"]
+        for c in ("last", "best")}
+    for c, key in (("last", "comparisons"), ("best", "comparisons_best")):
+        assert report[key]["random"]["delta_nll"] == pytest.approx(float(np.mean(nll[("random", c)] - nll[("baseline", c)])))
+    assert "Held-out rows scored at best.pt" in md and "Held-out rows scored at last.pt" in md
+    assert "Paired against `baseline` at best.pt" in md and "| epochs | unique train tokens | best step |" in md
