@@ -225,3 +225,38 @@ def _check_best_and_last(tmp_path, report, md):
         assert report[key]["random"]["delta_nll"] == pytest.approx(float(np.mean(nll[("random", c)] - nll[("baseline", c)])))
     assert "Held-out rows scored at best.pt" in md and "Held-out rows scored at last.pt" in md
     assert "Paired against `baseline` at best.pt" in md and "| epochs | unique train tokens | best step |" in md
+
+
+def test_best_and_last_checkpoints_are_scored_and_compared_apart(tmp_path):
+    from types import SimpleNamespace
+
+    import pickle
+
+    cfg = SimpleNamespace(checkpoint_dir=str(tmp_path / "ck"), log_dir=str(tmp_path / "logs"),
+                          data=SimpleNamespace(heldout_rows=9))
+    runs = [SimpleNamespace(arm=arm, seed=seed, name=f"{arm}-s{seed}", cfg=cfg)
+            for seed in (1, 2) for arm in ("baseline", "other")]
+    for run in runs:
+        cmd = study_runner.score_command(run, 7, "best")
+        assert cmd[cmd.index("--ckpt") + 1] == str(tmp_path / "ck" / run.name / "best.pt")
+        assert cmd[cmd.index("--out-name") + 1] == f"{run.name}-best" != study_runner.score_command(run, 7)[
+            cmd.index("--out-name") + 1]
+    rng = np.random.default_rng(1)
+    rows = rng.gamma(2.0, 1.5, size=50) + 1
+    shift = {("other", "last"): 0.3, ("other", "best"): -0.2, ("baseline", "last"): 0.0, ("baseline", "best"): 0.0}
+    out = tmp_path / "logs" / "perplexity-losses"
+    out.mkdir(parents=True)
+    for run in runs:
+        for checkpoint in ("last", "best"):
+            nll = rows + shift[(run.arm, checkpoint)] + rng.normal(0, 0.01, size=50)
+            (out / f"{study_runner.scored_name(run, checkpoint)}.pkl").write_bytes(pickle.dumps(np.exp(nll).tolist()))
+    s = SimpleNamespace(arms=[SimpleNamespace(name="baseline"), SimpleNamespace(name="other")], reference="baseline",
+                        seeds=[1, 2])
+    last, best = (study_report.comparisons(s, runs, c)["other"] for c in ("last", "best"))
+    assert last["delta_nll"] == pytest.approx(0.3, abs=0.01) and last["verdict"].startswith("worse")
+    assert best["delta_nll"] == pytest.approx(-0.2, abs=0.01) and best["verdict"].startswith("better")
+    for checkpoint, loss in (("last", 2.0), ("best", 1.5)):
+        result = {"mean": 9.0, "corpus_ppl": math.exp(loss), "loss": loss, "bpb": 1.0, "rows": 50, "step": 3}
+        (out / f"{study_runner.scored_name(runs[0], checkpoint)}.json").write_text(json.dumps(result))
+    assert study_report._heldout(runs[0], "best")["heldout_bits_per_token"] == pytest.approx(1.5 / math.log(2))
+    assert study_report._heldout(runs[0], "last")["heldout_corpus_ppl"] == pytest.approx(math.exp(2.0))
