@@ -22,7 +22,8 @@ the order of the training batches and the TID randomness: arm A and arm B of one
 same batches in the same order.
 
 Each run is trained by its runner in a subprocess (checkpoints/<run>/, logs/), then scored by the
-perplexity runner on the held-out rows (logs/perplexity-losses/<run>.*). A run is named
+perplexity runner on the held-out rows at last.pt (logs/perplexity-losses/<run>.*) and at best.pt
+(<run>-best.*). A run is named
 <study>-<arm>-s<seed>-<hash of its resolved config and data key>, so a changed config or an edited
 data file never reuses old results;
 a finished run is reused, a killed one resumes from its last checkpoint. The report

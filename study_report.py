@@ -11,6 +11,8 @@ Statistics, each over the study's seeds:
   seeds understates the seed-to-seed spread, so the per-seed mean differences also get a 95% t
   interval (n_seeds - 1 degrees of freedom). Verdict: "better" when both intervals lie below 0,
   "worse" when both lie above, otherwise "no detectable difference at this budget".
+- The held-out numbers and the comparison twice: at each run's last.pt and at its best.pt (the best
+  validation loss), so an arm that overfits late is judged at its end and at its best.
 
 Writes studies/<name>/summary.md, summary.json and figures/{val_curves,heldout}.png.
 """

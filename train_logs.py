@@ -2,9 +2,11 @@
 
 Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically):
 
-    logs/losses/NAME.pkl   dict: "run", "meta" (the resolved config, "params", "active_params"),
+    logs/losses/NAME.pkl   dict: "run", "meta" (the resolved config, "train_tokens" (unique tokens of the
+                           train split), "params", "active_params"),
                            "step", "train_loss", "lr", "grad_norm" (one entry per step),
-                           "stats" (dict of per-step lists: whatever the model/trainer reports),
+                           "stats" (dict of per-step lists: whatever the model/trainer reports, and
+                           "epoch": passes over the training blocks after the step),
                            "val" (dict: "step", "loss", "ppl", "bits_per_token" (loss / ln 2, what
                            the TID study calls BPC), "bpb" (bits per UTF-8 byte), one entry per evaluation, and
                            "stats": dict of per-eval lists of the model's statistics, e.g. MoE load)
