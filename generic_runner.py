@@ -152,7 +152,6 @@ class Trainer:
         self.optimizer = train_setup.make_optimizer(self.model, cfg, env)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=env.dtype == torch.float16)
         self.step, self.best_val, self.evals_since_best = 0, math.inf, 0
-        self.best_step: int | None = None  # the step of the best validation loss (best.pt)
         self.saved_step: int | None = None  # the step of the last.pt on disk (none yet)
         if resume:
             train_state.check_resumable(resume_from, cfg, last, self.data_key, tok.spec())
@@ -323,7 +322,7 @@ class Trainer:
                 logger.log_eval(step, val_loss, bpb, stats)
             improved = val_loss < self.best_val
             if improved:
-                self.best_val, self.best_step, self.evals_since_best = val_loss, step, 0
+                self.best_val, self.evals_since_best = val_loss, 0
                 train_state.save(self, paths["best"])
             else:
                 self.evals_since_best += 1

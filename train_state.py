@@ -68,7 +68,6 @@ def capture(trainer) -> dict:
         "rng": rngs,
         "sampler": trainer.sampler.state_dict(),
         "best_val": trainer.best_val,
-        "best_step": trainer.best_step,
         "evals_since_best": trainer.evals_since_best,
         "world_size": env.world,
     }
@@ -108,7 +107,6 @@ def restore(trainer, ckpt: dict) -> None:
     trainer.scaler.load_state_dict(ckpt["scaler"])
     trainer.sampler.load_state_dict(ckpt["sampler"])
     trainer.step, trainer.best_val = ckpt["step"], ckpt["best_val"]
-    trainer.best_step = ckpt.get("best_step")  # None in checkpoints written before it was kept
     trainer.saved_step = trainer.step
     trainer.evals_since_best = ckpt["evals_since_best"]
     if ckpt["world_size"] == env.world:
