@@ -94,7 +94,7 @@ def test_bad_study_files_name_the_problem(tmp_path):
 
 def test_shipped_studies_resolve(monkeypatch):
     monkeypatch.chdir(REPO)
-    for name in ("tid", "families", "tid_schedules"):
+    for name in ("tid", "families", "tid_schedules", "tid_multi_epoch"):
         s = study.load_study(f"configs/studies/{name}.yaml")
         assert len(s.seeds) >= 3
         diff = study.config_differences(s, study.resolve_runs(s, ["configs/quickstart.yaml"]))
