@@ -249,7 +249,7 @@ def _comparison_table(report: dict, checkpoint: str) -> list[str]:
 
 
 def _pm(mean: float, half: float, fmt: str) -> str:
-    return format(mean, fmt) + ("" if not math.isfinite(half) else f" ± {format(half, fmt)}")
+    return format(mean, fmt) + ("" if not math.isfinite(half) else f" ± {format(half, fmt.lstrip('+'))}")
 
 
 def figures(report: dict, out_dir: Path) -> list[Path]:
