@@ -31,7 +31,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000           # optimizer steps
+    max_steps: int | None = None    # optimizer steps; None = from train.epochs (1000 without it)
+    epochs: float | None = None     # passes over the training blocks; None = from max_steps (the
+                                    # trainer fills in whichever is left out once the data is known)
     batch_size: int = 32            # sequences per micro-batch per process
     grad_accum: int = 1             # micro-batches per optimizer step
     lr: float = 1e-3                # peak learning rate
@@ -56,8 +58,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision: {self.precision!r} is not one of ['auto', 'fp32', 'bf16', 'fp16']")
+        if self.max_steps is None and self.epochs is None:
+            self.max_steps = 1000
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"train.epochs must be positive (or null: from train.max_steps), got {self.epochs}")
         for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer: {self.optimizer!r} is not one of {list(OPTIMIZERS)}")
@@ -125,7 +131,7 @@ class RunConfig:
 # step's batch is split: train_state.check_resumable keeps batch_size x grad_accum x processes). A key
 # added later defines the run unless it is listed here. A trailing "." lists a whole section.
 RESUMABLE_KEYS = ("run_name", "device", "data_dir", "tokenizer_dir", "checkpoint_dir", "log_dir", "wandb.", "log.",
-                  "train.max_steps", "train.batch_size", "train.grad_accum", "train.eval_every",
+                  "train.max_steps", "train.epochs", "train.batch_size", "train.grad_accum", "train.eval_every",
                   "train.eval_batches", "train.save_every",
                   "train.keep_every", "train.checkpoints", "train.patience", "train.log_every", "train.compile")
 

@@ -39,7 +39,7 @@ from run_files import TrainingError, check_output_dirs, claim_outputs, run_lock,
 from run_stats import Stat, StepRecord, combine, read_back, values
 from runtime import Env, Stopwatch, agree_on_signal, peak_flops, setup_env, stop_on_signals, to_device
 from tid import TokenImportanceDropout
-from train_logs import RunLogger, bits_per_token, capped_perplexity, summary_line
+from train_logs import RunLogger, bits_per_token, capped_perplexity, overfitting, summary_line
 
 
 class Interrupted(TrainingError):
@@ -119,7 +119,8 @@ def summarise(trainer: "Trainer", summary: dict) -> dict:
     summary.update(best_val_loss=trainer.best_val, run=trainer.cfg.run_name, val_loss=val_loss,
                    val_ppl=capped_perplexity(val_loss), val_bpt=bits_per_token(val_loss), val_bpb=bpb,
                    model=models.describe(trainer.cfg.model), mfu=mfu)
-    trainer.env.log(summary_line(summary))
+    if trainer.env.is_main:  # the curve's numbers come from rank 0's logs
+        trainer.env.log(summary_line(summary))
     return summary
 
 
@@ -149,6 +150,8 @@ class Trainer:
         self.val_blocks = data.blocks("val", cfg.model.context, packing=cfg.data.packing)
         train_setup.check_splits(self.train_blocks, self.val_blocks, len(data.tokens("val")), cfg, env.world)
         self.sampler = BlockSampler(len(self.train_blocks), cfg.train.batch_size, cfg.seed, env.rank, env.world)
+        self.cfg = cfg = train_setup.resolve_epochs(cfg, self.sampler.batches_per_epoch)
+        self.unique_tokens = len(data.tokens("train"))
 
         self.model = train_setup.build_model(cfg, data.tokenizer, env, init)
         tok = data.tokenizer
@@ -234,7 +237,12 @@ class Trainer:
                 train_state.stop_non_finite(self, f"loss is {row['loss']}")
             if self.tid.enabled:
                 row["stats"].update(self.tid.logged_extras(row["dt"], row["stats"]))
+            row["stats"]["epoch"] = self.epoch_at(row["step"])
         return rows
+
+    def epoch_at(self, step: int) -> float:
+        """Passes over the training blocks after `step` optimizer steps (2.5: halfway through the third)."""
+        return step * self.cfg.train.grad_accum / self.sampler.batches_per_epoch
 
     def evaluate(self) -> tuple[float, float, dict]:
         """Validation loss = total NLL / target tokens (`packed_nll`, as `score_packed`), bits per byte, and
@@ -303,8 +311,9 @@ class Trainer:
         elif logger:
             logger.save()
         wall = time.time() - t_start
-        return {"steps": self.step, "stop": stop_reason, "wall_s": wall,
-                "tokens_per_s": tokens_done / wall if wall > 0 else math.nan}
+        return {"steps": self.step, "stop": stop_reason, "wall_s": wall, "epochs": self.epoch_at(self.step),
+                "train_tokens": self.unique_tokens, "tokens_per_s": tokens_done / wall if wall > 0 else math.nan,
+                **(overfitting(logger.losses) if logger else {})}
 
     def _save_last(self, logger: RunLogger | None, paths: dict) -> None:
         """Logs first, then last.pt: a kill between the two leaves logs ahead of the checkpoint, which

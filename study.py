@@ -23,7 +23,8 @@ the order of the training batches and the TID randomness: arm A and arm B of one
 same batches in the same order.
 
 Each run is trained by its runner in a subprocess (checkpoints/<run>/, logs/), then scored by the
-perplexity runner on the held-out rows (logs/perplexity-losses/<run>.*). A run is named
+perplexity runner on the held-out rows at last.pt (logs/perplexity-losses/<run>.*) and at best.pt
+(<run>-best.*). A run is named
 <study>-<arm>-s<seed>-<hash of its resolved config and data key>, so a changed config or an edited
 data file never reuses old results;
 a finished run is reused, a killed one resumes from its last checkpoint. The report
@@ -260,14 +261,21 @@ def config_differences(study: Study, runs: list[Run]) -> dict[str, dict[str, tup
         if shared:
             raise ConfigError(f"study {study.name}: arm {arm.name!r} changes {shared}; every arm must see the same "
                               "prepared data and tokenizer")
-        if tokens_budget(first[arm.name].cfg) != tokens_budget(ref.cfg):
-            raise ConfigError(f"study {study.name}: arm {arm.name!r} trains on {tokens_budget(first[arm.name].cfg):,} "
-                              f"tokens, the reference on {tokens_budget(ref.cfg):,}; every arm needs the same budget "
+        if budget(first[arm.name].cfg) != budget(ref.cfg):
+            raise ConfigError(f"study {study.name}: arm {arm.name!r} trains on {budget(first[arm.name].cfg)}, "
+                              f"the reference on {budget(ref.cfg)}; every arm needs the same budget "
                               "(train.max_steps x batch_size x grad_accum x model.context)")
         out[arm.name] = diff
     return out
 
 
-def tokens_budget(cfg: RunConfig) -> int:
+def tokens_budget(cfg: RunConfig) -> int | None:
+    """Tokens a run trains on; None when train.epochs sets it (known once the data is)."""
     t = cfg.train
-    return t.max_steps * t.batch_size * t.grad_accum * cfg.model.context
+    return None if t.max_steps is None else t.max_steps * t.batch_size * t.grad_accum * cfg.model.context
+
+
+def budget(cfg: RunConfig) -> str:
+    """A run's training budget in words: its tokens, or its epochs when those set it."""
+    tokens = tokens_budget(cfg)
+    return f"{cfg.train.epochs:g} epochs" if tokens is None else f"{tokens:,} tokens"

@@ -11,6 +11,8 @@ Statistics, each over the study's seeds:
   seeds understates the seed-to-seed spread, so the per-seed mean differences also get a 95% t
   interval (n_seeds - 1 degrees of freedom). Verdict: "better" when both intervals lie below 0,
   "worse" when both lie above, otherwise "no detectable difference at this budget".
+- The held-out numbers and the comparison twice: at each run's last.pt and at its best.pt (the best
+  validation loss), so an arm that overfits late is judged at its end and at its best.
 
 Writes studies/<name>/summary.md, summary.json and figures/{val_curves,heldout}.png.
 """
@@ -22,22 +24,33 @@ from pathlib import Path
 
 import numpy as np
 
+from experiment_config import from_dict
 from fileio import atomic_write, list_of_numbers, load_plain_pickle
-from train_logs import bits_per_token, load_losses, load_times
+from study import tokens_budget
+from train_logs import bits_per_token, load_losses, load_times, overfitting
 
 BOOTSTRAP_SAMPLES = 4000
-METRICS = {  # key -> (column title, format)
+CHECKPOINTS = {"last": "last.pt (the end of training)", "best": "best.pt (the best validation loss)"}
+HELDOUT = {  # key -> (column title, format); "best_" + key: the same at best.pt
     "heldout_mean_ppl": ("held-out ppl (mean of rows)", ".3f"),
     "heldout_corpus_ppl": ("held-out ppl (corpus)", ".3f"),
     "heldout_bits_per_token": ("held-out bits/token", ".4f"),
     "heldout_bits_per_byte": ("held-out bits/byte", ".4f"),
-    "val_loss": ("val loss", ".4f"),
+}
+TRAINING = {
+    "epochs": ("epochs", ".2f"),
+    "train_tokens": ("unique train tokens", ",.0f"),
+    "best_step": ("best step", ".0f"),
+    "best_val_loss": ("best val loss", ".4f"),
+    "val_loss": ("last val loss", ".4f"),
+    "train_val_gap": ("train-val gap at end", "+.4f"),
     "val_bits_per_token": ("val bits/token", ".4f"),
     "val_bits_per_byte": ("val bits/byte", ".4f"),
     "wall_s": ("wall s", ".0f"),
     "tokens_per_s": ("tokens/s", ",.0f"),
     "scoring_overhead": ("TID scoring / step", ".2f"),
 }
+METRICS = {**HELDOUT, **{f"best_{k}": (f"{title} at best.pt", fmt) for k, (title, fmt) in HELDOUT.items()}, **TRAINING}
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -83,34 +96,50 @@ def verdict(*intervals: tuple[float, float]) -> str:
 # ----------------------------------------------------------------------------- reading the runs
 
 def run_metrics(run) -> dict:
-    """The numbers of one finished, scored run (a study.Run) from its logs and perplexity result."""
+    """The numbers of one finished, scored run (a study.Run) from its logs and its held-out results at last.pt
+    and best.pt (keys prefixed "best_")."""
     cfg = run.cfg
     losses, times = load_losses(run.name, cfg.log_dir), load_times(run.name, cfg.log_dir)
     val = losses["val"]
-    heldout = json.loads((Path(cfg.log_dir) / "perplexity-losses" / f"{run.name}.json").read_text())
+    heldout = _heldout(run, "last")
+    best = _heldout(run, "best")
     stats = losses["stats"]
     overhead = 0.0
     if "tid_score_time" in stats:
         overhead = statistics.median(stats["tid_score_time"]) / statistics.median(stats["tid_step_time_without_scoring"])
     wall = times["total_elapsed"]
-    t = cfg.train
+    resolved = from_dict(losses["meta"]["config"])  # max_steps and epochs both set
+    t = resolved.train
+    curve = overfitting(losses)
     return {
-        "run": run.name, "arm": run.arm, "seed": run.seed,
-        "heldout_mean_ppl": heldout["mean"], "heldout_corpus_ppl": heldout["corpus_ppl"],
-        "heldout_bits_per_token": bits_per_token(heldout["loss"]), "heldout_bits_per_byte": heldout["bpb"],
+        "run": run.name, "arm": run.arm, "seed": run.seed, **{k: heldout[k] for k in HELDOUT},
         "heldout_rows": heldout["rows"], "heldout_data": heldout.get("data_dir"), "heldout_step": heldout["step"],
+        **{f"best_{k}": v for k, v in best.items() if k in HELDOUT}, "best_heldout_step": best["step"],
+        "epochs": t.epochs, "train_tokens": losses["meta"]["train_tokens"], "best_step": curve["best_step"],
+        "best_val_loss": min(val["loss"]), "train_val_gap": curve["train_val_gap"],
         "val_loss": val["loss"][-1], "val_bits_per_token": bits_per_token(val["loss"][-1]),
         "val_bits_per_byte": val["bpb"][-1], "final_step": losses["step"][-1] if losses["step"] else 0,
-        "wall_s": wall, "tokens_per_s": t.max_steps * t.batch_size * t.grad_accum * cfg.model.context / wall,
+        "tokens_per_run": tokens_budget(resolved), "wall_s": wall, "tokens_per_s": tokens_budget(resolved) / wall,
         "scoring_overhead": overhead,
         "val_curve": {"step": list(val["step"]), "loss": list(val["loss"])},
     }
 
 
-def row_nll(run) -> np.ndarray:
-    """Per held-out row mean token NLL (log of the row perplexities the runner saved)."""
-    return np.log(np.asarray(load_plain_pickle(Path(run.cfg.log_dir) / "perplexity-losses" / f"{run.name}.pkl",
-                                               list_of_numbers), dtype=float))
+def _heldout(run, checkpoint: str) -> dict:
+    """The perplexity runner's result for the run's `checkpoint` (last or best), with the HELDOUT keys added."""
+    from study_runner import scored_name
+
+    r = json.loads((Path(run.cfg.log_dir) / "perplexity-losses" / f"{scored_name(run, checkpoint)}.json").read_text())
+    return {**r, "heldout_mean_ppl": r["mean"], "heldout_corpus_ppl": r["corpus_ppl"],
+            "heldout_bits_per_token": bits_per_token(r["loss"]), "heldout_bits_per_byte": r["bpb"]}
+
+
+def row_nll(run, checkpoint: str = "last") -> np.ndarray:
+    """Per held-out row mean token NLL at `checkpoint` (log of the row perplexities the runner saved)."""
+    from study_runner import scored_name
+
+    path = Path(run.cfg.log_dir) / "perplexity-losses" / f"{scored_name(run, checkpoint)}.pkl"
+    return np.log(np.asarray(load_plain_pickle(path, list_of_numbers), dtype=float))
 
 
 # ----------------------------------------------------------------------------- the report
@@ -128,8 +157,20 @@ def build_report(study, runs, differences: dict, command: str) -> dict:
         mine = [m for m in per_run if m["arm"] == arm.name]
         arms[arm.name] = {k: dict(zip(("mean", "ci95"), t_interval([m[k] for m in mine]))) for k in METRICS}
         arms[arm.name]["seeds"] = [m["seed"] for m in mine]
-    nll = {(r.arm, r.seed): row_nll(r) for r in runs}
-    comparisons = {}
+    return {
+        "study": study.name, "description": study.description, "command": command, "reference": study.reference,
+        "seeds": study.seeds, "heldout_rows": rows.pop(), "heldout_data": str(data_dirs.pop()),
+        "tokens_per_run": per_run[0]["tokens_per_run"], "model": _model_line(runs[0].cfg), "arms": arms,
+        "comparisons": comparisons(study, runs, "last"), "comparisons_best": comparisons(study, runs, "best"),
+        "config_differences": {a: {k: list(v) for k, v in d.items()} for a, d in differences.items()},
+        "runs": per_run,
+    }
+
+
+def comparisons(study, runs, checkpoint: str) -> dict:
+    """{arm: paired comparison with the reference} of the held-out NLL at `checkpoint` (last or best)."""
+    nll = {(r.arm, r.seed): row_nll(r, checkpoint) for r in runs}
+    out = {}
     for arm in study.arms:
         if arm.name == study.reference:
             continue
@@ -138,18 +179,10 @@ def build_report(study, runs, differences: dict, command: str) -> dict:
         per_seed = diff.mean(axis=1)
         seed_mean, half = t_interval(per_seed)
         seed_ci = (seed_mean - half, seed_mean + half) if math.isfinite(half) else (-math.inf, math.inf)
-        comparisons[arm.name] = {"delta_nll": mean, "ci95": [lo, hi], "delta_ppl_pct": 100 * math.expm1(mean),
-                                 "per_seed_delta_nll": per_seed.tolist(), "seed_t_ci95": list(seed_ci),
-                                 "verdict": verdict((lo, hi), seed_ci)}
-    t = runs[0].cfg.train
-    return {
-        "study": study.name, "description": study.description, "command": command, "reference": study.reference,
-        "seeds": study.seeds, "heldout_rows": rows.pop(), "heldout_data": str(data_dirs.pop()),
-        "tokens_per_run": t.max_steps * t.batch_size * t.grad_accum * runs[0].cfg.model.context,
-        "model": _model_line(runs[0].cfg), "arms": arms, "comparisons": comparisons,
-        "config_differences": {a: {k: list(v) for k, v in d.items()} for a, d in differences.items()},
-        "runs": per_run,
-    }
+        out[arm.name] = {"delta_nll": mean, "ci95": [lo, hi], "delta_ppl_pct": 100 * math.expm1(mean),
+                         "per_seed_delta_nll": per_seed.tolist(), "seed_t_ci95": list(seed_ci),
+                         "verdict": verdict((lo, hi), seed_ci)}
+    return out
 
 
 def _model_line(cfg) -> str:
@@ -173,24 +206,14 @@ def markdown(report: dict) -> str:
               f"{report['tokens_per_run']:,} training tokens per run; every run scored on the same "
               f"{report['heldout_rows']:,} held-out rows. Values: mean ± half-width of the 95% t interval over seeds.",
               ""]
-    keys = list(METRICS)
-    lines += ["| arm | " + " | ".join(METRICS[k][0] for k in keys) + " |",
-              "| --- |" + " ---: |" * len(keys)]
-    for arm, m in report["arms"].items():
-        cells = [_pm(m[k]["mean"], m[k]["ci95"], METRICS[k][1]) for k in keys]
-        lines.append(f"| {arm}{' (reference)' if arm == ref else ''} | " + " | ".join(cells) + " |")
-    lines += ["", f"Paired against `{ref}`: held-out NLL difference per row (nats/token, arm - {ref}) with its 95% "
-              "bootstrap CI over rows and seeds; the per-seed mean differences with their 95% t interval; the "
-              "verdict needs both intervals on one side of 0.", "",
-              "| arm | Δ NLL | 95% bootstrap CI | per-seed Δ NLL | 95% t interval | Δ ppl | verdict |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for arm, c in report["comparisons"].items():
-        lo, hi = c["ci95"]
-        slo, shi = c["seed_t_ci95"]
-        seeds = ", ".join(f"{d:+.4f}" for d in c["per_seed_delta_nll"])
-        lines.append(f"| {arm} | {c['delta_nll']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {seeds} | [{slo:+.4f}, {shi:+.4f}] | "
-                     f"{c['delta_ppl_pct']:+.2f}% | {c['verdict']} |")
-    lines += ["", f"Config differences from `{ref}` (resolved configs; every other key is equal):", ""]
+    lines += _table(report, "Training (epochs over the unique training tokens, and where the validation curve turned: "
+                    "the step of the best validation loss; the gap is the last val loss - the mean training loss "
+                    "of the last evaluation interval):", list(TRAINING))
+    for checkpoint, what in CHECKPOINTS.items():
+        prefix = "" if checkpoint == "last" else f"{checkpoint}_"
+        lines += _table(report, f"Held-out rows scored at {what}:", [prefix + k for k in HELDOUT])
+        lines += _comparison_table(report, checkpoint)
+    lines += [f"Config differences from `{ref}` (resolved configs; every other key is equal):", ""]
     for arm, diff in report["config_differences"].items():
         if arm != ref:
             shown = ", ".join(f"`{k}`: {a!r} -> {b!r}" for k, (a, b) in diff.items()) or "none"
@@ -198,8 +221,35 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _table(report: dict, title: str, keys: list[str]) -> list[str]:
+    """A per-arm markdown table of `keys` (mean ± t half-width), under its title."""
+    lines = [title, "", "| arm | " + " | ".join(METRICS[k][0] for k in keys) + " |", "| --- |" + " ---: |" * len(keys)]
+    for arm, m in report["arms"].items():
+        cells = [_pm(m[k]["mean"], m[k]["ci95"], METRICS[k][1]) for k in keys]
+        lines.append(f"| {arm}{' (reference)' if arm == report['reference'] else ''} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _comparison_table(report: dict, checkpoint: str) -> list[str]:
+    """The paired comparisons with the reference at `checkpoint` as a markdown table."""
+    ref = report["reference"]
+    lines = [f"Paired against `{ref}` at {checkpoint}.pt: held-out NLL difference per row (nats/token, arm - {ref}) "
+             "with its 95% bootstrap CI over rows and seeds; the per-seed mean differences with their 95% t interval; "
+             "the verdict needs both intervals on one side of 0.", "",
+             "| arm | Δ NLL | 95% bootstrap CI | per-seed Δ NLL | 95% t interval | Δ ppl | verdict |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    key = "comparisons" if checkpoint == "last" else f"comparisons_{checkpoint}"
+    for arm, c in report[key].items():
+        lo, hi = c["ci95"]
+        slo, shi = c["seed_t_ci95"]
+        seeds = ", ".join(f"{d:+.4f}" for d in c["per_seed_delta_nll"])
+        lines.append(f"| {arm} | {c['delta_nll']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {seeds} | [{slo:+.4f}, {shi:+.4f}] | "
+                     f"{c['delta_ppl_pct']:+.2f}% | {c['verdict']} |")
+    return lines + [""]
+
+
 def _pm(mean: float, half: float, fmt: str) -> str:
-    return format(mean, fmt) + ("" if not math.isfinite(half) else f" ± {format(half, fmt)}")
+    return format(mean, fmt) + ("" if not math.isfinite(half) else f" ± {format(half, fmt.lstrip('+'))}")
 
 
 def figures(report: dict, out_dir: Path) -> list[Path]:

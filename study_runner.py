@@ -3,7 +3,8 @@
     python run_study.py --study configs/studies/tid.yaml [--config FILE ...] [--set key=value ...] [--parallel N]
     python run_study.py --study ... --launcher slurm [--set launcher.KEY=VALUE ...]   # one SLURM job per run
 
-Each run is trained by its runner in a subprocess, then scored by the perplexity runner, `--parallel`
+Each run is trained by its runner in a subprocess, then scored by the perplexity runner at its last.pt
+and its best.pt (the best validation loss), `--parallel`
 at a time (one GPU each where there are several); one log file per run under studies/<name>/runs/.
 A finished run is reused, a killed one resumes from its last checkpoint. `--launcher slurm` runs the
 same two commands of each run in its own submitit job instead (study_slurm.py).
@@ -21,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from experiment_config import ConfigError, prepare_run_data
-from study import Run, Study, compared, config_differences, load_study, resolve_runs, tokens_budget
+from study import Run, Study, budget, compared, config_differences, load_study, resolve_runs
 
 
 def prepare_once(runs: list[Run], log=print):
@@ -58,11 +59,19 @@ def train_command(run: Run) -> list[str]:
             *(a for s in run.sets for a in ("--set", s)), "--run-name", run.name, *flag]
 
 
-def score_command(run: Run, heldout_rows: int | None) -> list[str]:
-    ckpt = Path(run.cfg.checkpoint_dir) / run.name / "last.pt"
+CHECKPOINTS = ("last", "best")  # every run is scored at its last step and at its best validation loss
+
+
+def scored_name(run: Run, checkpoint: str) -> str:
+    """The name of the run's held-out result files for `checkpoint` (logs/perplexity-losses/<name>.*)."""
+    return run.name if checkpoint == "last" else f"{run.name}-{checkpoint}"
+
+
+def score_command(run: Run, heldout_rows: int | None, checkpoint: str = "last") -> list[str]:
+    ckpt = Path(run.cfg.checkpoint_dir) / run.name / f"{checkpoint}.pt"
     rows = heldout_rows or run.cfg.data.heldout_rows
     return [sys.executable, "perplexity-runners/run_perplexity.py", "--ckpt", str(ckpt), "--rows", str(rows),
-            "--out-name", run.name, "--log-dir", run.cfg.log_dir, "--quiet"]
+            "--out-name", scored_name(run, checkpoint), "--log-dir", run.cfg.log_dir, "--quiet"]
 
 
 def execute(study: Study, runs: list[Run], parallel: int = 1, log=print) -> None:
@@ -141,7 +150,9 @@ def train_and_score(study: Study, run: Run, env: dict, children: set) -> None:
         if run_state(run) not in ("trained", "scored"):
             _call(train_command(run), env, out, log_path, f"training {run.name}", children)
             _write_record(run, "trained")
-        _call(score_command(run, study.heldout_rows), env, out, log_path, f"scoring {run.name}", children)
+        for checkpoint in CHECKPOINTS:
+            _call(score_command(run, study.heldout_rows, checkpoint), env, out, log_path,
+                  f"scoring {run.name} ({checkpoint}.pt)", children)
         _write_record(run, "scored")
 
 
@@ -165,6 +176,12 @@ def _write_record(run: Run, state: str) -> None:
                                                 "runner": run.runner, "configs": run.configs, "set": run.sets}))
 
 
+def filled_by_trainer(key: str, value) -> bool:
+    """A key the trainer resolves from the data: the tokenizer's vocab size, and whichever of train.max_steps and
+    train.epochs the config left out."""
+    return key == "model.vocab_size" or (key in ("train.max_steps", "train.epochs") and value is None)
+
+
 def check_trained_configs(runs: list[Run]) -> None:
     """Each run's logged config is the one the study resolved (the runner trained what the study says)."""
     from experiment_config import from_dict
@@ -173,7 +190,7 @@ def check_trained_configs(runs: list[Run]) -> None:
     for run in runs:
         logged = compared(from_dict(load_losses(run.name, run.cfg.log_dir)["meta"]["config"]))
         expected = compared(run.cfg)
-        diff = [k for k in expected if k != "model.vocab_size" and logged.get(k) != expected[k]]
+        diff = [k for k in expected if not filled_by_trainer(k, expected[k]) and logged.get(k) != expected[k]]
         if diff:
             raise StudyRunError(f"run {run.name} trained with other values of {diff} than the study resolved; "
                                 f"delete its outputs (checkpoints/{run.name}, logs/*/{run.name}.*) and rerun")
@@ -230,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = resolve_runs(study, args.config, arm_sets)
         differences = config_differences(study, runs)
         print(f"study {study.name}: {len(study.arms)} arms x {len(study.seeds)} seeds {study.seeds}, "
-              f"reference {study.reference!r}, {tokens_budget(runs[0].cfg):,} tokens per run")
+              f"reference {study.reference!r}, {budget(runs[0].cfg)} per run")
         for arm, diff in differences.items():
             if arm != study.reference:
                 print(f"  {arm}: " + (", ".join(f"{k}={b!r}" for k, (_, b) in diff.items()) or "(no difference)"))

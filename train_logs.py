@@ -2,9 +2,11 @@
 
 Files of a run called NAME (rank 0 writes them; pickles are rewritten atomically):
 
-    logs/losses/NAME.pkl   dict: "run", "meta" (the resolved config, "params", "active_params"),
+    logs/losses/NAME.pkl   dict: "run", "meta" (the resolved config, "train_tokens" (unique tokens of the
+                           train split), "params", "active_params"),
                            "step", "train_loss", "lr", "grad_norm" (one entry per step),
-                           "stats" (dict of per-step lists: whatever the model/trainer reports),
+                           "stats" (dict of per-step lists: whatever the model/trainer reports, and
+                           "epoch": passes over the training blocks after the step),
                            "val" (dict: "step", "loss", "ppl", "bits_per_token" (loss / ln 2, what
                            the TID study calls BPC), "bpb" (bits per UTF-8 byte), one entry per evaluation, and
                            "stats": dict of per-eval lists of the model's statistics, e.g. MoE load)
@@ -272,10 +274,25 @@ def open_tensorboard(log_cfg, run_name: str, log_dir: str | Path, resume_step: i
     return SummaryWriter(str(tensorboard_dir(run_name, log_dir)), purge_step=resume_step + 1 if resume_step else None)
 
 
+def overfitting(losses: dict) -> dict:
+    """Where a run's validation curve turned, from its losses log: the step of the best validation loss, the
+    last validation loss, the mean training loss over the steps after the evaluation before the last one
+    (with TID: the loss of the tokens kept), and the gap at the end, last validation loss - that training loss."""
+    val, steps = losses["val"], losses["step"]
+    best = min(range(len(val["loss"])), key=val["loss"].__getitem__)  # the first of equal losses, as best.pt
+    since = val["step"][-2] if len(val["step"]) > 1 else 0
+    recent = [loss for step, loss in zip(steps, losses["train_loss"]) if step > since]
+    train_end = sum(recent) / len(recent) if recent else math.nan
+    return {"best_step": val["step"][best], "last_val_loss": val["loss"][-1], "train_loss_end": train_end,
+            "train_val_gap": val["loss"][-1] - train_end}
+
+
 def summary_line(summary: dict) -> str:
     """The one-line report of a finished run (generic_runner's summary dict)."""
     s = summary
-    return (f"done {s['run']} [{s['model']}]: {s['steps']} steps ({s['stop']}), best val loss "
-            f"{s['best_val_loss']:.4f}, val ppl {s['val_ppl']:.2f}, {s['val_bpt']:.3f} bits/token, "
+    return (f"done {s['run']} [{s['model']}]: {s['steps']} steps ({s['stop']}) = {s['epochs']:.2f} epochs of "
+            f"{s['train_tokens']:,} unique tokens, best val loss {s['best_val_loss']:.4f} at step {s['best_step']}, "
+            f"last val loss {s['last_val_loss']:.4f}, train-val gap {s['train_val_gap']:+.4f} (train loss "
+            f"{s['train_loss_end']:.4f}), val ppl {s['val_ppl']:.2f}, {s['val_bpt']:.3f} bits/token, "
             f"{s['val_bpb']:.3f} bits/byte, {s['wall_s']:.1f}s, {s['tokens_per_s']:,.0f} tokens/s"
             + (f", MFU {s['mfu']:.1%}" if s["mfu"] is not None else ""))

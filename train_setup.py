@@ -55,6 +55,20 @@ def check_splits(train_blocks, val_blocks, val_tokens: int, cfg: RunConfig, worl
             "lower train.batch_size or model.context, or raise data.train_rows")
 
 
+def resolve_epochs(cfg: RunConfig, batches_per_epoch: int) -> RunConfig:
+    """cfg with both train.max_steps and train.epochs: the one left out derived from the other (an epoch is
+    `batches_per_epoch` micro-batches, train.grad_accum of them a step); ConfigError when the two disagree."""
+    t = cfg.train
+    steps_per_epoch = batches_per_epoch / t.grad_accum
+    if t.epochs is None:
+        return replace(cfg, train=replace(t, epochs=round(t.max_steps / steps_per_epoch, 4)))
+    steps = max(1, round(t.epochs * steps_per_epoch))
+    if t.max_steps is not None and t.max_steps != steps:
+        raise ConfigError(f"train.epochs={t.epochs:g} is {steps} steps ({steps_per_epoch:g} per epoch), not "
+                          f"train.max_steps={t.max_steps}: set one of them and the other to null")
+    return replace(cfg, train=replace(t, max_steps=steps))
+
+
 def build_model(cfg: RunConfig, tokenizer, env: Env, init: dict | None = None) -> torch.nn.Module:
     """The run's model on its device: fresh weights from cfg.seed (the same on every rank), then word
     vectors, the weights of an init checkpoint, LoRA adapters, as the config asks."""
@@ -111,7 +125,8 @@ def open_logger(trainer) -> RunLogger:
         tensorboard = open_tensorboard(run.log, run.run_name, run.log_dir, trainer.step)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return RunLogger(run.run_name, run.log_dir, {"config": cfg, **trainer.param_counts},
+    meta = {"config": cfg, "train_tokens": trainer.unique_tokens, **trainer.param_counts}
+    return RunLogger(run.run_name, run.log_dir, meta,
                      resume_step=trainer.step, wandb_run=wandb_run, tensorboard=tensorboard)
 
 
@@ -125,6 +140,7 @@ def describe_run(trainer) -> str:
              f"d{m.d_model} L{m.n_layers} H{m.n_heads} ctx {m.context}, vocab {m.vocab_size:,}"]
     if trainer.tid.enabled:
         lines.append(f"TID: {trainer.tid.describe()}")
-    lines.append(f"train: {len(trainer.train_blocks):,} blocks, {trainer.tokens_per_step:,} tokens/step, "
-                 f"{cfg.train.max_steps:,} steps, {env.world} process(es) on {env.device}, {env.dtype}")
+    lines.append(f"train: {len(trainer.train_blocks):,} blocks of {trainer.unique_tokens:,} unique tokens, "
+                 f"{trainer.tokens_per_step:,} tokens/step, {cfg.train.max_steps:,} steps = {cfg.train.epochs:g} epochs, "
+                 f"{env.world} process(es) on {env.device}, {env.dtype}")
     return "\n".join(lines)

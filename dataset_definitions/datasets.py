@@ -83,6 +83,11 @@ class BlockSampler:
         self.epoch, self.pos = 0, 0
         self._perm = self._permutation(0)
 
+    @property
+    def batches_per_epoch(self) -> int:
+        """Full global batches in one pass over the blocks (the incomplete tail is dropped)."""
+        return self.n // (self.bs * self.world)
+
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 

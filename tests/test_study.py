@@ -94,7 +94,7 @@ def test_bad_study_files_name_the_problem(tmp_path):
 
 def test_shipped_studies_resolve(monkeypatch):
     monkeypatch.chdir(REPO)
-    for name in ("tid", "families", "tid_schedules"):
+    for name in ("tid", "families", "tid_schedules", "tid_multi_epoch"):
         s = study.load_study(f"configs/studies/{name}.yaml")
         assert len(s.seeds) >= 3
         diff = study.config_differences(s, study.resolve_runs(s, ["configs/quickstart.yaml"]))
@@ -183,6 +183,7 @@ def test_study_runs_reports_and_resumes_without_retraining(tmp_path, monkeypatch
     for m in report["runs"]:
         assert m["val_bits_per_token"] == pytest.approx(m["val_loss"] / math.log(2))
         assert m["final_step"] == 4
+    _check_best_and_last(tmp_path, report, md)
 
     # as if the second run had been killed after step 2: its last.pt is the step-2 state, no record of finishing
     s = study.load_study(path)
@@ -201,3 +202,61 @@ def test_study_runs_reports_and_resumes_without_retraining(tmp_path, monkeypatch
     assert "resumed from step 2" in log
     report = json.loads((tmp_path / "out/summary.json").read_text())
     assert [m["final_step"] for m in report["runs"]] == [4, 4]
+
+
+def _check_best_and_last(tmp_path, report, md):
+    """Each run is scored at best.pt (its best validation step) and at last.pt; both are reported with their
+    own paired comparison, and the epochs and unique tokens of every arm are in summary.md."""
+    from models.checkpoint import load_checkpoint
+    from train_logs import load_losses
+
+    for m in report["runs"]:
+        val = load_losses(m["run"], tmp_path / "logs")["val"]
+        best = val["step"][int(np.argmin(val["loss"]))]
+        assert m["heldout_step"] == 4 and m["best_heldout_step"] == m["best_step"] == best
+        last = json.loads((tmp_path / "logs/perplexity-losses" / f"{m['run']}.json").read_text())
+        assert m["heldout_corpus_ppl"] == last["corpus_ppl"]
+        ckpt = load_checkpoint(tmp_path / "ck" / m["run"] / "last.pt")["config"]["train"]
+        assert m["epochs"] == ckpt["epochs"] and ckpt["max_steps"] == 4
+    nll = {(m["arm"], c): np.log(study_report.load_plain_pickle(
+        tmp_path / "logs/perplexity-losses" / f"{m['run']}{'' if c == 'last' else '-best'}.pkl")) for m in report["runs"]
+        for c in ("last", "best")}
+    for c, key in (("last", "comparisons"), ("best", "comparisons_best")):
+        assert report[key]["random"]["delta_nll"] == pytest.approx(float(np.mean(nll[("random", c)] - nll[("baseline", c)])))
+    assert "Held-out rows scored at best.pt" in md and "Held-out rows scored at last.pt" in md
+    assert "Paired against `baseline` at best.pt" in md and "| epochs | unique train tokens | best step |" in md
+
+
+def test_best_and_last_checkpoints_are_scored_and_compared_apart(tmp_path):
+    from types import SimpleNamespace
+
+    import pickle
+
+    cfg = SimpleNamespace(checkpoint_dir=str(tmp_path / "ck"), log_dir=str(tmp_path / "logs"),
+                          data=SimpleNamespace(heldout_rows=9))
+    runs = [SimpleNamespace(arm=arm, seed=seed, name=f"{arm}-s{seed}", cfg=cfg)
+            for seed in (1, 2) for arm in ("baseline", "other")]
+    for run in runs:
+        cmd = study_runner.score_command(run, 7, "best")
+        assert cmd[cmd.index("--ckpt") + 1] == str(tmp_path / "ck" / run.name / "best.pt")
+        assert cmd[cmd.index("--out-name") + 1] == f"{run.name}-best" != study_runner.score_command(run, 7)[
+            cmd.index("--out-name") + 1]
+    rng = np.random.default_rng(1)
+    rows = rng.gamma(2.0, 1.5, size=50) + 1
+    shift = {("other", "last"): 0.3, ("other", "best"): -0.2, ("baseline", "last"): 0.0, ("baseline", "best"): 0.0}
+    out = tmp_path / "logs" / "perplexity-losses"
+    out.mkdir(parents=True)
+    for run in runs:
+        for checkpoint in ("last", "best"):
+            nll = rows + shift[(run.arm, checkpoint)] + rng.normal(0, 0.01, size=50)
+            (out / f"{study_runner.scored_name(run, checkpoint)}.pkl").write_bytes(pickle.dumps(np.exp(nll).tolist()))
+    s = SimpleNamespace(arms=[SimpleNamespace(name="baseline"), SimpleNamespace(name="other")], reference="baseline",
+                        seeds=[1, 2])
+    last, best = (study_report.comparisons(s, runs, c)["other"] for c in ("last", "best"))
+    assert last["delta_nll"] == pytest.approx(0.3, abs=0.01) and last["verdict"].startswith("worse")
+    assert best["delta_nll"] == pytest.approx(-0.2, abs=0.01) and best["verdict"].startswith("better")
+    for checkpoint, loss in (("last", 2.0), ("best", 1.5)):
+        result = {"mean": 9.0, "corpus_ppl": math.exp(loss), "loss": loss, "bpb": 1.0, "rows": 50, "step": 3}
+        (out / f"{study_runner.scored_name(runs[0], checkpoint)}.json").write_text(json.dumps(result))
+    assert study_report._heldout(runs[0], "best")["heldout_bits_per_token"] == pytest.approx(1.5 / math.log(2))
+    assert study_report._heldout(runs[0], "last")["heldout_corpus_ppl"] == pytest.approx(math.exp(2.0))
