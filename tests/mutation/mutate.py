@@ -1,0 +1,135 @@
+"""Mutation-test modules one at a time, each time-boxed, and record the scores (called by run.sh).
+
+    python tests/mutation/mutate.py [--max-seconds S] [--survivors] [--phase before|after] MODULE|PACKAGE ...
+    python tests/mutation/mutate.py --list
+
+Each module gets its own work copy, .mutation/<module>/ (git-ignored), whose [tool.mutmut] mutates that
+module only and runs the test files modules.toml maps it to; mutmut keeps every verdict in that copy's
+mutants/, so a run stopped by --max-seconds (SIGINT, as Ctrl-C) resumes where it stopped. --survivors
+re-runs the mutants that survived the "before" run (after tests were added). Scores go to scores.json
+and progress.md (scores.py).
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scores  # noqa: E402
+import unwrap  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WORK = REPO / ".mutation"
+GRACE_SECONDS = 120  # after SIGINT, mutmut stops its workers and saves; then it is killed
+
+
+def load_map() -> dict:
+    """modules.toml: {"deselect": str, "deselect_by_module": {module: str}, "tests": {module: [test file stems]}}."""
+    return tomllib.loads((HERE / "modules.toml").read_text(encoding="utf-8"))
+
+
+def module_path(module: str) -> str:
+    """The file of a dotted module name: models.lora -> models/lora.py, models -> models/__init__.py."""
+    stem = module.replace(".", "/")
+    return f"{stem}.py" if (REPO / f"{stem}.py").is_file() else f"{stem}/__init__.py"
+
+
+def expand(names: list[str], known: list[str]) -> list[str]:
+    """Module names as given, a package name standing for its mapped modules; unknown names exit 2."""
+    out = []
+    for name in names:
+        matches = [m for m in known if m == name or m.startswith(name + ".")]
+        if not matches:
+            print(f"error: no module {name!r} in tests/mutation/modules.toml; add it there with its test files "
+                  f"(known: {', '.join(known)})", file=sys.stderr)
+            sys.exit(2)
+        out += [m for m in matches if m not in out]
+    return out
+
+
+def write_config(dest: Path, module: str, mapping: dict) -> None:
+    """Rewrite the copy's [tool.mutmut]: mutate `module` only, run its mapped tests."""
+    pyproject = dest / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    settings = tomllib.loads(text)["tool"]["mutmut"]
+    deselect = mapping.get("deselect_by_module", {}).get(module, mapping["deselect"])
+    settings["only_mutate"] = [module_path(module)]
+    settings["pytest_add_cli_args_test_selection"] = [f"tests/{t}.py" for t in mapping["tests"][module]] + ["-k", deselect]
+    head, _, rest = text.partition("[tool.mutmut]\n")
+    tail = rest[rest.find("\n[") + 1:] if "\n[" in rest else ""
+    body = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())  # JSON strings are TOML strings
+    pyproject.write_text(f"{head}[tool.mutmut]\n{body}\n{tail}", encoding="utf-8")
+
+
+def prepare(module: str, mapping: dict) -> Path:
+    """Refresh the module's work copy from the working tree and configure it; return its path."""
+    dest = WORK / module
+    unwrap.main(str(dest))
+    shared = REPO.parent / "shared"
+    if shared.is_dir() and not (dest / "shared").exists():
+        (dest / "shared").symlink_to(shared)  # tests find reference data at <repo>/../shared from mutants/tests
+    write_config(dest, module, mapping)
+    (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # the copy has no git: map tests to code anew
+    return dest
+
+
+def run_mutmut(dest: Path, names: list[str], max_seconds: float, children: int) -> float:
+    """Run mutmut in `dest`, stopping it cleanly after `max_seconds`; return the seconds it ran."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what tests import
+    env["OMP_NUM_THREADS"] = "1"
+    start = time.monotonic()
+    proc = subprocess.Popen(["mutmut", "run", "--max-children", str(children), *names], cwd=dest, env=env,
+                            preexec_fn=lambda: os.nice(int(os.environ.get("NICE", "15"))))
+    try:
+        proc.wait(timeout=max_seconds)
+    except subprocess.TimeoutExpired:
+        print(f"mutation: {dest.name}: {max_seconds:.0f} s reached, stopping (results so far are kept)", flush=True)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return time.monotonic() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="dotted module names or packages from modules.toml")
+    parser.add_argument("--max-seconds", type=float, default=900, help="time box per module (default 900)")
+    parser.add_argument("--survivors", action="store_true", help="re-run only the mutants that survived 'before'")
+    parser.add_argument("--phase", choices=("before", "after"), default=None,
+                        help="where the scores go (default: after with --survivors, else before)")
+    parser.add_argument("--list", action="store_true", help="print each module with its test files")
+    args = parser.parse_args(argv)
+    mapping = load_map()
+    known = list(mapping["tests"])
+    if args.list:
+        for module in known:
+            print(f"{module}: {' '.join(mapping['tests'][module])}")
+        return
+    if not args.modules:
+        parser.error("name at least one module (--list shows them)")
+    phase = args.phase or ("after" if args.survivors else "before")
+    children = int(os.environ.get("MAX_CHILDREN", "1"))
+    for module in expand(args.modules, known):
+        names = scores.survivors(module, "before") if args.survivors else []
+        if args.survivors and not names:
+            print(f"mutation: {module}: no survivors recorded for 'before', skipped")
+            continue
+        dest = prepare(module, mapping)
+        seconds = run_mutmut(dest, names, args.max_seconds, children)
+        scores.record(module, phase, dest, seconds)
+        print(f"mutation: {module}: {scores.summary(module, phase)}", flush=True)
+    scores.write_progress()
+
+
+if __name__ == "__main__":
+    main()
