@@ -8,6 +8,7 @@ survivor named in equivalent.toml (mutant name = reason) counts as equivalent, n
 """
 
 import argparse
+import fcntl
 import json
 import subprocess
 import sys
@@ -66,14 +67,16 @@ def commit() -> str:
 
 
 def record(module: str, phase: str, dest: Path, seconds: float) -> None:
-    """Store `module`'s verdicts in `dest` as its `phase` scores."""
-    all_scores = load()
+    """Store `module`'s verdicts in `dest` as its `phase` scores (two runs may finish at once: a lock)."""
     row = counts(verdicts(dest, module), equivalents())
     row |= {"seconds": round(seconds), "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": commit()}
-    all_scores.setdefault(module, {})[phase] = row
-    tmp = SCORES.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(all_scores, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(SCORES)
+    with open(REPO / ".mutation" / "scores.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        all_scores = load()
+        all_scores.setdefault(module, {})[phase] = row
+        tmp = SCORES.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(all_scores, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(SCORES)
 
 
 def survivors(module: str, phase: str) -> list[str]:
