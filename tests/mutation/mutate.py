@@ -5,7 +5,8 @@
 
 Each module gets its own work copy, .mutation/<module>/ (git-ignored), whose [tool.mutmut] mutates that
 module only and runs the test files modules.toml maps it to; mutmut keeps every verdict in that copy's
-mutants/, so a run stopped by --max-seconds (SIGINT, as Ctrl-C) resumes where it stopped. --survivors
+mutants/, so a run stopped by --max-seconds (SIGINT, as Ctrl-C) resumes where it stopped; the first run
+of a module also maps its tests to functions (mutmut's stats, kept for the next runs; not in the box). --survivors
 re-runs the mutants that survived the "before" run (after tests were added). Scores go to scores.json
 and progress.md (scores.py).
 """
@@ -16,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -68,42 +70,73 @@ def write_config(dest: Path, module: str, mapping: dict) -> None:
     pyproject.write_text(f"{head}[tool.mutmut]\n{body}\n{tail}", encoding="utf-8")
 
 
-def prepare(module: str, mapping: dict) -> Path:
-    """Refresh the module's work copy from the working tree and configure it; return its path."""
+def prepare(module: str, mapping: dict, remap: bool) -> Path:
+    """Refresh the module's work copy from the working tree and configure it; return its path.
+    With `remap`, mutmut maps tests to functions anew (the tests changed: the copy has no git to tell)."""
     dest = WORK / module
     unwrap.main(str(dest))
     shared = REPO.parent / "shared"
     if shared.is_dir() and not (dest / "shared").exists():
         (dest / "shared").symlink_to(shared)  # tests find reference data at <repo>/../shared from mutants/tests
     write_config(dest, module, mapping)
-    (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # the copy has no git: map tests to code anew
+    if remap:  # without its map mutmut keeps the verdicts; with it, a changed test selection resets them all
+        (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     return dest
 
 
-def run_mutmut(dest: Path, names: list[str], max_seconds: float, children: int) -> float:
-    """Run mutmut in `dest`, stopping it cleanly after `max_seconds`; return the seconds it ran."""
+def run_mutmut(dest: Path, names: list[str], max_seconds: float, max_setup_seconds: float, children: int) -> float:
+    """Run mutmut in `dest`: its setup (mutants, mapping tests to functions, a clean run) for at most
+    `max_setup_seconds`, then the mutants for at most `max_seconds`, stopping cleanly (SIGINT, as Ctrl-C)
+    so that every verdict reached is kept. Returns the seconds spent on mutants."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what tests import
     env["OMP_NUM_THREADS"] = "1"
-    start = time.monotonic()
     proc = subprocess.Popen(["mutmut", "run", "--max-children", str(children), *names], cwd=dest, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: os.nice(int(os.environ.get("NICE", "15"))))
+    testing = threading.Event()
+    threading.Thread(target=_echo, args=(proc.stdout, testing), daemon=True).start()
+    start = time.monotonic()
+    while proc.poll() is None and not testing.wait(1):
+        if time.monotonic() - start > max_setup_seconds:
+            print(f"mutation: {dest.name}: setup took over {max_setup_seconds:.0f} s, stopping", flush=True)
+            _stop(proc)
+            return 0.0
+    start = time.monotonic()
     try:
         proc.wait(timeout=max_seconds)
     except subprocess.TimeoutExpired:
         print(f"mutation: {dest.name}: {max_seconds:.0f} s reached, stopping (results so far are kept)", flush=True)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     return time.monotonic() - start
+
+
+def _echo(stream, testing: threading.Event) -> None:
+    """Copy mutmut's output through; set `testing` once it starts on the mutants."""
+    seen = b""
+    while chunk := stream.read1(4096):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        seen = (seen + chunk)[-200:]
+        if b"Running mutation testing" in seen:
+            testing.set()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="dotted module names or packages from modules.toml")
-    parser.add_argument("--max-seconds", type=float, default=900, help="time box per module (default 900)")
+    parser.add_argument("--max-seconds", type=float, default=900,
+                        help="time box for each module's mutants (default 900)")
+    parser.add_argument("--max-setup-seconds", type=float, default=1800,
+                        help="time box for each module's setup: mutmut maps tests to functions (default 1800)")
     parser.add_argument("--survivors", action="store_true", help="re-run only the mutants that survived 'before'")
     parser.add_argument("--phase", choices=("before", "after"), default=None,
                         help="where the scores go (default: after with --survivors, else before)")
@@ -124,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.survivors and not names:
             print(f"mutation: {module}: no survivors recorded for 'before', skipped")
             continue
-        dest = prepare(module, mapping)
-        seconds = run_mutmut(dest, names, args.max_seconds, children)
+        dest = prepare(module, mapping, remap=args.survivors)
+        seconds = run_mutmut(dest, names, args.max_seconds, args.max_setup_seconds, children)
         scores.record(module, phase, dest, seconds)
         print(f"mutation: {module}: {scores.summary(module, phase)}", flush=True)
     scores.write_progress()
