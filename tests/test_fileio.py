@@ -154,3 +154,10 @@ def test_plain_pickles_load_and_others_are_refused(tmp_path):
     (tmp_path / "cut.pkl").write_bytes(pickle.dumps(plain)[:-5])
     with pytest.raises(UnsafeFileError, match="cut.pkl is not a readable log pickle"):
         load_plain_pickle(tmp_path / "cut.pkl")
+
+
+def test_a_process_we_may_not_signal_is_alive(monkeypatch):
+    def refused(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "kill", refused)
+    assert process_alive(12345)

@@ -79,6 +79,7 @@ def prepare(module: str, mapping: dict, remap: bool) -> Path:
     if shared.is_dir() and not (dest / "shared").exists():
         (dest / "shared").symlink_to(shared)  # tests find reference data at <repo>/../shared from mutants/tests
     write_config(dest, module, mapping)
+    (dest / "tree-commit").write_text(scores.commit())  # the scores name the tree the run used
     if remap:  # without its map mutmut keeps the verdicts; with it, a changed test selection resets them all
         (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     return dest
@@ -92,7 +93,7 @@ def run_mutmut(dest: Path, names: list[str], max_seconds: float, max_setup_secon
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.Popen(["mutmut", "run", "--max-children", str(children), *names], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: os.nice(int(os.environ.get("NICE", "15"))))
+                            preexec_fn=_child_setup)
     testing = threading.Event()
     threading.Thread(target=_echo, args=(proc.stdout, testing), daemon=True).start()
     start = time.monotonic()
@@ -108,6 +109,13 @@ def run_mutmut(dest: Path, names: list[str], max_seconds: float, max_setup_secon
         print(f"mutation: {dest.name}: {max_seconds:.0f} s reached, stopping (results so far are kept)", flush=True)
         _stop(proc)
     return time.monotonic() - start
+
+
+def _child_setup() -> None:
+    """Niceness for mutmut, and SIGINT back to its default: a shell's background job ignores it, and a
+    Python started so never turns it into KeyboardInterrupt, mutmut's cue to stop and save."""
+    os.nice(int(os.environ.get("NICE", "15")))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _echo(stream, testing: threading.Event) -> None:

@@ -69,7 +69,9 @@ def commit() -> str:
 def record(module: str, phase: str, dest: Path, seconds: float) -> None:
     """Store `module`'s verdicts in `dest` as its `phase` scores (two runs may finish at once: a lock)."""
     row = counts(verdicts(dest, module), equivalents())
-    row |= {"seconds": round(seconds), "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": commit()}
+    tree = dest / "tree-commit"
+    row |= {"seconds": round(seconds), "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "commit": tree.read_text() if tree.exists() else commit()}
     with open(REPO / ".mutation" / "scores.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         all_scores = load()
