@@ -103,7 +103,9 @@ def progress_markdown(all_scores: dict, equivalent: dict[str, str], modules: lis
     for module in sorted(all_scores):
         for phase in ("before", "after"):
             row = all_scores[module].get(phase)
-            if row:
+            if row:  # equivalents listed since the run count as such
+                n_equivalent = sum(name in equivalent for name in row["survivors"])
+                row = row | {"equivalent": n_equivalent, "survivors left": len(row["survivors"]) - n_equivalent}
                 cells = [str(row[c]) for c in COLUMNS] + [f"{row['seconds'] / 60:.0f}", row["date"], row["commit"]]
                 lines.append(f"| {module} | {phase} | " + " | ".join(cells) + " |")
     unrun = [m for m in modules if m not in all_scores]
