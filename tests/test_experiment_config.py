@@ -11,7 +11,8 @@ from experiment_config import (ConfigError, check_run_name, default_run_name, fl
     "train.log_every=1", "train.loss_chunk=0", "train.min_lr=0", "train.min_lr=0.001", "train.beta1=0",
     "train.beta2=0.999", "train.weight_decay=0", "train.grad_clip=0", "train.warmup_steps=0", "train.keep_every=0",
     "train.patience=0", "train.eval_batches=1", "train.eval_batches=null", "wandb.mode=offline", "device=cuda:12",
-    "device=mps", "tid.method=attention_mass", "tid.layer=-6",
+    "device=mps", "tid.method=attention_mass", "tid.layer=-6", "run_name=my-run", "train.precision=bf16",
+    "train.precision=fp16", "wandb.mode=online",
 ])
 def test_values_at_the_edge_of_their_range_are_accepted(item):
     load_config([], [item] + (["tid.method=attention_mass"] if item.startswith("tid.layer") else []))
