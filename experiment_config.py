@@ -37,7 +37,7 @@ class TrainConfig:
     lr: float = 1e-3                # peak learning rate
     min_lr: float = 1e-4            # floor of the cosine decay
     warmup_steps: int = 100         # linear warmup from 0 to lr
-    weight_decay: float = 0.1       # applied to matrices only (not norms, biases, positions)
+    weight_decay: float = 0.1       # on matrices and embeddings (not norms, biases): optimizers.param_groups
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0          # max global gradient norm; 0 = off

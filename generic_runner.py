@@ -166,13 +166,19 @@ class Trainer:
         """Forward/backward over grad_accum micro-batches, clip, step.
 
         Returns loss and grad norm as 0-d device tensors and the statistics: nothing here waits for
-        the GPU; `read_back` fetches the numbers in groups.
+        the GPU; `read_back` fetches the numbers in groups. loss is what one batch of all the step's
+        blocks (every micro-batch, every rank) gives: the cross-entropy's mean over all its counted
+        targets, padded rows or not, plus the aux loss's mean over micro-batches. grad_norm is the global
+        L2 norm of the accumulated gradient before clipping (0 when train.grad_clip = 0); the optimizer
+        applies that gradient times min(1, grad_clip / grad_norm).
         """
         cfg, env = self.cfg, self.env
         total = torch.zeros((), device=env.device)
         stats: dict[str, Stat] = {}
-        for micro in range(cfg.train.grad_accum):
-            x, y = (to_device(t, env.device) for t in self.train_blocks.batch(self.sampler.next_indices()))
+        batches = [tuple(to_device(t, env.device) for t in self.train_blocks.batch(self.sampler.next_indices()))
+                   for _ in range(cfg.train.grad_accum)]
+        shares = self._target_shares([y for _, y in batches])
+        for micro, (x, y) in enumerate(batches):
             drop_mask = None
             if self.tid.enabled:
                 with env.autocast():  # score in the training precision
@@ -184,7 +190,9 @@ class Trainer:
             with sync, env.autocast():
                 out = self.wrapped(x, y, drop_mask=drop_mask, keep_position=cfg.tid.keep_position,
                                    loss_chunk=cfg.train.loss_chunk)
-                loss = out.objective / cfg.train.grad_accum  # the sum over micro-batches is the batch mean
+                # summed over micro-batches: the mean over every target of the step, and the mean aux loss
+                aux = out.aux_loss / cfg.train.grad_accum if out.aux_loss is not None else 0.0
+                loss = out.loss * shares[micro] + aux
             self.scaler.scale(loss).backward()
             total += loss.detach()
             stats = combine(stats, {**out.stats, **out.loss_stats(training=True)})
@@ -199,6 +207,15 @@ class Trainer:
         if env.world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
         return total, grad_norm, stats
+
+    def _target_shares(self, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Each micro-batch's share of the step's counted targets (!= -100) over all ranks, times the world
+        size (DDP averages the ranks' gradients): 1 / grad_accum each when no row is padded."""
+        counts = torch.stack([(y != -100).sum() for y in targets]).float()                # exact below 2^24
+        step_total = counts.sum()
+        if self.env.world > 1:
+            dist.all_reduce(step_total)
+        return counts * self.env.world / step_total.clamp(min=1)
 
     def read_back(self, records: list[StepRecord]) -> list[dict]:
         """The rows of `records` on the host (one copy); stops at the first non-finite loss."""

@@ -34,7 +34,9 @@ def make_optimizer(groups: list[dict], name: str, lr: float, betas: tuple[float,
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings only, not on norms and biases (MoE biases are 2-D)."""
+    """[decay group (weight_decay), no-decay group (0.0)]: matrices and embeddings (linear, embedding, expert
+    and LoRA weights: trainable tensors of 2+ dims not named *bias) decay; norms and biases do not (MoE
+    biases are 2-D). Frozen tensors are in neither group; a tied weight is in one, once."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight comes once
     decay = [p for n, p in params if p.dim() >= 2 and not n.endswith("bias")]
     no_decay = [p for n, p in params if p.dim() < 2 or n.endswith("bias")]
@@ -42,7 +44,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
-    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
+    """The learning rate of optimizer step `step` (0-based): lr * (step + 1) / warmup_steps while step <
+    warmup_steps, then min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2 with p going from 0 at warmup_steps to
+    1 at max_steps (min_lr from then on)."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))

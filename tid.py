@@ -108,6 +108,7 @@ def _sigmoid(z: float) -> float:
 # ----------------------------------------------------------------------------- scores
 
 def random_scores(tokens: torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) noise (B, T): a random ranking (torch's global generator)."""
     return torch.rand(tokens.shape, device=tokens.device)
 
 
@@ -173,7 +174,8 @@ def droppable_mask(tokens: torch.Tensor, protect_first: int, special_ids: tuple)
 
 
 def select_drops(scores: torch.Tensor, droppable: torch.Tensor, ratio: float, drop_high: bool) -> torch.Tensor:
-    """Per row, mark the round(ratio * droppable) droppable positions at the chosen end of `scores`."""
+    """(B, T) bool: per row, the round(ratio * droppable) droppable positions (round half to even) with
+    the highest (drop_high) or lowest scores; never a position outside `droppable`."""
     n_drop = torch.round(ratio * droppable.sum(dim=1).float()).long()             # (B,)
     key = scores.float() if drop_high else -scores.float()
     key = key.masked_fill(~droppable, float("-inf"))                               # never chosen

@@ -74,7 +74,9 @@ class Generator:
             max_gen_len: most new tokens per prompt.
             temperature: 0 = greedy; otherwise logits / temperature, then top-k and top-p filtering.
             top_p, top_k: nucleus mass and candidate count for sampling.
-            logprobs: also return the log-probability of every returned token.
+            logprobs: also return the log-probability of every returned token under the model,
+                log_softmax of its logits (before temperature, top-k and top-p); 0 for the first
+                prompt token, which has no prediction.
             echo: return the prompt tokens too (their log-probs under the model, if logprobs).
             seed: seeds the sampler for reproducible output.
             use_cache: False re-runs the whole prefix every step (slow; the no-cache baseline).

@@ -20,7 +20,8 @@ def check_sampling(temperature: float, top_p: float, top_k: int | None, vocab_si
 
 
 def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample from the smallest set of tokens whose probability mass reaches p (nucleus sampling).
+    """Sample from the smallest set of most likely tokens whose probability mass is >= p (nucleus
+    sampling), renormalised: a token is kept when the mass of the tokens ranked above it is < p.
 
     Args:
         probs: (B, V) probabilities.
@@ -49,6 +50,10 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick the next token for each row of (B, V) logits: greedy at temperature 0, else top-k/top-p sampling.
+
+    At temperature T > 0 the token is drawn from softmax(logits / T), restricted first to the tokens
+    whose logit is >= the k-th largest (top_k; ties kept), then to the smallest most likely set whose
+    probability reaches top_p, and renormalised. T < 1 sharpens, T > 1 flattens; T = 0 is argmax.
 
     Returns:
         (B,) token ids.

@@ -47,9 +47,11 @@ class LoRALinear(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """base(x) + (alpha / rank) * dropout(x) A^T B^T; dropout on the adapter's input only."""
         return self.base(x) + (self.drop(x) @ self.lora_a.t() @ self.lora_b.t()) * self.scale
 
     def merged_weight(self) -> torch.Tensor:
+        """W + (alpha / rank) B A: the plain weight that computes what this layer does without dropout."""
         return self.base.weight + self.scale * (self.lora_b @ self.lora_a)
 
 

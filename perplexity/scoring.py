@@ -74,7 +74,13 @@ class Scores:
         return [math.exp(n / t) if t else math.nan for n, t in zip(self.nll.tolist(), self.tokens.tolist())]
 
     def summary(self) -> dict:
-        """rows, tokens, bytes, mean/median per-row perplexity, loss, corpus_ppl, bits per token and byte, speed."""
+        """The aggregates of the pass, each over all rows:
+
+        mean / median: of the per-row perplexities (`perplexities`); loss: total NLL / total scored
+        targets (nats per token); corpus_ppl: exp(loss); bits_per_token: loss / ln 2; bpb: total NLL
+        / ln 2 / total UTF-8 bytes; plus rows, tokens (scored targets), bytes, seconds, rows_per_s,
+        tokens_per_s. NaN where there is nothing to divide by.
+        """
         ppl = self.perplexities()
         total_nll, total_tokens, total_bytes = float(self.nll.sum()), int(self.tokens.sum()), float(self.bytes.sum())
         loss = total_nll / total_tokens if total_tokens else math.nan

@@ -70,6 +70,13 @@ def tiny_run_config(tmp_path: Path, sets: list[str] = ()):
     return load_config([REPO / "configs" / "baseline.yaml"], [*tiny_sets(tmp_path), *sets])
 
 
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A folder for tiny_run_config runs shared by the whole session: their data is prepared once.
+    Give each run its own run_name."""
+    return tmp_path_factory.mktemp("tiny_runs")
+
+
 def prepare_run(cfg, **options):
     """prepare_data on a RunConfig (experiment_config.prepare_run_data)."""
     from experiment_config import prepare_run_data

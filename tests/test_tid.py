@@ -251,11 +251,13 @@ def tid_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tid")
 
 
-def _first_step(tmp, sets):
-    """Build a Trainer, run one train_step; returns (trainer, loss, the tokens and drop_mask the training
-    forward got, the input of the first block in that forward)."""
+def _first_step(tmp, sets, step: int = 0):
+    """Build a Trainer, run one train_step (as optimizer step `step`); returns (trainer, the model as it was
+    before the step, loss, the tokens, targets and drop_mask the training forward got, the input of the
+    first block in that forward)."""
     cfg = tiny_run_config(tmp, sets)
     trainer = Trainer(cfg, setup_env(cfg.device, cfg.train.precision), False)
+    trainer.step = step
     seen, block_inputs = {}, []
 
     def record(module, args, kwargs):
