@@ -96,7 +96,8 @@ def progress_markdown(all_scores: dict, equivalent: dict[str, str], modules: lis
              "Written by `python tests/mutation/scores.py` from scores.json and equivalent.toml (do not edit).",
              "Run a module with `tests/mutation/run.sh MODULE --max-seconds 900`; `before` is the run on the",
              "tests as they were, `after` re-runs its survivors once tests were added (`--survivors`).",
-             "`not run` counts mutants a time-boxed run did not reach; `commit` is the tree the run used.", "",
+             "`not run` counts mutants a time-boxed run did not reach; `commit` is the tree the run used.",
+             "`after` re-ran only the `before` survivors, against the test files added since (--new-tests).", "",
              "## Scores", "",
              "| module | phase | " + " | ".join(COLUMNS) + " | minutes | date (UTC) | commit |",
              "|" + " --- |" * (len(COLUMNS) + 5)]
