@@ -1,0 +1,222 @@
+"""Mutation-test modules one at a time, each time-boxed, and record the scores (called by run.sh).
+
+    python tests/mutation/mutate.py [--max-seconds S] [--survivors] [--phase before|after] MODULE|PACKAGE ...
+    python tests/mutation/mutate.py --list
+
+Each module gets its own work copy, .mutation/<module>/ (git-ignored), whose [tool.mutmut] mutates that
+module only and runs the test files modules.toml maps it to; mutmut keeps every verdict in that copy's
+mutants/, so a run stopped by --max-seconds (SIGINT, as Ctrl-C) resumes where it stopped; the first run
+of a module also maps its tests to functions (mutmut's stats, kept for the next runs; not in the box). --survivors
+re-runs the mutants that survived the "before" run (after tests were added). Scores go to scores.json
+and progress.md (scores.py).
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scores  # noqa: E402
+import unwrap  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WORK = REPO / ".mutation"
+GRACE_SECONDS = 120  # after SIGINT, mutmut stops its workers and saves; then it is killed
+
+
+def load_map() -> dict:
+    """modules.toml: {"deselect": str, "deselect_by_module": {module: str}, "tests": {module: [test file stems]}}."""
+    return tomllib.loads((HERE / "modules.toml").read_text(encoding="utf-8"))
+
+
+def module_path(module: str) -> str:
+    """The file of a dotted module name: models.lora -> models/lora.py, models -> models/__init__.py."""
+    stem = module.replace(".", "/")
+    return f"{stem}.py" if (REPO / f"{stem}.py").is_file() else f"{stem}/__init__.py"
+
+
+def expand(names: list[str], known: list[str]) -> list[str]:
+    """Module names as given, a package name standing for its mapped modules; unknown names exit 2."""
+    out = []
+    for name in names:
+        matches = [m for m in known if m == name or m.startswith(name + ".")]
+        if not matches:
+            print(f"error: no module {name!r} in tests/mutation/modules.toml; add it there with its test files "
+                  f"(known: {', '.join(known)})", file=sys.stderr)
+            sys.exit(2)
+        out += [m for m in matches if m not in out]
+    return out
+
+
+def write_config(dest: Path, module: str, mapping: dict, tests: list[str]) -> None:
+    """Rewrite the copy's [tool.mutmut]: mutate `module` only, run the test files `tests` (stems)."""
+    pyproject = dest / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    settings = tomllib.loads(text)["tool"]["mutmut"]
+    deselect = mapping.get("deselect_by_module", {}).get(module, mapping["deselect"])
+    settings["only_mutate"] = [module_path(module)]
+    settings["pytest_add_cli_args_test_selection"] = [f"tests/{t}.py" for t in tests] + ["-k", deselect]
+    head, _, rest = text.partition("[tool.mutmut]\n")
+    tail = rest[rest.find("\n[") + 1:] if "\n[" in rest else ""
+    body = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())  # JSON strings are TOML strings
+    pyproject.write_text(f"{head}[tool.mutmut]\n{body}\n{tail}", encoding="utf-8")
+
+
+def prepare(module: str, mapping: dict, tests: list[str], remap: bool) -> Path:
+    """Refresh the module's work copy from the working tree and run `tests` there; return its path.
+    With `remap`, mutmut maps tests to functions anew (the tests changed: the copy has no git to tell)."""
+    dest = WORK / module
+    unwrap.main(str(dest))
+    shared = REPO.parent / "shared"
+    if shared.is_dir() and not (dest / "shared").exists():
+        (dest / "shared").symlink_to(shared)  # tests find reference data at <repo>/../shared from mutants/tests
+    write_config(dest, module, mapping, tests)
+    (dest / "tree-commit").write_text(scores.commit())  # the scores name the tree the run used
+    # mutmut keeps its map of tests to functions between runs; a map made for other test files would
+    # make it reset every verdict, so it maps anew then (and whenever the tests changed: `remap`)
+    selection, used = dest / "tests-mapped", " ".join(tests)
+    if remap or not selection.exists() or selection.read_text() != used:
+        (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    selection.write_text(used)
+    return dest
+
+
+def run_mutmut(dest: Path, max_seconds: float, max_setup_seconds: float, children: int) -> float:
+    """Run mutmut in `dest`: its setup (mutants, mapping tests to functions, a clean run) for at most
+    `max_setup_seconds`, then the mutants for at most `max_seconds`, stopping cleanly (SIGINT, as Ctrl-C)
+    so that every verdict reached is kept. Returns the seconds spent on mutants."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what tests import
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(["mutmut", "run", "--max-children", str(children)], cwd=dest, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_child_setup)
+    testing = threading.Event()
+    threading.Thread(target=_echo, args=(proc.stdout, testing), daemon=True).start()
+    start = time.monotonic()
+    while proc.poll() is None and not testing.wait(1):
+        if time.monotonic() - start > max_setup_seconds:
+            print(f"mutation: {dest.name}: setup took over {max_setup_seconds:.0f} s, stopping", flush=True)
+            _stop(proc)
+            return 0.0
+    start = time.monotonic()
+    try:
+        proc.wait(timeout=max_seconds)
+    except subprocess.TimeoutExpired:
+        print(f"mutation: {dest.name}: {max_seconds:.0f} s reached, stopping (results so far are kept)", flush=True)
+        _stop(proc)
+    return time.monotonic() - start
+
+
+def _child_setup() -> None:
+    """Niceness for mutmut, and SIGINT back to its default: a shell's background job ignores it, and a
+    Python started so never turns it into KeyboardInterrupt, mutmut's cue to stop and save."""
+    os.nice(int(os.environ.get("NICE", "15")))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _echo(stream, testing: threading.Event) -> None:
+    """Copy mutmut's output through; set `testing` once it starts on the mutants."""
+    seen = b""
+    while chunk := stream.read1(4096):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+        seen = (seen + chunk)[-200:]
+        if b"Running mutation testing" in seen:
+            testing.set()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+SURVIVED, SKIPPED, NOT_RUN = 0, 34, None  # mutmut's exit codes in its .meta files
+RUN_AGAIN = (None, 2, 33)  # not run, interrupted, no test reached it
+
+
+def _meta(dest: Path, module: str) -> Path:
+    return dest / "mutants" / f"{module_path(module)}.meta"
+
+
+def _codes(meta: Path) -> dict:
+    return json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+
+
+def _set_codes(meta: Path, codes: dict) -> None:
+    data = json.loads(meta.read_text(encoding="utf-8"))
+    data["exit_code_by_key"].update(codes)
+    meta.write_text(json.dumps(data), encoding="utf-8")
+
+
+def rerun_survivors(dest: Path, module: str, survivors: list[str], run) -> float:
+    """Run only `survivors` again (`run()` runs mutmut without names, so it takes the mutants with no
+    verdict): the others wait as skipped meanwhile, and a survivor no test reaches still survives."""
+    meta = _meta(dest, module)
+    waiting = [name for name, code in _codes(meta).items() if code is NOT_RUN and name not in survivors]
+    _set_codes(meta, {**{name: SKIPPED for name in waiting}, **{name: NOT_RUN for name in survivors}})
+    try:
+        return run()
+    finally:
+        codes = _codes(meta)
+        _set_codes(meta, {**{name: NOT_RUN for name in waiting},
+                          **{name: SURVIVED for name in survivors if codes.get(name) in RUN_AGAIN}})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="dotted module names or packages from modules.toml")
+    parser.add_argument("--max-seconds", type=float, default=900,
+                        help="time box for each module's mutants (default 900)")
+    parser.add_argument("--max-setup-seconds", type=float, default=1800,
+                        help="time box for each module's setup: mutmut maps tests to functions (default 1800)")
+    parser.add_argument("--survivors", action="store_true", help="re-run only the mutants that survived 'before'")
+    parser.add_argument("--new-tests", nargs="+", metavar="STEM", default=None,
+                        help="with --survivors: run only these of the module's test files (those added since "
+                             "'before'; the survivors already passed the others)")
+    parser.add_argument("--phase", choices=("before", "after"), default=None,
+                        help="where the scores go (default: after with --survivors, else before)")
+    parser.add_argument("--list", action="store_true", help="print each module with its test files")
+    args = parser.parse_args(argv)
+    mapping = load_map()
+    known = list(mapping["tests"])
+    if args.list:
+        for module in known:
+            print(f"{module}: {' '.join(mapping['tests'][module])}")
+        return
+    if not args.modules:
+        parser.error("name at least one module (--list shows them)")
+    phase = args.phase or ("after" if args.survivors else "before")
+    children = int(os.environ.get("MAX_CHILDREN", "1"))
+    for module in expand(args.modules, known):
+        names = scores.survivors(module, "before") if args.survivors else []
+        if args.survivors and not names:
+            print(f"mutation: {module}: no survivors recorded for 'before', skipped")
+            continue
+        tests = mapping["tests"][module]
+        if args.survivors and args.new_tests:
+            tests = [t for t in tests if t in args.new_tests]
+            if not tests:
+                print(f"mutation: {module}: none of {args.new_tests} is mapped to it, skipped")
+                continue
+        dest = prepare(module, mapping, tests, remap=args.survivors)
+        run = lambda: run_mutmut(dest, args.max_seconds, args.max_setup_seconds, children)  # noqa: E731
+        seconds = rerun_survivors(dest, module, names, run) if args.survivors else run()
+        scores.record(module, phase, dest, seconds)
+        print(f"mutation: {module}: {scores.summary(module, phase)}", flush=True)
+    scores.write_progress()
+
+
+if __name__ == "__main__":
+    main()

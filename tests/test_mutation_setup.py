@@ -1,0 +1,74 @@
+"""The mutation-testing setup (tests/mutation/) covers the tree: every module with code is mapped to test files
+that exist, and the scores table counts verdicts as mutmut reports them. (The mutation runs are not CI.)"""
+
+import ast
+import sys
+import tomllib
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "mutation"))
+import scores  # noqa: E402
+from mutate import expand, module_path  # noqa: E402
+
+MAP = tomllib.loads((REPO / "tests" / "mutation" / "modules.toml").read_text(encoding="utf-8"))
+# measurements and entry points: the benchmarks print numbers, the runners call generic_runner.main
+NOT_MUTATED = ("benchmarks.", "perplexity-runners.", "run_", "tests.")
+MEASURED_BENCHMARK_CODE = ("benchmarks.common", "benchmarks.synthetic")
+
+
+def _modules_with_functions() -> set[str]:
+    out = set()
+    for path in REPO.rglob("*.py"):
+        rel = path.relative_to(REPO)
+        if rel.parts[0].startswith(".") or rel.parts[0] in ("tests", "build") or "egg-info" in rel.parts[0]:
+            continue
+        name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        has_code = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(tree))
+        if has_code and (not name.startswith(NOT_MUTATED) or name in MEASURED_BENCHMARK_CODE):
+            out.add(name)
+    return out
+
+
+def test_every_module_with_code_is_mapped_to_existing_test_files():
+    mapped = set(MAP["tests"])
+    assert _modules_with_functions() - mapped == set()
+    for module, tests in MAP["tests"].items():
+        assert (REPO / module_path(module)).is_file(), module
+        assert tests and all((REPO / "tests" / f"{t}.py").is_file() for t in tests), (module, tests)
+
+
+def test_every_mapped_module_is_copied_into_the_mutation_run():
+    settings = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mutmut"]
+    for module in MAP["tests"]:
+        path = module_path(module)
+        assert any(path == p or path.startswith(p + "/") for p in settings["source_paths"]), module
+
+
+def test_a_package_name_stands_for_its_mapped_modules():
+    known = ["models", "models.lora", "models.falcon", "modelskv.cache"]
+    assert expand(["models"], known) == ["models", "models.lora", "models.falcon"]
+    assert expand(["models.lora", "models"], known) == ["models.lora", "models", "models.falcon"]
+    assert module_path("models") == "models/__init__.py" and module_path("models.lora") == "models/lora.py"
+
+
+def test_scores_count_each_verdict_once_and_equivalents_apart():
+    found = {"m.a__mutmut_1": "killed", "m.a__mutmut_2": "survived", "m.a__mutmut_3": "survived",
+             "m.b__mutmut_1": "timeout", "m.b__mutmut_2": "not checked", "m.b__mutmut_3": "caught by type check",
+             "m.b__mutmut_4": "no tests", "m.b__mutmut_5": "segfault", "m.b__mutmut_6": "check was interrupted by user"}
+    row = scores.counts(found, {"m.a__mutmut_3": "only the block size changes"})
+    assert row == {"mutants": 9, "killed": 2, "survived": 2, "equivalent": 1, "survivors left": 1, "timeouts": 1,
+                   "no tests": 1, "not run": 2, "other": 1, "survivors": ["m.a__mutmut_2", "m.a__mutmut_3"]}
+
+
+def test_progress_names_what_has_not_run_and_why_survivors_are_equivalent():
+    row = {**scores.counts({"m.f__mutmut_1": "survived", "m.f__mutmut_2": "killed"}, {}), "seconds": 120,
+           "date": "2026-01-01 10:00", "commit": "abc1234"}
+    after = {**row, "killed": 2, "survived": 0, "survivors left": 0, "survivors": []}
+    text = scores.progress_markdown({"m": {"before": row, "after": after}}, {"x.y__mutmut_1": "same behaviour"},
+                                    ["m", "other"])
+    assert "| m | before | 2 | 1 | 1 | 0 | 1 | 0 | 0 | 0 | 0 | 2 | 2026-01-01 10:00 | abc1234 |" in text
+    assert "| m | after | 2 | 2 | 0 | 0 | 0 |" in text
+    assert "## Not run yet\n\nother\n" in text and "- `x.y__mutmut_1`: same behaviour" in text
+    assert "m.f__mutmut_1" not in text.split("## Survivors left")[1]  # the latest phase killed it

@@ -1,0 +1,113 @@
+"""runtime on CPU: device and dtype names, autocast as torch runs it, the process environment, signals that
+only record themselves, and timings that add up."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from runtime import (Env, Stopwatch, agree_on_signal, autocast, fetch, peak_flops, resolve_device, resolve_dtype,
+                     setup_env, stop_on_signals, to_device)
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answers")
+def test_devices_on_a_machine_without_cuda():
+    assert resolve_device("auto") == CPU and resolve_device("cpu") == CPU
+    with pytest.raises(ValueError, match="'cuda:1': CUDA is not available .*device cpu"):
+        resolve_device("cuda:1")
+
+
+def test_dtype_names():
+    assert resolve_dtype("auto", CPU) is torch.float32 and resolve_dtype("auto", CPU, training=True) is torch.float32
+    assert [resolve_dtype(n, CPU) for n in ("fp32", "bf16", "fp16")] == [torch.float32, torch.bfloat16, torch.float16]
+    with pytest.raises(ValueError, match=r"'fp8' is not one of \['auto', 'fp32', 'bf16', 'fp16'\]"):
+        resolve_dtype("fp8", CPU)
+
+
+def test_autocast_runs_matmuls_in_the_dtype_and_fp32_plain():
+    a = torch.randn(4, 4)
+    with autocast(CPU, torch.bfloat16):
+        assert (a @ a).dtype is torch.bfloat16
+    with autocast(CPU, torch.float32):
+        assert (a @ a).dtype is torch.float32
+    env = Env(0, 0, 1, CPU, torch.bfloat16)
+    with env.autocast():
+        assert (a @ a).dtype is torch.bfloat16
+
+
+def test_host_copy_and_peak_on_cpu():
+    t = torch.arange(5)
+    assert torch.equal(to_device(t, CPU), t)
+    assert peak_flops(CPU) is None
+
+
+def test_only_rank_zero_prints(capsys):
+    Env(0, 0, 2, CPU, torch.float32).log("step", 3)
+    Env(1, 1, 2, CPU, torch.float32).log("other rank")
+    assert capsys.readouterr().out == "step 3\n"
+    assert Env(0, 0, 1, CPU, torch.float32).is_main and not Env(2, 0, 4, CPU, torch.float32).is_main
+
+
+def test_setup_env_reads_the_launchers_ranks(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    env = setup_env("cpu", "bf16")
+    assert (env.rank, env.local_rank, env.world, env.device, env.dtype) == (3, 1, 1, CPU, torch.bfloat16)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("LOCAL_RANK")
+    env = setup_env("cpu", "auto")
+    assert (env.rank, env.local_rank, env.dtype) == (0, 0, torch.float32)
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        setup_env("cpu", "fp16")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_inside_only_record_themselves_and_handlers_come_back(signum):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    flag = {}
+    with stop_on_signals(flag):
+        os.kill(os.getpid(), signum)
+        time.sleep(0.05)
+    assert flag == {"signum": signum}
+    assert {s: signal.getsignal(s) for s in before} == before
+    env = Env(0, 0, 1, CPU, torch.float32)
+    assert agree_on_signal(flag, env, check=False) == signum and agree_on_signal({}, env, check=True) == 0
+
+
+def test_outside_the_main_thread_handlers_are_left_alone():
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def body():
+        with stop_on_signals({}):
+            seen.append(signal.getsignal(signal.SIGTERM))
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == [before]
+
+
+def test_stopwatches_time_their_region_and_add_up():
+    with Stopwatch(CPU) as a:
+        time.sleep(0.05)
+    with Stopwatch(CPU) as b:
+        time.sleep(0.02)
+    assert a.seconds() >= 0.05 and b.seconds() >= 0.02
+    assert (a + b).seconds() == pytest.approx(a.seconds() + b.seconds())
+    assert (a + b + a).seconds() == pytest.approx(2 * a.seconds() + b.seconds())
+
+
+def test_fetch_keeps_order_and_turns_each_kind_into_a_number():
+    with Stopwatch(CPU) as clock:
+        pass
+    values = [torch.tensor(2.5), 7, torch.tensor([[1.5]], dtype=torch.bfloat16), clock, torch.tensor(3)]
+    got = fetch(values)
+    assert got[:3] == [2.5, 7, 1.5] and got[3] == clock.seconds() and got[4] == 3.0
+    assert all(type(v) in (float, int) for v in got)
+    assert fetch([1.0, "x"]) == [1.0, "x"]

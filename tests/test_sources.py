@@ -1,0 +1,98 @@
+"""dataset_definitions.sources and config: documents exactly as a hand split of the bytes gives them, the rows
+skipped by reason, and every config range check at its edge."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from dataset_definitions.config import DataConfig, TokenizerConfig
+from dataset_definitions.sources import BUILTIN_TRAIN_ROWS, DataError, _builtin_total, iter_records, iter_rows
+from dataset_definitions.stories import stories
+
+
+def test_a_delimiter_across_the_read_boundary_splits_like_bytes_split(tmp_path):
+    sep = "<|endoftext|>"
+    docs = ["a" * ((1 << 20) - 5), "second ünïcode", "", "third", "  ", ""]  # the first separator straddles 1 MB
+    data = sep.join(docs).encode("utf-8") + b"\xff\xfe bad" + sep.encode() + b"last" + sep.encode()
+    (tmp_path / "t.txt").write_bytes(data)
+    skipped = Counter()
+    rows = list(iter_rows(DataConfig(source="text", path=str(tmp_path / "t.txt"), delimiter=sep), skipped))
+    reference = []
+    for part in data.split(sep.encode())[:-1]:  # the trailing separator ends "last"; no empty document after it
+        try:
+            text = part.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            continue
+        if text:
+            reference.append(text)
+    assert rows == reference and rows[-1] == "last"
+    assert skipped == Counter({"invalid UTF-8": 1, "empty or not text": 2})
+
+
+def test_lines_are_documents_and_a_limit_stops_early(tmp_path):
+    (tmp_path / "t.txt").write_text(" one \n\ntwo\nthree", encoding="utf-8")
+    cfg = DataConfig(source="text", path=str(tmp_path / "t.txt"))
+    assert list(iter_rows(cfg, Counter())) == ["one", "two", "three"]
+    assert list(iter_rows(cfg, Counter(), limit=2)) == ["one", "two"]
+
+
+def test_jsonl_rows_skip_bad_lines_by_reason(tmp_path):
+    lines = [json.dumps({"body": "one", "x": 1}), "", "{not json", json.dumps([1, 2]), json.dumps({"other": "no body"}),
+             json.dumps({"body": 7}), json.dumps({"body": "two"})]
+    (tmp_path / "d.jsonl").write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
+    skipped = Counter()
+    cfg = DataConfig(source="jsonl", path=str(tmp_path / "d.jsonl"), text_field="body")
+    assert list(iter_rows(cfg, skipped)) == ["one", "two"]
+    assert skipped == Counter({"invalid JSON": 2, "empty or not text": 2, "invalid UTF-8": 1})
+    records = list(iter_records(cfg, Counter()))
+    assert records[0] == {"body": "one", "x": 1} and len(records) == 4
+
+
+def test_a_wrong_field_name_is_named_on_the_first_record(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"story": "x", "id": 1}) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl has no field 'text'; its fields are \['id', 'story'\]"):
+        list(iter_rows(DataConfig(source="jsonl", path=str(tmp_path / "d.jsonl")), Counter()))
+
+
+def test_missing_files_and_record_sources_are_data_errors(tmp_path):
+    with pytest.raises(DataError, match="data file .*nope.txt not found"):
+        list(iter_rows(DataConfig(source="text", path=str(tmp_path / "nope.txt")), Counter()))
+    with pytest.raises(DataError, match="records need data.source=jsonl or hf, got text"):
+        list(iter_records(DataConfig(source="text", path="x"), Counter()))
+
+
+def test_builtin_rows_are_the_corpus_in_order():
+    cfg = DataConfig(source="builtin", seed=3, train_rows=4, val_rows=2, heldout_rows=1)
+    assert _builtin_total(cfg) == 7 and _builtin_total(DataConfig(val_rows=2, heldout_rows=1)) == 3 + BUILTIN_TRAIN_ROWS
+    assert list(iter_rows(cfg, Counter())) == [s.strip() for s in stories(7, seed=3)]
+    assert list(iter_rows(cfg, Counter(), limit=3)) == [s.strip() for s in stories(3, seed=3)]
+
+
+@pytest.mark.parametrize("kwargs", [dict(val_rows=0, heldout_rows=0), dict(train_rows=1), dict(stride=1),
+                                    dict(dedup_threshold=1.0), dict(dedup_ngram=1), dict(packing="pad"),
+                                    dict(source="hf", name="x"), dict(dedup="near")])
+def test_data_values_at_the_edge_are_accepted(kwargs):
+    DataConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(val_rows=-1), "data.val_rows must be >= 0"), (dict(heldout_rows=-1), "data.heldout_rows must be >= 0"),
+    (dict(train_rows=0), "data.train_rows must be positive"), (dict(stride=0), "data.stride must be positive"),
+    (dict(dedup_threshold=0.0), r"data.dedup_threshold must be in \(0, 1\]"),
+    (dict(dedup_threshold=1.01), "data.dedup_threshold"), (dict(dedup_ngram=0), "data.dedup_ngram must be positive"),
+    (dict(packing="stack"), "data.packing: 'stack'"), (dict(dedup="fuzzy"), "data.dedup: 'fuzzy'"),
+    (dict(source="jsonl"), "data.source=jsonl needs data.path"), (dict(source="hf"), "data.source=hf needs data.name"),
+])
+def test_data_values_past_the_edge_are_refused(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        DataConfig(**kwargs)
+
+
+def test_tokenizer_values():
+    TokenizerConfig(vocab_size=1)
+    TokenizerConfig(kind="llama", path="tok.model")
+    for kwargs, needle in ((dict(vocab_size=0), "vocab_size must be positive"), (dict(kind="llama"), "needs tokenizer.path"),
+                           (dict(kind="chars"), "tokenizer.kind: 'chars'")):
+        with pytest.raises(ValueError, match=needle):
+            TokenizerConfig(**kwargs)
