@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scores  # noqa: E402
-import unwrap  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -73,6 +72,8 @@ def write_config(dest: Path, module: str, mapping: dict, tests: list[str]) -> No
 def prepare(module: str, mapping: dict, tests: list[str], remap: bool) -> Path:
     """Refresh the module's work copy from the working tree and run `tests` there; return its path.
     With `remap`, mutmut maps tests to functions anew (the tests changed: the copy has no git to tell)."""
+    import unwrap  # libcst, from the mutation extra: the setup's own test runs without it
+
     dest = WORK / module
     unwrap.main(str(dest))
     shared = REPO.parent / "shared"
