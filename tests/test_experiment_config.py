@@ -37,7 +37,7 @@ def test_values_at_the_edge_of_their_range_are_accepted(item):
     (["tid.method=attention_mass", "tid.layer=6"], "tid.layer=6 is outside .*n_layers=6 .*0..5"),
     (["tid.method=attention_mass", "tid.layer=-7"], "tid.layer=-7 is outside"),
     (["train.lr=inf"], "'train.lr' must be a finite number"),
-    (["train.max_steps=true"], "'train.max_steps' expects int, got True"),
+    (["train.max_steps=true"], "'train.max_steps' expects int or null, got True"),
     (["train.eval_batches=many"], "'train.eval_batches' expects int or null"),
     (["train.lr=fast"], "'train.lr' expects float, got 'fast'"),
     (["train=3"], "train: expected a section of keys, got 3"),

@@ -56,8 +56,9 @@ def test_existing_outputs_are_refused_naming_the_ways_on(tmp_path):
 def test_force_deletes_the_runs_outputs_and_nothing_else(tmp_path):
     mine = [_touch(p) for p in _outputs_of(tmp_path, "r1")]
     others = [_touch(p) for p in _outputs_of(tmp_path, "r2")] + [_touch(tmp_path / "ckpt" / "r1" / "notes.txt")]
-    claim_outputs(_cfg(tmp_path), resume=False, force=True)
-    assert not any(p.exists() for p in mine)
+    replaced = claim_outputs(_cfg(tmp_path), resume=False, force=True)
+    assert all(p.is_file() for p in mine)  # deleted by the caller once the new run passed its checks
+    assert sorted(replaced) == sorted(mine)
     assert all(p.is_file() for p in others)
 
 

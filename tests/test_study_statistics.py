@@ -16,6 +16,7 @@ from scipy import stats
 
 import study_report
 from conftest import tiny_run_config
+from experiment_config import to_dict
 
 SEEDS = [3, 7, 11]                      # unequal seed values: results are looked up by seed, not position
 NO_DIFFERENCE = "no detectable difference at this budget"
@@ -114,13 +115,18 @@ def test_verdict_needs_every_interval_on_one_side_of_zero(intervals, expected):
 
 # ----------------------------------------------------------------------------- build_report on saved results
 
-def _write_run(cfg, per_row_nll: np.ndarray, heldout_extra: dict) -> None:
+BEST_SCALE = 0.5  # best.pt's per-row NLL in the report test: half of last.pt's
+
+
+def _write_run(cfg, per_row_nll: np.ndarray, heldout_extra: dict, name: str | None = None) -> None:
+    """The perplexity runner's files for one run (`name`: the run's, or its best.pt's `<run>-best`)."""
     out = Path(cfg.log_dir) / "perplexity-losses"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{cfg.run_name}.pkl").write_bytes(pickle.dumps(np.exp(per_row_nll).tolist()))
+    name = name or cfg.run_name
+    (out / f"{name}.pkl").write_bytes(pickle.dumps(np.exp(per_row_nll).tolist()))
     ppl = np.exp(per_row_nll)
     summary = {"mean": float(ppl.mean()), "rows": len(ppl), "data_dir": "heldout-data", "step": 10, **heldout_extra}
-    (out / f"{cfg.run_name}.json").write_text(json.dumps(summary))
+    (out / f"{name}.json").write_text(json.dumps(summary))
 
 
 def test_build_report_pairs_rows_and_seeds_and_matches_scipy(tmp_path, monkeypatch):
@@ -138,8 +144,11 @@ def test_build_report_pairs_rows_and_seeds_and_matches_scipy(tmp_path, monkeypat
             val_loss = 2.0 + 0.1 * i + (0.05 if arm_name == "entropy" else 0.0)
             corpus = float(np.exp(nll.mean()) * (1.0 + 0.01 * seed))
             _write_run(cfg, nll, {"corpus_ppl": corpus, "loss": float(np.log(corpus)), "bpb": 1.5 + 0.01 * seed})
+            _write_run(cfg, BEST_SCALE * nll, {"corpus_ppl": corpus, "loss": float(np.log(corpus)), "bpb": 1.4},
+                       name=f"{cfg.run_name}-best")  # best.pt: other rows, so the two reports differ
             logs[cfg.run_name] = {"val": {"step": [0, 10], "loss": [5.0, val_loss], "bpb": [2.0, val_loss / 2]},
-                                  "stats": {}, "step": [10]}
+                                  "stats": {}, "step": [10], "train_loss": [val_loss - 1.0],
+                                  "meta": {"config": to_dict(cfg), "train_tokens": 5000}}
             runs.append(SimpleNamespace(name=cfg.run_name, arm=arm_name, seed=seed, cfg=cfg))
     monkeypatch.setattr(study_report, "load_losses", lambda run, log_dir: logs[run])
     monkeypatch.setattr(study_report, "load_times", lambda run, log_dir: {"total_elapsed": 60.0 + len(run)})
@@ -168,6 +177,9 @@ def test_build_report_pairs_rows_and_seeds_and_matches_scipy(tmp_path, monkeypat
     assert c["ci95"][0] == pytest.approx(hand_lo, abs=0.15 * half)
     assert c["ci95"][1] == pytest.approx(hand_hi, abs=0.15 * half)
     assert 0 < c["ci95"][0] and c["verdict"] == "worse (higher held-out NLL)"
+    best = report["comparisons_best"]["entropy"]  # paired on best.pt's rows, not last.pt's
+    assert best["delta_nll"] == pytest.approx(BEST_SCALE * np.mean(arm - ref), abs=1e-9)
+    assert best["per_seed_delta_nll"] == pytest.approx((BEST_SCALE * per_seed).tolist(), abs=1e-9)
 
     # summary.md prints these numbers: the paired row, and each arm's mean ± t half-width
     md = study_report.markdown(report)

@@ -145,9 +145,11 @@ def test_wandb_disabled_opens_nothing():
 
 
 def test_summary_line_reports_the_run():
-    s = {"run": "r", "model": "baseline", "steps": 12, "stop": "max_steps", "best_val_loss": 2.5, "val_ppl": 12.18,
-         "val_bpt": 3.6, "val_bpb": 1.2, "wall_s": 9.87, "tokens_per_s": 12345.6, "mfu": None}
+    s = {"run": "r", "model": "baseline", "steps": 12, "stop": "max_steps", "epochs": 1.5, "train_tokens": 40960,
+         "best_val_loss": 2.5, "best_step": 8, "last_val_loss": 2.75, "train_val_gap": 0.5, "train_loss_end": 2.25,
+         "val_ppl": 12.18, "val_bpt": 3.6, "val_bpb": 1.2, "wall_s": 9.87, "tokens_per_s": 12345.6, "mfu": None}
     line = summary_line(s)
-    assert line == ("done r [baseline]: 12 steps (max_steps), best val loss 2.5000, val ppl 12.18, 3.600 bits/token, "
-                    "1.200 bits/byte, 9.9s, 12,346 tokens/s")
+    assert line == ("done r [baseline]: 12 steps (max_steps) = 1.50 epochs of 40,960 unique tokens, best val loss "
+                    "2.5000 at step 8, last val loss 2.7500, train-val gap +0.5000 (train loss 2.2500), val ppl 12.18, "
+                    "3.600 bits/token, 1.200 bits/byte, 9.9s, 12,346 tokens/s")
     assert summary_line({**s, "mfu": 0.123}) == line + ", MFU 12.3%"
