@@ -34,6 +34,7 @@ from dataset_definitions.sources import DataError
 from experiment_config import ConfigError, RunConfig, check_run_name, default_run_name, load_config
 from fileio import UnsafeFileError
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.loss import IGNORE_INDEX
 from perplexity.scoring import packed_nll
 from run_files import TrainingError, check_output_dirs, claim_outputs, run_lock, run_paths
 from run_stats import Stat, StepRecord, combine, read_back, values
@@ -222,7 +223,7 @@ class Trainer:
     def _target_shares(self, targets: list[torch.Tensor]) -> torch.Tensor:
         """Each micro-batch's share of the step's counted targets (!= -100) over all ranks, times the world
         size (DDP averages the ranks' gradients): 1 / grad_accum each when no row is padded."""
-        counts = torch.stack([(y != -100).sum() for y in targets]).float()                # exact below 2^24
+        counts = torch.stack([(y != IGNORE_INDEX).sum() for y in targets]).float()        # exact below 2^24
         step_total = counts.sum()
         if self.env.world > 1:
             dist.all_reduce(step_total)

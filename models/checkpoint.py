@@ -46,9 +46,8 @@ def state_sha256(ckpt: dict) -> str:
 
 def _hash_value(h, value) -> None:
     if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}:{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(f"T{value.dtype}:{tuple(value.shape)}\0".encode())
+        h.update(_tensor_bytes(value))
     elif isinstance(value, dict):
         h.update(f"D{len(value)}\0".encode())
         for k, v in sorted(value.items(), key=lambda kv: repr(kv[0])):
@@ -67,10 +66,15 @@ def tensor_sha256(ckpt: dict) -> str:
     h = hashlib.sha256()
     for part in HASHED:
         for name, t in sorted(ckpt.get(part, {}).items()):
-            t = t.detach().cpu().contiguous()
             h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(_tensor_bytes(t))
     return h.hexdigest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's raw bytes in row-major order, as both hashes read them."""
+    t = t.detach().cpu().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
