@@ -75,6 +75,8 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     weight (V, C), targets (N,); reduction "mean", or "none" (evaluation only: no gradient)."""
     if x.dim() != 2 or targets.shape != x.shape[:1]:
         raise ValueError(f"expected x (N, C) and targets (N,), got {tuple(x.shape)} and {tuple(targets.shape)}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"linear_cross_entropy: reduction={reduction!r}; use 'mean' or 'none'")
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if reduction == "none":
         if needs_grad:

@@ -186,3 +186,148 @@ def test_falcon_balance_loss_gradient_reaches_the_router_through_the_mean_probab
     written = 0.01 * E * (logits.softmax(-1).mean(0) * kept_share / k).sum() + 1e-3 * logits.logsumexp(-1).pow(2).mean()
     (expected,) = torch.autograd.grad(written, W)
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- the fused head + loss
+
+def _head_inputs(n: int = 20, c: int = 8, v: int = 96, seed: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(n, c, generator=g), torch.randn(v, c, generator=g) * 2.0
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[[1, 7, 8]] = -100
+    return x, w, targets
+
+
+def _reference(x, w, targets, x_grad: bool, w_grad: bool, scale: float = 1.0):
+    """F.cross_entropy on the full logits (autograd), the loss times `scale`, and the asked gradients."""
+    x, w = x.detach().clone().requires_grad_(x_grad), w.detach().clone().requires_grad_(w_grad)
+    loss = F.cross_entropy(x @ w.T, targets, ignore_index=-100) * scale
+    loss.backward()
+    return loss.detach(), x.grad, w.grad
+
+
+@pytest.mark.parametrize("x_grad,w_grad", [(True, True), (True, False), (False, True)])
+def test_fused_loss_gradients_when_only_some_inputs_need_them(x_grad, w_grad):
+    """A frozen head (LoRA, frozen tied embedding) or frozen features: the gradients that are asked for
+    equal autograd of F.cross_entropy on the full logits, and none is made for the frozen input."""
+    from models.loss import linear_cross_entropy
+
+    x, w, targets = _head_inputs()
+    xs, ws = x.clone().requires_grad_(x_grad), w.clone().requires_grad_(w_grad)
+    loss = linear_cross_entropy(xs, ws, targets, chunk_rows=6) * 0.37           # 4 chunks, the last short
+    loss.backward()
+    ref_loss, ref_dx, ref_dw = _reference(x, w, targets, x_grad, w_grad, scale=0.37)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    for got, ref in ((xs.grad, ref_dx), (ws.grad, ref_dw)):
+        if ref is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("x_grad,w_grad", [(True, True), (True, False), (False, True)])
+def test_fused_loss_keeps_no_logits_sized_tensor_for_backward(x_grad, w_grad):
+    """The point of the fused loss: nothing of (rows x vocab) size is saved for the backward pass, only
+    gradients of the inputs' sizes (the plain loss saves the logits: checked as the reference)."""
+    from models.loss import linear_cross_entropy
+
+    x, w, targets = _head_inputs(n=64, c=8, v=512)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    for fused in (True, False):
+        saved.clear()
+        xs, ws = x.clone().requires_grad_(x_grad), w.clone().requires_grad_(w_grad)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = (linear_cross_entropy(xs, ws, targets, chunk_rows=16) if fused else
+                    F.cross_entropy(xs @ ws.T, targets, ignore_index=-100))
+        loss.backward()
+        if fused:
+            assert max(saved, default=0) <= max(x.numel(), w.numel())
+        else:
+            assert max(saved) >= 64 * 512                                          # the reference does save them
+
+
+@pytest.mark.parametrize("n_valid", [0, 1])
+def test_fused_loss_with_one_or_no_counted_target(n_valid):
+    """The mean is over counted targets: one counted target gives its own NLL; none gives 0 (not nan)."""
+    from models.loss import linear_cross_entropy
+
+    x, w, _ = _head_inputs()
+    targets = torch.full((x.size(0),), -100)
+    targets[5:5 + n_valid] = 17
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = linear_cross_entropy(xs, ws, targets, chunk_rows=6)
+    loss.backward()
+    if n_valid:
+        nll = torch.logsumexp(x[5].double() @ w.double().T, 0) - x[5].double() @ w[17].double()
+        assert loss.item() == pytest.approx(nll.item(), rel=1e-6)
+        _, ref_dx, ref_dw = _reference(x, w, targets, True, True)
+        torch.testing.assert_close(xs.grad, ref_dx, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(ws.grad, ref_dw, rtol=1e-5, atol=1e-7)
+    else:
+        assert loss.item() == 0.0 and (xs.grad == 0).all() and (ws.grad == 0).all()
+
+
+def test_fused_loss_under_bf16_autocast_uses_bf16_matmuls_and_fp32_softmax():
+    """Under autocast the head matmul runs at the autocast dtype (as the plain head would) and the softmax
+    in fp32: the loss equals log-softmax of the bf16 product computed in float64, not of the fp32 product;
+    x.grad is the bf16 matmul of the fp32 softmax gradient, times the outer scale applied in fp32."""
+    from models.loss import linear_cross_entropy
+
+    x, w, targets = _head_inputs()
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(xs, ws, targets, chunk_rows=6)
+    (loss * 0.3).backward()
+    logits16 = (x.bfloat16() @ w.bfloat16().T).double()
+    valid = targets != -100
+    nll16 = logits16.logsumexp(-1) - logits16.gather(1, targets.clamp(min=0)[:, None])[:, 0]
+    nll32 = F.cross_entropy(x.double() @ w.double().T, targets, ignore_index=-100)
+    assert abs(nll16[valid].mean().item() - nll32.item()) > 1e-4                  # the precisions differ here
+    assert loss.item() == pytest.approx(nll16[valid].mean().item(), rel=1e-6)
+    assert xs.grad.dtype == torch.float32 and ws.grad.dtype == torch.float32
+    probs = logits16.float().softmax(-1)
+    probs[torch.arange(len(targets)), targets.clamp(min=0)] -= 1.0
+    dlogits = (probs * valid[:, None] / valid.sum()).bfloat16()
+    torch.testing.assert_close(xs.grad, (dlogits @ w.bfloat16()).float() * 0.3, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_loss_accumulates_a_bf16_weight_gradient_in_fp32():
+    """A bf16 model: the head weight's gradient is summed over many chunks in fp32 and rounded to bf16
+    once, so it is the float64 sum of the chunks' products rounded to bf16 (within one bf16 step)."""
+    from models.loss import linear_cross_entropy
+
+    x, w, targets = _head_inputs(n=96, c=8, v=32)
+    xs, ws = x.bfloat16().requires_grad_(), w.bfloat16().requires_grad_()
+    linear_cross_entropy(xs, ws, targets, chunk_rows=1).backward()               # 96 chunks
+    logits = (xs.detach() @ ws.detach().T).float()
+    valid = targets != -100
+    probs = logits.softmax(-1)
+    probs[torch.arange(len(targets)), targets.clamp(min=0)] -= 1.0
+    dlogits = (probs * valid[:, None] / valid.sum()).bfloat16()
+    per_row = [(dlogits[i:i + 1].T @ xs.detach()[i:i + 1]).double() for i in range(len(targets))]
+    expected = torch.stack(per_row).sum(0)
+    assert ws.grad.dtype == torch.bfloat16
+    err = (ws.grad.double() - expected).abs() / expected.abs().clamp(min=1e-3)
+    assert err.max().item() <= 2 ** -8                                             # one rounding to bf16
+
+
+def test_fused_loss_refuses_unknown_reductions_and_bad_shapes():
+    """Only "mean" and "none" exist (a "sum" must not silently return the mean); x is (N, C), targets (N,)."""
+    from models.loss import linear_cross_entropy
+
+    x, w, targets = _head_inputs()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="reduction"):
+            linear_cross_entropy(x, w, targets, reduction="sum")
+        with pytest.raises(ValueError, match="expected x"):
+            linear_cross_entropy(x, w, targets[:-1])
+        with pytest.raises(ValueError, match="expected x"):
+            linear_cross_entropy(x[None], w, targets)
+        per_row = linear_cross_entropy(x, w, targets, reduction="none", chunk_rows=7)
+    ref = F.cross_entropy(x @ w.T, targets, ignore_index=-100, reduction="none")
+    torch.testing.assert_close(per_row, ref, rtol=1e-5, atol=1e-6)
