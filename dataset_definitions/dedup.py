@@ -37,9 +37,10 @@ def word_ngrams(text: str, n: int) -> set[bytes]:
 
 
 def lsh_bands(threshold: float, recall: float = 0.995) -> tuple[int, int]:
-    """(bands, rows per band) with the most rows per band whose P(candidate | Jaccard = threshold) >= recall."""
+    """(bands, rows per band) with the most rows per band whose P(candidate | Jaccard = threshold) >= recall.
+    At least 2 bands: datasketch's MinHashLSH refuses one (thresholds from about 0.99996, 1.0 included)."""
     best = (NUM_PERM, 1)
-    for rows in range(1, NUM_PERM + 1):
+    for rows in range(1, NUM_PERM // 2 + 1):
         bands = NUM_PERM // rows
         if 1 - (1 - threshold ** rows) ** bands >= recall:
             best = (bands, rows)
