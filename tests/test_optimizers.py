@@ -1,5 +1,7 @@
 """train.optimizer: torchao's 8-bit AdamW follows fp32 AdamW; low-bit state saves and resumes exactly."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,19 @@ def test_unknown_optimizer_refused():
     from experiment_config import ConfigError
     with pytest.raises(ConfigError, match="train.optimizer"):
         tiny_run_config(__import__("pathlib").Path("."), ["train.optimizer=sgd"])
+
+
+@pytest.mark.parametrize("warmup,max_steps", [(3, 4), (2, 12), (0, 5)])
+def test_lr_schedule_against_its_closed_form_to_and_past_the_end(warmup, max_steps):
+    """Linear warmup to lr over `warmup` steps, cosine to min_lr at max_steps, then min_lr: written out
+    step by step (the one-step cosine of (3, 4) included) and past max_steps, where it must not rise again."""
+    lr, min_lr = 0.3, 0.02
+    for step in range(max_steps + 6):
+        if step < warmup:
+            expected = lr * (step + 1) / warmup
+        elif step >= max_steps:
+            expected = min_lr
+        else:
+            p = (step - warmup) / (max_steps - warmup)
+            expected = min_lr + (lr - min_lr) * (1 + math.cos(math.pi * p)) / 2
+        assert optimizers.lr_at(step, lr, min_lr, warmup, max_steps) == pytest.approx(expected, abs=1e-12), step
