@@ -1,0 +1,131 @@
+"""Resume decisions and the epochs/steps arithmetic: what --resume refuses, what it puts back (the RNG
+stream, the last good checkpoint), and train.epochs <-> train.max_steps, against hand arithmetic."""
+
+import math
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import train_setup
+import train_state
+from conftest import tiny_run_config
+from experiment_config import ConfigError, RunConfig, TrainConfig
+from models.checkpoint import load_checkpoint
+from run_files import TrainingError, run_paths
+from runtime import setup_env
+
+
+def _cfg(**train) -> RunConfig:
+    return RunConfig(run_name="r", train=TrainConfig(**train))
+
+
+# ----------------------------------------------------------------------------- epochs <-> steps
+
+@pytest.mark.parametrize("epochs, batches, accum", [(2.5, 50, 3), (1.0, 7, 1), (3.0, 40, 4), (0.5, 33, 2)])
+def test_epochs_set_the_steps(epochs, batches, accum):
+    """An epoch is `batches` micro-batches and a step takes grad_accum of them: steps = round(epochs x
+    batches / grad_accum) (hand arithmetic), and the config is otherwise unchanged."""
+    cfg = _cfg(max_steps=None, epochs=epochs, grad_accum=accum, lr=3e-4)
+    out = train_setup.resolve_epochs(cfg, batches)
+    assert out.train.max_steps == round(epochs * batches / accum)
+    assert out.train.epochs == epochs and out.train.lr == 3e-4 and out.model == cfg.model
+
+
+def test_a_tiny_epoch_count_still_trains_one_step():
+    """0.001 epochs of 50 micro-batches is 0.05 steps: the run still takes one step (never zero)."""
+    out = train_setup.resolve_epochs(_cfg(max_steps=None, epochs=0.001), 50)
+    assert out.train.max_steps == 1
+
+
+@pytest.mark.parametrize("max_steps, batches, accum", [(100, 50, 3), (1, 7, 1), (10, 30, 2)])
+def test_steps_set_the_epochs(max_steps, batches, accum):
+    """Without train.epochs it is max_steps x grad_accum / batches (hand arithmetic), kept to 4 decimals."""
+    out = train_setup.resolve_epochs(_cfg(max_steps=max_steps, grad_accum=accum), batches)
+    exact = max_steps * accum / batches
+    assert out.train.max_steps == max_steps
+    assert out.train.epochs == pytest.approx(exact, abs=5e-5)
+    assert out.train.epochs == pytest.approx(round(exact, 4), abs=1e-12)   # 1/7 -> 0.1429, not 0.14286
+
+
+def test_both_set_must_agree():
+    """epochs and max_steps both set: the same number of steps is accepted, another is a ConfigError."""
+    agree = train_setup.resolve_epochs(_cfg(max_steps=20, epochs=2.0, grad_accum=5), 50)   # 2 x 50 / 5 = 20
+    assert (agree.train.max_steps, agree.train.epochs) == (20, 2.0)
+    with pytest.raises(ConfigError, match="train.epochs=2 is 20 steps"):
+        train_setup.resolve_epochs(_cfg(max_steps=21, epochs=2.0, grad_accum=5), 50)
+
+
+# ----------------------------------------------------------------------------- finished / last good
+
+def test_a_run_at_max_steps_is_finished():
+    """--resume of a checkpoint at exactly train.max_steps has nothing to train: RunFinished naming the
+    run's last.pt; one step below is not finished."""
+    cfg = _cfg(max_steps=5)
+    with pytest.raises(train_state.RunFinished, match=str(run_paths(cfg)["last"])):
+        train_state.check_unfinished(SimpleNamespace(cfg=cfg, step=5))
+    train_state.check_unfinished(SimpleNamespace(cfg=cfg, step=4))
+
+
+def test_non_finite_before_any_save_says_no_checkpoint_is_good():
+    """Nothing saved yet: the error says so truthfully, then gives the fixes."""
+    with pytest.raises(TrainingError, match="no last.pt was written before this: lower train.lr"):
+        train_state.stop_non_finite(SimpleNamespace(cfg=_cfg(), step=3, saved_step=None), "loss is nan")
+
+
+# ----------------------------------------------------------------------------- restore
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny 2-step run: its config and its last.pt."""
+    import generic_runner
+
+    cfg = tiny_run_config(tmp_path_factory.mktemp("resume"), ["train.max_steps=2", "run_name=short"])
+    generic_runner.train(cfg)
+    return cfg, run_paths(cfg)["last"]
+
+
+def _fresh_trainer(cfg):
+    from generic_runner import Trainer
+
+    return Trainer(replace(cfg, train=replace(cfg.train, max_steps=4)), setup_env("cpu", "fp32"), resume=False)
+
+
+def test_resumed_run_names_its_checkpoint_as_the_last_good_one(run):
+    """After --resume the checkpoint it came from is on disk: a later failure names it with its step,
+    and says the run can continue with --resume (not "nothing was written")."""
+    from generic_runner import Trainer
+
+    cfg, last = run
+    trainer = Trainer(replace(cfg, train=replace(cfg.train, max_steps=4)), setup_env("cpu", "fp32"), resume=True)
+    with pytest.raises(TrainingError, match=rf"{last} \(step 2\) is the last good checkpoint"):
+        train_state.stop_non_finite(trainer, "loss is nan")
+    with pytest.raises(TrainingError, match="continue with --resume"):
+        with train_state.stop_on_write_error(trainer):
+            raise OSError(28, "No space left on device", str(last))
+
+
+def test_same_world_size_restores_the_saved_rng_stream(run):
+    """Same number of processes: the torch RNG continues exactly from the saved state."""
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    trainer = _fresh_trainer(cfg)
+    torch.manual_seed(12345)
+    train_state.restore(trainer, ckpt)
+    assert torch.equal(torch.get_rng_state(), ckpt["rng"][0]["torch"])
+
+
+def test_another_world_size_reseeds_from_seed_rank_and_step(run):
+    """A checkpoint of 2 processes resumed by 1 (same tokens per step): the saved per-rank streams do
+    not apply; rank 0 draws from manual_seed(seed + rank + step), here seed + 0 + 2."""
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    ckpt["world_size"], ckpt["rng"] = 2, [ckpt["rng"][0], ckpt["rng"][0]]
+    trainer = _fresh_trainer(cfg)
+    train_state.restore(trainer, ckpt)
+    got = torch.rand(4)
+    torch.manual_seed(cfg.seed + 0 + ckpt["step"])
+    assert ckpt["step"] == 2 and torch.equal(got, torch.rand(4))
+    assert trainer.step == 2 and trainer.saved_step == 2
+    assert math.isfinite(trainer.best_val)
