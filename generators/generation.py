@@ -201,14 +201,19 @@ class Generator:
         check_sampling(temperature, top_p, top_k)  # top_k against the vocabulary: in filter_top_k
         encoded = [self.fit_prompt(self.prompt_tokens(prompt), max_gen_len, truncate)]
         start = len(encoded[0])
-        shown = ""
+        shown = text = ""
         for tokens, _, done in self._decode_steps(encoded, max_gen_len, temperature, top_p, top_k, seed,
                                                   use_cache=True, logprobs=False):
             row = tokens[0, start:].tolist()
             end = row.index(self.tokenizer.eos_id) if self.tokenizer.eos_id in row else len(row)
             text = self.tokenizer.decode(row[:end])  # decode the whole tail: BPE pieces join across tokens
-            if text.startswith(shown) and len(text) > len(shown):
-                yield text[len(shown):]
-                shown = text
+            # a trailing U+FFFD may be a character whose other bytes come with the next tokens: held back,
+            # since once shown it could not be replaced (the rest of the text would never start with it)
+            ready = text.rstrip("\ufffd")
+            if ready.startswith(shown) and len(ready) > len(shown):
+                yield ready[len(shown):]
+                shown = ready
             if done[0]:
                 break
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]  # what no later token completed
