@@ -210,3 +210,24 @@ def test_select_drops_equals_brute_force_over_subsets():
             total = lambda subset: sum(scores[b, t].item() for t in subset)      # noqa: E731
             best = (max if drop_high else min)(itertools.combinations(positions, n), key=total)
             assert got[b].nonzero().flatten().tolist() == sorted(best), (ratio, drop_high, b)
+
+
+def test_entropy_scores_default_to_the_next_token_prediction():
+    """entropy_scores(model, tokens) without `of` scores position t by the entropy of the prediction made
+    at t (the study's definition), written out per position in float64 from the softmax."""
+    from models import ModelConfig, build
+    from tid import entropy_scores
+
+    torch.manual_seed(0)
+    model = build(ModelConfig.from_preset("baseline", vocab_size=29, context=8, d_model=16, n_layers=1, n_heads=2,
+                                          d_ff=32)).eval()
+    with torch.no_grad():
+        model.tok_emb.weight.mul_(8.0)                                           # entropies differ by position
+    tokens = torch.randint(0, 29, (2, 8), generator=torch.Generator().manual_seed(1))
+    got = entropy_scores(model, tokens)
+    with torch.no_grad():
+        logits = model(tokens).logits.double()
+    expected = torch.tensor([[-sum(p * math.log(p) for p in logits[b, t].softmax(-1).tolist() if p > 0)
+                              for t in range(8)] for b in range(2)], dtype=torch.float64)
+    assert (expected[:, 1:] - expected[:, :-1]).abs().max() > 0.05                # a shift by one would show
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
