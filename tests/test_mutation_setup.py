@@ -72,3 +72,22 @@ def test_progress_names_what_has_not_run_and_why_survivors_are_equivalent():
     assert "| m | after | 2 | 2 | 0 | 0 | 0 |" in text
     assert "## Not run yet\n\nother\n" in text and "- `x.y__mutmut_1`: same behaviour" in text
     assert "m.f__mutmut_1" not in text.split("## Survivors left")[1]  # the latest phase killed it
+
+
+def test_only_argparse_documentation_text_counts_as_cosmetic():
+    """cosmetic.doc_only: a mutant that rewrites or drops help/metavar/description text changes nothing
+    computed; one that also touches a default, a type or an exit code is not cosmetic."""
+    from cosmetic import doc_only
+
+    def diff(before: str, after: str) -> str:
+        return "".join(f"-{line}\n" for line in before.splitlines()) + "".join(f"+{line}\n" for line in after.splitlines())
+
+    add = 'p.add_argument("--n", type=int, default=5, metavar="N",\n    help="how many")'
+    assert doc_only(diff(add, 'p.add_argument("--n", type=int, default=5, metavar="N",\n    help="XXhow manyXX")')) == "help"
+    assert doc_only(diff(add, 'p.add_argument("--n", type=int, default=5, help="how many")')) == "metavar"
+    assert doc_only(diff(add, 'p.add_argument("--n", type=int, default=5, metavar="N",\n    )')) == "help"
+    assert doc_only(diff('P(description=f"Train {x}.")', "P(description=None)")) == "description"
+    assert doc_only(diff(add, 'p.add_argument("--n", type=int, default=6, metavar="N",\n    help="how many")')) is None
+    assert doc_only(diff(add, 'p.add_argument("--n", type=float, default=5, metavar="N",\n    help="x")')) is None
+    assert doc_only(diff('exit_with("stopped", 130)', 'exit_with("stopped", 131)')) is None
+    assert doc_only(diff(add, add)) is None

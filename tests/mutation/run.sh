@@ -13,7 +13,8 @@
 # which no-grad decorators are written as `with` blocks (unwrap.py): mutmut leaves decorated functions
 # alone. A time-boxed run stops cleanly and keeps its verdicts; running the module again continues.
 # Scores go to tests/mutation/scores.json and progress.md; list equivalent mutants, each with its reason,
-# in tests/mutation/equivalent.toml, then `python tests/mutation/scores.py` rewrites progress.md.
+# in tests/mutation/equivalent.toml, then `python tests/mutation/scores.py` rewrites progress.md;
+# `python tests/mutation/cosmetic.py MODULE` lists survivors that only change argparse help text there.
 # From .mutation/<module>: `mutmut results` lists the survivors, `mutmut show NAME` shows one change.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
