@@ -91,3 +91,18 @@ def test_only_argparse_documentation_text_counts_as_cosmetic():
     assert doc_only(diff(add, 'p.add_argument("--n", type=float, default=5, metavar="N",\n    help="x")')) is None
     assert doc_only(diff('exit_with("stopped", 130)', 'exit_with("stopped", 131)')) is None
     assert doc_only(diff(add, add)) is None
+
+
+def test_recheck_moves_killed_survivors_and_keeps_the_rest():
+    """recheck.after_row: the before counts with each re-checked survivor that a test killed counted as
+    killed; the others stay survivors, equivalents counted apart; the mutants and other columns unchanged."""
+    from recheck import after_row
+
+    before = {**scores.counts({"m.f__mutmut_1": "survived", "m.f__mutmut_2": "survived", "m.f__mutmut_3": "survived",
+                               "m.f__mutmut_4": "killed", "m.f__mutmut_5": "not checked"}, {}),
+              "seconds": 5, "date": "d", "commit": "c"}
+    row = after_row(before, {"m.f__mutmut_1": True, "m.f__mutmut_2": False, "m.f__mutmut_3": False},
+                    {"m.f__mutmut_3": "same"})
+    assert (row["mutants"], row["killed"], row["survived"], row["equivalent"], row["survivors left"],
+            row["not run"]) == (5, 2, 2, 1, 1, 1)
+    assert row["survivors"] == ["m.f__mutmut_2", "m.f__mutmut_3"]

@@ -15,6 +15,8 @@
 # Scores go to tests/mutation/scores.json and progress.md; list equivalent mutants, each with its reason,
 # in tests/mutation/equivalent.toml, then `python tests/mutation/scores.py` rewrites progress.md;
 # `python tests/mutation/cosmetic.py MODULE` lists survivors that only change argparse help text there.
+# `python tests/mutation/recheck.py MODULE --tests STEM ... --record` re-checks the before-survivors against
+# new test files, one pytest run per mutant in the module's work copy, and records the after phase.
 # From .mutation/<module>: `mutmut results` lists the survivors, `mutmut show NAME` shows one change.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -67,11 +67,17 @@ def commit() -> str:
 
 
 def record(module: str, phase: str, dest: Path, seconds: float) -> None:
-    """Store `module`'s verdicts in `dest` as its `phase` scores (two runs may finish at once: a lock)."""
+    """Store `module`'s verdicts in `dest` as its `phase` scores."""
     row = counts(verdicts(dest, module), equivalents())
     tree = dest / "tree-commit"
     row |= {"seconds": round(seconds), "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "commit": tree.read_text() if tree.exists() else commit()}
+    store(module, phase, row)
+
+
+def store(module: str, phase: str, row: dict) -> None:
+    """Write `row` as `module`'s `phase` scores in scores.json (two runs may finish at once: a lock)."""
+    (REPO / ".mutation").mkdir(exist_ok=True)
     with open(REPO / ".mutation" / "scores.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         all_scores = load()

@@ -1,0 +1,84 @@
+"""Re-check a module's surviving mutants against test files, one pytest run per mutant, and record "after".
+
+    python tests/mutation/recheck.py MODULE --tests test_new_a [test_new_b ...] [-k EXPR] [--record]
+
+Runs in the module's work copy, .mutation/MODULE/mutants/ (made by its mutation run, run.sh): the test files
+are copied in, pass once unmutated, then run once per survivor of the module's "before" phase with mutmut's
+MUTANT_UNDER_TEST set to it (no test-to-function map: each file runs whole). Faster than a mutmut re-run
+where only a few survivors are left, and it checks the very mutants that survived, on the source they were
+made from. A test of behaviour the source gained since (a fix) fails unmutated there: leave it out with -k,
+or re-run the module with run.sh instead. With --record the verdicts become the module's "after" phase:
+the "before" counts, each re-checked survivor moved to killed or kept as a survivor.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scores  # noqa: E402
+
+
+def pytest_args(tests: list[str], k: str | None) -> list[str]:
+    args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *(f"tests/{t}.py" for t in tests)]
+    return args + (["-k", k] if k else [])
+
+
+def recheck(module: str, tests: list[str], k: str | None = None) -> dict[str, bool]:
+    """Survivor name -> whether the tests kill it (fail with it in place)."""
+    copy = scores.REPO / ".mutation" / module / "mutants"
+    if not copy.is_dir():
+        sys.exit(f"error: no work copy {copy.parent.name} under .mutation/: run tests/mutation/run.sh {module} first")
+    for t in tests:
+        shutil.copy(scores.REPO / "tests" / f"{t}.py", copy / "tests" / f"{t}.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    args = pytest_args(tests, k)
+    clean = subprocess.run(args, cwd=copy, env=env | {"MUTANT_UNDER_TEST": ""}, capture_output=True, text=True)
+    if clean.returncode != 0:
+        print(clean.stdout[-3000:], file=sys.stderr)
+        sys.exit(f"error: {' '.join(tests)} fail on {module}'s unmutated copy: leave those tests out with -k, "
+                 f"or re-run the module (run.sh) if its source changed since")
+    killed = {}
+    for name in scores.survivors(module, "before"):
+        run = subprocess.run(args, cwd=copy, env=env | {"MUTANT_UNDER_TEST": name}, capture_output=True, text=True)
+        killed[name] = run.returncode != 0
+        print(f"{'killed  ' if killed[name] else 'survived'} {name}", flush=True)
+    return killed
+
+
+def after_row(before: dict, killed: dict[str, bool], equivalent: dict[str, str]) -> dict:
+    """The "after" phase: `before` with each re-checked survivor that was killed counted as killed."""
+    survivors = [name for name in before["survivors"] if not killed.get(name, False)]
+    n_killed = len(before["survivors"]) - len(survivors)
+    n_equivalent = sum(name in equivalent for name in survivors)
+    return before | {"killed": before["killed"] + n_killed, "survived": len(survivors), "equivalent": n_equivalent,
+                     "survivors left": len(survivors) - n_equivalent, "survivors": survivors}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module")
+    parser.add_argument("--tests", nargs="+", required=True, metavar="STEM", help="test files, e.g. test_losses")
+    parser.add_argument("-k", default=None, help="pytest -k expression to select tests")
+    parser.add_argument("--record", action="store_true", help="store the verdicts as the module's after phase")
+    args = parser.parse_args(argv)
+    before = scores.load().get(args.module, {}).get("before")
+    if not before:
+        sys.exit(f"error: no 'before' scores for {args.module}: run tests/mutation/run.sh {args.module} first")
+    start = time.monotonic()
+    killed = recheck(args.module, args.tests, args.k)
+    row = after_row(before, killed, scores.equivalents())
+    print(f"recheck: {args.module}: {sum(killed.values())} of {len(killed)} survivors killed by {' '.join(args.tests)}")
+    if args.record:
+        row |= {"seconds": round(time.monotonic() - start), "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                "commit": scores.commit()}
+        scores.store(args.module, "after", row)
+        scores.write_progress()
+
+
+if __name__ == "__main__":
+    main()
