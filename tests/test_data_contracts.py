@@ -154,3 +154,59 @@ def test_deduplicator_defaults_are_the_documented_config_defaults():
     documented = Deduplicator("near", cfg.dedup_threshold, cfg.dedup_ngram)
     assert [defaults.check(r, "train") for r in rows] == expected
     assert [documented.check(r, "train") for r in rows] == expected
+
+
+# ---------------------------------------------------------------- dialogue and data config
+
+def _hh(*transcripts):
+    return [{"chosen": c, "rejected": r} if r is not None else {"chosen": c} for c, r in transcripts]
+
+
+def _write_jsonl(path, records, extra_lines=()):
+    import json
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + "".join(extra_lines), encoding="utf-8")
+    return path
+
+
+def test_split_last_turn_at_the_start_of_the_transcript():
+    """A transcript that begins with the Assistant turn splits there (cut at index 0 is a cut)."""
+    from dataset_definitions.dialogue import split_last_turn
+    assert split_last_turn("\n\nAssistant: hi there ") == ("\n\nAssistant:", "hi there")
+    assert split_last_turn("\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d") == (
+        "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:", "d")
+
+
+def test_dialogues_skip_and_count_each_bad_record(tmp_path):
+    """Records without an Assistant turn, with an empty response, or unreadable lines are skipped and
+    counted one each, into the caller's counter; a rejected text without an Assistant turn is the
+    rejected response as it is (stripped); `limit` caps the dialogues yielded. Reference: counts by hand."""
+    from collections import Counter
+
+    from dataset_definitions.dialogue import iter_dialogues
+    good = [(f"\n\nHuman: q{i}\n\nAssistant: a{i}", f"\n\nHuman: q{i}\n\nAssistant: bad{i}") for i in range(3)]
+    records = _hh(good[0], ("no turn at all", None), ("\n\nHuman: q\n\nAssistant:   ", None), good[1],
+                  ("\n\nHuman: q\n\nAssistant:", None), ("", None), ("\n\nHuman: x\n\nAssistant: y", "  plain no  "),
+                  ("\n\nHuman: q\n\nAssistant: ", None), good[2])
+    path = _write_jsonl(tmp_path / "hh.jsonl", records, ["{not json\n"])
+    cfg = DataConfig(source="jsonl", path=str(path))
+    skipped = Counter()
+    out = list(iter_dialogues(cfg, skipped=skipped))
+    assert [d.chosen for d in out] == ["a0", "a1", "y", "a2"]
+    assert [d.rejected for d in out] == ["bad0", "bad1", "plain no", "bad2"]
+    assert skipped == Counter({"no Assistant turn": 2, "empty response": 3, "invalid JSON": 1})
+    assert [d.chosen for d in iter_dialogues(cfg, limit=2)] == ["a0", "a1"]   # no counter given: still works
+
+
+def test_dialogues_of_an_empty_file_are_none(tmp_path):
+    """An empty jsonl source gives no dialogues (not an error)."""
+    from dataset_definitions.dialogue import iter_dialogues
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    assert list(iter_dialogues(DataConfig(source="jsonl", path=str(path)))) == []
+
+
+@pytest.mark.parametrize("source", ["text", "jsonl"])
+def test_file_sources_need_a_path(source):
+    """data.source=text or jsonl without data.path is refused when the config is made."""
+    with pytest.raises(ValueError, match=f"data.source={source} needs data.path"):
+        DataConfig(source=source)

@@ -1,0 +1,229 @@
+"""Contracts of data preparation (dataset_definitions/prepare.py) checked against references built
+from the rows themselves: the packed stream and its counts, the cached path's checks and log, the
+build lock, the writable-folder checks, the --verify re-hash of a tokenizer file, and reading
+non-ASCII text under a C locale."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from dataset_definitions import prepare
+from dataset_definitions.config import DataConfig, TokenizerConfig
+from dataset_definitions.prepare import PreparedData, data_key, prepare_data
+from dataset_definitions.sources import DataError
+from fileio import exclusive_lock
+
+DATA = DataConfig(source="builtin", train_rows=60, val_rows=12, heldout_rows=9)
+BPE = TokenizerConfig(kind="bpe", vocab_size=300)
+
+
+def _quiet(*args):
+    pass
+
+
+def _prepare(tmp_path, data=DATA, tok=BPE, **kw):
+    kw.setdefault("log", _quiet)
+    return prepare_data(data, tok, tmp_path / "data", tmp_path / "tok", **kw)
+
+
+def _reference_stream(tok, texts):
+    """[bos] + encode(text) + [eos] per document (no bos where the tokenizer has none), each text
+    encoded on its own: the documented layout of a split's stream."""
+    prefix = [tok.bos_id] if tok.bos_id is not None else []
+    return [i for t in texts for i in prefix + tok.encode(t) + [tok.eos_id]]
+
+
+def _check_stream_and_counts(prepared):
+    tok = prepared.tokenizer
+    for split in ("heldout", "val"):
+        texts = prepared.rows(split)
+        stream = prepared.tokens(split).tolist()
+        assert stream == _reference_stream(tok, texts)
+        s = prepared.meta["splits"][split]
+        assert s["rows"] == len(texts)
+        assert s["tokens"] == len(stream)
+        assert s["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+        assert prepared.bytes_per_token(split) == pytest.approx(s["bytes"] / s["tokens"], rel=1e-12)
+    train = prepared.tokens("train")
+    assert prepared.meta["splits"]["train"]["tokens"] == len(train)
+    assert int((train == tok.eos_id).sum()) == prepared.meta["splits"]["train"]["rows"] == DATA.train_rows
+
+
+@pytest.mark.parametrize("kind", ["bpe", "word"])
+def test_stream_and_split_counts_match_the_rows_over_several_encode_chunks(tmp_path, monkeypatch, kind):
+    """Each split's stream is its rows encoded one by one, [bos] + ids + [eos]; meta's tokens and bytes
+    are the stream's length and the rows' UTF-8 bytes, whatever the encode chunk (5 rows here, so
+    several chunks and a partial last one). The word tokenizer's bos is id 0: its cache, reloaded,
+    passes the token id check (0 is in the vocabulary). Reference: the tokenizer's own encode."""
+    monkeypatch.setattr(prepare, "ENCODE_CHUNK", 5)
+    prepared = _prepare(tmp_path, tok=replace(BPE, kind=kind))
+    _check_stream_and_counts(prepared)
+    if kind == "word":
+        assert prepared.tokenizer.bos_id == 0 and prepared.tokens("val")[0] == 0
+    again = _prepare(tmp_path, tok=replace(BPE, kind=kind))          # the cached path
+    assert again.dir == prepared.dir and again.meta == prepared.meta
+
+
+def test_gpt2_stream_has_no_bos(tmp_path, gpt2_dir):
+    """GPT-2 has no bos: a document is encode(text) + [<|endoftext|>] (reference: tiktoken's encode)."""
+    tok = TokenizerConfig(kind="gpt2", path=str(gpt2_dir))
+    prepared = _prepare(tmp_path, data=replace(DATA, train_rows=10), tok=tok)
+    assert prepared.tokenizer.bos_id is None
+    for split in ("heldout", "val"):
+        assert prepared.tokens(split).tolist() == _reference_stream(prepared.tokenizer, prepared.rows(split))
+
+
+def test_cached_path_logs_what_it_checked_and_the_blocks(tmp_path):
+    """A cache hit says 'cached' and claims 'every file verified' only under verify; its summary counts
+    the training blocks of the given context like a fresh build (reference: the TokenBlocks count
+    (n - context - 1) // context + 1 from the stream length)."""
+    first = _prepare(tmp_path)
+    for verify in (False, True):
+        lines = []
+        _prepare(tmp_path, context=16, verify=verify, log=lines.append)
+        claim = " (every file verified against meta.json)" if verify else ""
+        assert f"data: cached {first.dir}{claim}" in lines
+        for split in ("heldout", "val", "train"):
+            n = len(first.tokens(split))
+            blocks = (n - 16 - 1) // 16 + 1
+            assert any(line.lstrip().startswith(split) and f"{blocks:,} blocks of 16" in line for line in lines)
+
+
+def _overwrite(path, values, dtype):
+    """Rewrite a stream file with `values`, keeping its size (so only the content check can see it)."""
+    n = path.stat().st_size // np.dtype(dtype).itemsize
+    np.resize(np.asarray(values, dtype=dtype), n).tofile(path)
+
+
+def test_cached_token_ids_must_lie_in_zero_to_vocab(tmp_path):
+    """The cached path accepts every stream whose ids are in [0, vocab): all 0, all vocab - 1, a single
+    repeated id; and refuses one holding the id vocab. Reference: the interval itself."""
+    first = _prepare(tmp_path)
+    vocab, dtype, path = first.meta["vocab_size"], first.meta["dtype"], first.dir / "val.bin"
+    for values in ([0], [vocab - 1], [7], [0, vocab - 1]):
+        _overwrite(path, values, dtype)
+        assert _prepare(tmp_path).dir == first.dir
+    _overwrite(path, [5, vocab, 6], dtype)
+    with pytest.raises(DataError, match=f"val.bin holds token ids outside the vocabulary of {vocab}"):
+        _prepare(tmp_path)
+
+
+def test_a_builder_that_waited_for_the_lock_returns_the_finished_cache(tmp_path):
+    """When another process finished the cache while this one waited for the lock, the build returns
+    that cache, checked as a cache hit is (verify re-hashes its files) and summarised with the blocks."""
+    first = _prepare(tmp_path)
+    key, final = first.dir.name, first.dir
+    lines = []
+    got = prepare._build_cache(DATA, BPE, tmp_path / "tok", key, final, False, False, 16, lines.append)
+    assert isinstance(got, PreparedData) and got.dir == final and got.meta == first.meta
+    assert f"data: cached {final}" in lines and any("blocks of 16" in line for line in lines)
+    data = bytearray((final / "train.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF                                     # same size: only a re-hash sees it
+    (final / "train.bin").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="train.bin SHA-256"):
+        prepare._build_cache(DATA, BPE, tmp_path / "tok", key, final, False, True, 16, _quiet)
+
+
+def test_the_build_waits_for_the_lock_of_its_key(tmp_path):
+    """One builder per key: a build that finds the key's lock held waits for it and then builds,
+    rather than failing (the lock is held here by this test, then released)."""
+    key = data_key(DATA, BPE, tmp_path / "data")
+    result = {}
+
+    def build():
+        try:
+            result["prepared"] = _prepare(tmp_path)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = e
+
+    with exclusive_lock(tmp_path / "data" / "processed" / f".{key}.lock"):
+        worker = threading.Thread(target=build)
+        worker.start()
+        worker.join(timeout=1.5)     # a builder that does not wait would have failed by now
+    worker.join()
+    assert "error" not in result, result.get("error")
+    assert result["prepared"].dir.name == key
+
+
+def test_unwritable_folders_are_named_before_a_build(tmp_path):
+    """data_dir, data_dir/processed and (for a tokenizer trained here) tokenizer_dir must be writable
+    folders; the error names the setting to change. A file in a folder's place makes it unwritable."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(DataError, match=r"^data_dir: .*\(--set data_dir=DIR\)"):
+        prepare_data(DATA, BPE, blocker, tmp_path / "tok", log=_quiet)
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1" / "processed").write_text("x")
+    with pytest.raises(DataError, match=r"^data_dir: .*processed.*\(--set data_dir=DIR\)"):
+        prepare_data(DATA, BPE, tmp_path / "d1", tmp_path / "tok", log=_quiet)
+    with pytest.raises(DataError, match=r"^tokenizer_dir: .*\(--set tokenizer_dir=DIR\)"):
+        prepare_data(DATA, BPE, tmp_path / "d2", blocker, log=_quiet)
+    assert not list((tmp_path / "d2" / "processed").glob("[!.]*"))   # nothing built
+
+
+def test_tokenizer_dir_only_matters_for_a_tokenizer_trained_here(tmp_path):
+    """A given tokenizer file or GPT-2 (file or download) is not trained here: an unwritable
+    tokenizer_dir does not stop the build. The kinds trained here (bpe, sentencepiece, word, with
+    tokenizer.path unset) need it."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    trained = _prepare(tmp_path)                                     # trains bpe into tmp/tok
+    given = replace(BPE, path=trained.tokenizer.path)
+    assert prepare_data(DATA, given, tmp_path / "data2", blocker, log=_quiet).tokenizer.vocab_size == 300
+    prepare._check_writable(tmp_path / "data3", blocker, TokenizerConfig(kind="gpt2"))   # no download here
+    for kind in ("bpe", "sentencepiece", "word"):
+        with pytest.raises(DataError, match="tokenizer_dir"):
+            prepare._check_writable(tmp_path / "data3", blocker, TokenizerConfig(kind=kind))
+
+
+def test_verify_rehashes_a_tokenizer_file_edited_without_a_new_size_or_mtime(tmp_path):
+    """--verify re-hashes tokenizer.path too: a file edited in place with its size and mtime kept gets
+    a new hash, so a new data key and cache (reference: the key before and after)."""
+    trained = _prepare(tmp_path)
+    path = tmp_path / "given.json"
+    shutil.copy(trained.tokenizer.path, path)
+    tok = replace(BPE, path=str(path))
+    first = _prepare(tmp_path, tok=tok)
+    stat, old = path.stat(), path.read_bytes()
+    a, b = b'"truncation":null,"padding":null', b'"padding":null,"truncation":null'
+    assert old.count(a) == 1
+    path.write_bytes(old.replace(a, b))                              # same size, same tokenizer
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(DataError, match="changed since"):          # the fast path keeps the old key, whose
+        _prepare(tmp_path, tok=tok)                                  # cache refuses the changed file
+    lines = []
+    again = _prepare(tmp_path, tok=tok, verify=True, log=lines.append)
+    assert again.dir != first.dir
+    assert any(f"data: {path} changed although its size and modification time did not" in l for l in lines)
+
+
+SCRIPT = """
+import sys
+from dataset_definitions.config import DataConfig, TokenizerConfig
+from dataset_definitions.prepare import prepare_data
+root = sys.argv[1]
+data = DataConfig(source="text", path=root + "/corpus.txt", train_rows=None, val_rows=3, heldout_rows=3)
+p = prepare_data(data, TokenizerConfig(kind="word", vocab_size=100), root + "/data", root + "/tok",
+                 log=lambda *a: None)
+open(root + "/out.txt", "w", encoding="utf-8").write("\\n".join(p.rows("heldout") + p.rows("val")))
+"""
+
+
+def test_non_ascii_rows_under_a_c_locale(tmp_path):
+    """Rows are read and written as UTF-8 whatever the locale: under LC_ALL=C without Python's UTF-8
+    mode (a bare cluster node), non-ASCII rows are prepared and read back unchanged."""
+    texts = [f"Café {i} — naïve señor ünïcode {i} ☃" for i in range(30)]
+    (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8", "PYTHONIOENC"))}
+    env |= {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env,
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")[-2000:]
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n") == texts[:6]
