@@ -112,8 +112,8 @@ class GPT(nn.Module):
             found: (vocab_size,) bool, the words the vectors file holds.
             freeze: keep the whole token embedding fixed in training (the head must be untied).
             pad_id: this row is zero (the padding token).
-        Words missing from the file get N(0, sigma^2), sigma the std of the pretrained values, so
-        they start on the vectors' scale and distinct from each other.
+        Words missing from the file get N(0, sigma^2), sigma the std of the pretrained values (0.02
+        when the file holds none of the words), so they start on the vectors' scale and distinct.
         """
         vectors, found = torch.as_tensor(vectors), torch.as_tensor(found, dtype=torch.bool)
         expected = (self.cfg.vocab_size, self.cfg.d_model)
@@ -125,7 +125,8 @@ class GPT(nn.Module):
         if freeze and self.lm_head.weight is self.tok_emb.weight:
             raise ValueError("model.freeze_embeddings with tied embeddings would freeze the output head too: "
                              "set model.tie_embeddings=false")
-        sigma = vectors[found].std().item() if found.sum() > 1 else 0.02
+        pretrained = vectors[found].float()
+        sigma = pretrained.std().item() if pretrained.numel() > 1 else 0.02
         weight = torch.where(found[:, None], vectors.float(), torch.randn(expected) * sigma)
         if pad_id is not None:
             weight[pad_id] = 0.0
