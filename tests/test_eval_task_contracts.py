@@ -1,0 +1,177 @@
+"""Evaluation tasks and the generation loop: which sentences cloze picks (the last word alphabetic, at
+least min_words words, reproducible by seed), which rows story_continuation keeps, task files (UTF-8
+whatever the locale, every accepted layout, errors naming the line), and run_task's decoding settings
+(the CLI's defaults, a seed per batch, new tokens at most half the context)."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import REPO
+from dataset_definitions.sources import DataError
+from eval import run as eval_run
+from eval import tasks
+
+# ----------------------------------------------------------------------------- cloze
+
+
+def test_cloze_keeps_sentences_whose_last_word_is_alphabetic():
+    """One sentence per row, so the pick is forced: the label is the last word (normalised), the prompt
+    the words before it; "42." is no word to predict, whatever the words before it are."""
+    rows = ["I saw 3 dogs.", "We 7 ate cake.", "The price was 42.", "Tom ran to the Park!"]
+    task = tasks.cloze(rows, limit=10)
+    assert task.prompts == ["I saw 3", "We 7 ate", "Tom ran to the"]
+    assert task.labels == ["dogs", "cake", "park"]
+
+
+def test_cloze_takes_sentences_of_exactly_min_words():
+    rows = ["Cats chase small mice.", "Dogs bark."]
+    assert tasks.cloze(rows, limit=10).labels == ["mice"]                      # default min_words 4
+    assert tasks.cloze(rows, limit=10, min_words=2).labels == ["mice", "bark"]
+    with pytest.raises(DataError, match="no items"):
+        tasks.cloze(rows, limit=10, min_words=5)
+
+
+def _story_rows(n=30, k=6):
+    """n rows of k sentences each, every sentence ending in its own alphabetic word."""
+    def name(i):
+        return "".join("abcdefghij"[int(d)] for d in str(i)) + "o"
+    return [" ".join(f"Then the child saw a {name(r * k + s)}." for s in range(k)) for r in range(n)]
+
+
+def test_cloze_picks_reproducibly_by_seed():
+    """The sentence picked in each row comes from random.Random(seed): the same seed gives the same task,
+    the default is seed 0 (eval.run's --seed default), and another seed picks other sentences."""
+    rows = _story_rows()
+    a = tasks.cloze(rows, limit=100, seed=3)
+    assert tasks.cloze(rows, limit=100, seed=3).labels == a.labels
+    assert tasks.cloze(rows, limit=100).labels == tasks.cloze(rows, limit=100, seed=0).labels
+    assert tasks.cloze(rows, limit=100, seed=0).labels != a.labels
+    # the reference: the same draw written out
+    rng = random.Random(3)
+    expected = []
+    for row in rows:
+        sentences = [s.split() for s in row.replace(". ", ".\n").splitlines()]
+        expected.append(tasks.word(rng.choice(sentences)[-1]))
+    assert a.labels == expected
+
+
+# ----------------------------------------------------------------------------- story continuation
+
+def test_story_continuation_keeps_rows_of_exactly_prompt_plus_four_words():
+    """A row of prompt_words + 4 words is long enough (a 4-word continuation), one word fewer is not."""
+    ok = " ".join(f"w{i}" for i in range(20))
+    short = " ".join(f"s{i}" for i in range(19))
+    task = tasks.story_continuation([short, ok], limit=10, prompt_words=16)
+    assert task.prompts == [" ".join(f"w{i}" for i in range(16))]
+    assert task.labels == ["w16 w17 w18 w19"]
+
+
+def test_story_continuation_defaults_and_generation_budget():
+    """Defaults: 16 prompt words (eval.run's --prompt-words default) and 24 reference words; the task
+    generates an integer number of tokens, at least one per reference word."""
+    row = " ".join(f"w{i}" for i in range(60))
+    task = tasks.story_continuation([row], limit=1)
+    assert task.prompts == [" ".join(f"w{i}" for i in range(16))]
+    assert task.labels == [" ".join(f"w{i}" for i in range(16, 40))]
+    for reference_words in (5, 24, 30):
+        t = tasks.story_continuation([row], limit=1, reference_words=reference_words)
+        assert isinstance(t.max_gen_len, int) and t.max_gen_len >= reference_words
+
+
+# ----------------------------------------------------------------------------- task files
+
+def _jsonl(tmp_path, lines) -> str:
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_task_file_layouts(tmp_path):
+    """"answer", "label" or "reference" holds the label; a list of references stays a list; the prompt
+    is kept as written (non-ASCII included) and is the SARI source unless "source" is given."""
+    path = _jsonl(tmp_path, [json.dumps({"prompt": "Où est le café ?", "answer": "ici"}),
+                             json.dumps({"prompt": "2+2", "label": 4}),
+                             json.dumps({"prompt": "p3", "reference": ["a b", "c d"], "source": "src"}),
+                             ""])
+    task = tasks.from_jsonl(path, limit=10)
+    assert task.prompts == ["Où est le café ?", "2+2", "p3"]
+    assert task.labels == ["ici", "4", ["a b", "c d"]]
+    assert task.sources == ["Où est le café ?", "2+2", "src"] and task.name == "qa"
+
+
+@pytest.mark.parametrize("bad, needs", [('{"answer": "x"}', "needs"), ('{"prompt": "x"}', "needs"),
+                                        ("5", "needs"), ('"just text"', "needs"), ("{broken", "is not JSON")])
+def test_task_file_errors_name_the_line(tmp_path, bad, needs):
+    """Line numbers count from 1 as an editor shows them (the blank line 2 included)."""
+    path = _jsonl(tmp_path, [json.dumps({"prompt": "p", "answer": "a"}), "", bad])
+    with pytest.raises(DataError, match=f"line 3 {needs}"):
+        tasks.from_jsonl(path, limit=10)
+
+
+def test_task_files_are_read_as_utf8_whatever_the_locale(tmp_path):
+    """Under a C (ASCII) locale without Python's UTF-8 mode, a UTF-8 task file still reads the same."""
+    path = _jsonl(tmp_path, [json.dumps({"prompt": "naïve café", "answer": "über"}, ensure_ascii=False)])
+    code = ("import json, sys; from eval.tasks import from_jsonl; t = from_jsonl(sys.argv[1], 5); "
+            "sys.stdout.buffer.write(json.dumps([t.prompts, t.labels]).encode())")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = subprocess.run([sys.executable, "-c", code, path], cwd=REPO, env=env, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert json.loads(out.stdout) == [["naïve café"], ["über"]]
+
+
+# ----------------------------------------------------------------------------- run_task
+
+class _Generator:
+    """A stand-in Generator: records each generate call, returns `gen_len` tokens per prompt."""
+
+    def __init__(self, context):
+        self.model = SimpleNamespace(max_seq_len=context)
+        self.tokenizer = SimpleNamespace(decode=lambda ids: " ".join(f"w{i}" for i in ids))
+        self.calls = []
+
+    def prompt_tokens(self, prompt):
+        return [1, *range(2, 2 + len(prompt.split()))]
+
+    def generate(self, batch, max_gen_len, temperature, top_p, seed=None):
+        self.calls.append({"batch": [list(p) for p in batch], "max_gen_len": max_gen_len,
+                           "temperature": temperature, "top_p": top_p, "seed": seed})
+        return [list(range(100, 100 + max_gen_len)) for _ in batch], None
+
+
+def _task(n=3, max_gen_len=48):
+    return tasks.Task("t", [f"p{i} a b" for i in range(n)], [f"w{i}" for i in range(n)], ("accuracy",),
+                      max_gen_len=max_gen_len)
+
+
+def test_run_task_defaults_are_the_cli_defaults(monkeypatch):
+    """run_task's defaults decode as `python -m eval.run` does by default: its --temperature, --top-p,
+    --seed (batch i seeded with seed + i) and --batch-size."""
+    seen = []
+    monkeypatch.setattr(eval_run, "evaluate", seen.append)
+    eval_run.main(["--ckpt", "x.pt"])
+    cli = seen[0]
+    gen = _Generator(context=256)
+    out = eval_run.run_task(gen, _task(n=3))
+    assert [len(c["batch"]) for c in gen.calls] == [cli.batch_size] * 3
+    assert [c["seed"] for c in gen.calls] == [cli.seed + i for i in range(3)]
+    assert {(c["temperature"], c["top_p"]) for c in gen.calls} == {(cli.temperature, cli.top_p)}
+    assert (out["runtime"]["batch_size"], out["runtime"]["temperature"]) == (cli.batch_size, cli.temperature)
+
+
+@pytest.mark.parametrize("context, max_gen_len, max_new_tokens, expected",
+                         [(64, 48, None, 32), (63, 48, None, 31), (256, 48, None, 48), (64, 48, 1, 1),
+                          (64, 48, 10, 10), (3, 48, None, 1)])
+def test_new_tokens_are_at_most_half_the_context_and_at_least_one(context, max_gen_len, max_new_tokens, expected):
+    """gen_len = max(1, min(--max-new-tokens or the task's max_gen_len, context // 2)) (the module
+    docstring); prompts are cut from the left to the rest of the context, BOS kept."""
+    gen = _Generator(context)
+    out = eval_run.run_task(gen, _task(n=2, max_gen_len=max_gen_len), max_new_tokens=max_new_tokens)
+    assert {c["max_gen_len"] for c in gen.calls} == {expected}
+    assert out["runtime"]["max_gen_len"] == expected
+    assert all(len(p) <= context - expected and p[0] == 1 for c in gen.calls for p in c["batch"])
