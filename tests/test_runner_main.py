@@ -102,3 +102,23 @@ def test_the_summary_reports_mfu_perplexity_and_bits_from_the_last_validation(pe
     assert (summary["val_loss"], summary["val_bpb"], summary["best_val_loss"], summary["run"]) == (2.5, 1.25, 2.4, "r")
     line, = logged
     assert ("MFU 30.0%" in line) == (peak is not None) and "val ppl 12.18" in line
+
+
+def test_logged_elapsed_time_is_the_seconds_since_the_run_started(tiny_root):
+    """Every logged step's `elapsed` is wall time since the run began: non-decreasing, within what the
+    test measured around train(), and at least the sum of the step times before it."""
+    import time
+
+    from conftest import tiny_run_config
+    from train_logs import load_times
+
+    cfg = tiny_run_config(tiny_root, ["run_name=elapsed", "train.max_steps=4", "train.eval_every=2"])
+    start = time.time()
+    generic_runner.train(cfg)
+    wall = time.time() - start
+    times = load_times("elapsed", cfg.log_dir)
+    elapsed, step_time = times["elapsed"], times["step_time"]
+    assert times["step"] == [1, 2, 3, 4]                                      # steps done
+    assert all(b >= a for a, b in zip(elapsed, elapsed[1:]))
+    assert 0 < elapsed[0] and elapsed[-1] <= wall
+    assert all(e >= sum(step_time[:i + 1]) - 1e-6 for i, e in enumerate(elapsed))
