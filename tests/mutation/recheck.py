@@ -8,7 +8,8 @@ MUTANT_UNDER_TEST set to it (no test-to-function map: each file runs whole). Fas
 where only a few survivors are left, and it checks the very mutants that survived, on the source they were
 made from. A test of behaviour the source gained since (a fix) fails unmutated there: leave it out with -k,
 or re-run the module with run.sh instead. With --record the verdicts become the module's "after" phase:
-the "before" counts, each re-checked survivor moved to killed or kept as a survivor.
+the "before" counts, each re-checked survivor moved to killed or kept as a survivor. Survivors listed in
+equivalent.toml are not re-run (they stay survivors, counted as equivalent).
 """
 
 import argparse
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,8 +30,8 @@ def pytest_args(tests: list[str], k: str | None) -> list[str]:
     return args + (["-k", k] if k else [])
 
 
-def recheck(module: str, tests: list[str], k: str | None = None) -> dict[str, bool]:
-    """Survivor name -> whether the tests kill it (fail with it in place)."""
+def recheck(module: str, tests: list[str], k: str | None = None, jobs: int = 2) -> dict[str, bool]:
+    """Survivor name (other than the listed equivalents) -> whether the tests kill it (fail with it in place)."""
     copy = scores.REPO / ".mutation" / module / "mutants"
     if not copy.is_dir():
         sys.exit(f"error: no work copy {copy.parent.name} under .mutation/: run tests/mutation/run.sh {module} first")
@@ -42,12 +44,15 @@ def recheck(module: str, tests: list[str], k: str | None = None) -> dict[str, bo
         print(clean.stdout[-3000:], file=sys.stderr)
         sys.exit(f"error: {' '.join(tests)} fail on {module}'s unmutated copy: leave those tests out with -k, "
                  f"or re-run the module (run.sh) if its source changed since")
-    killed = {}
-    for name in scores.survivors(module, "before"):
+    def check(name: str) -> bool:
         run = subprocess.run(args, cwd=copy, env=env | {"MUTANT_UNDER_TEST": name}, capture_output=True, text=True)
-        killed[name] = run.returncode != 0
-        print(f"{'killed  ' if killed[name] else 'survived'} {name}", flush=True)
-    return killed
+        print(f"{'killed  ' if run.returncode else 'survived'} {name}", flush=True)
+        return run.returncode != 0
+
+    # listed equivalents survive by their reason: not re-run
+    names = [name for name in scores.survivors(module, "before") if name not in scores.equivalents()]
+    with ThreadPoolExecutor(jobs) as pool:
+        return dict(zip(names, pool.map(check, names)))
 
 
 def after_row(before: dict, killed: dict[str, bool], equivalent: dict[str, str]) -> dict:
@@ -65,12 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tests", nargs="+", required=True, metavar="STEM", help="test files, e.g. test_losses")
     parser.add_argument("-k", default=None, help="pytest -k expression to select tests")
     parser.add_argument("--record", action="store_true", help="store the verdicts as the module's after phase")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants checked at once (default 2)")
     args = parser.parse_args(argv)
     before = scores.load().get(args.module, {}).get("before")
     if not before:
         sys.exit(f"error: no 'before' scores for {args.module}: run tests/mutation/run.sh {args.module} first")
     start = time.monotonic()
-    killed = recheck(args.module, args.tests, args.k)
+    killed = recheck(args.module, args.tests, args.k, args.jobs)
     row = after_row(before, killed, scores.equivalents())
     print(f"recheck: {args.module}: {sum(killed.values())} of {len(killed)} survivors killed by {' '.join(args.tests)}")
     if args.record:
