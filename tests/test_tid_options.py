@@ -231,3 +231,13 @@ def test_entropy_scores_default_to_the_next_token_prediction():
                               for t in range(8)] for b in range(2)], dtype=torch.float64)
     assert (expected[:, 1:] - expected[:, :-1]).abs().max() > 0.05                # a shift by one would show
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_logged_extras_subtract_the_scoring_time_from_the_step_time():
+    """The logs' TID overhead column: a 1.5 s step that spent 0.25 s scoring took 1.25 s without it; the
+    method and the resolved drop direction are named."""
+    from tid import TokenImportanceDropout
+
+    tid = TokenImportanceDropout(TIDConfig(method="entropy", drop="high"), max_steps=10, special_ids=(), n_layers=1)
+    extras = tid.logged_extras(1.5, {"tid_score_time": 0.25})
+    assert extras == {"tid_step_time_without_scoring": 1.25, "tid_method": "entropy", "tid_drop": "high"}
