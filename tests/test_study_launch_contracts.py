@@ -1,0 +1,119 @@
+"""Launching a study's runs: a run recorded as trained is scored, not trained again; a Slurm job does
+what the local launcher does for its run (in its work folder, with the job's own environment); the
+shared data is prepared once, reporting through the caller's log; prepare_data.py's command line."""
+
+import os
+import sys
+
+import pytest
+import yaml
+
+import prepare_data
+import study
+import study_runner
+import study_slurm
+from conftest import REPO, run_cli_out
+
+TINY = ["data.source=builtin", "data.train_rows=300", "data.val_rows=20", "data.heldout_rows=12",
+        "tokenizer.kind=bpe", "tokenizer.vocab_size=300", "model.context=32", "model.d_model=32", "model.n_layers=1",
+        "model.n_heads=2", "model.d_ff=64", "train.max_steps=4", "train.batch_size=2", "train.precision=fp32"]
+
+
+@pytest.fixture
+def resolved(tmp_path, monkeypatch):
+    """A two-arm study resolved with every output under tmp_path (nothing is trained)."""
+    monkeypatch.chdir(REPO)
+    path = tmp_path / "mini.yaml"
+    arms = {"baseline": {"runner": "run_tid.py", "set": {"tid.method": "none"}},
+            "random": {"runner": "run_tid.py", "set": {"tid.method": "random"}}}
+    path.write_text(yaml.safe_dump({"seeds": [1], "arms": arms}))
+    s = study.load_study(path)
+    s.out_dir = tmp_path / "study"
+    outputs = [f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tok'}",
+               f"checkpoint_dir={tmp_path / 'ck'}", f"log_dir={tmp_path / 'logs'}"]
+    runs = study.resolve_runs(s, ["configs/quickstart.yaml"], [*TINY, *outputs])
+    (s.dir / "runs").mkdir(parents=True)
+    return s, runs
+
+
+class _Commands:
+    """Stands in for subprocess.Popen in study_runner: records each command and its environment, exits
+    with the status `fail` gives the command (0 by default)."""
+
+    def __init__(self, fail=lambda cmd: 0):
+        self.calls, self.fail = [], fail
+
+    def __call__(self, cmd, stdout=None, stderr=None, env=None):
+        self.calls.append((cmd, env, os.getcwd()))
+        rc = self.fail(cmd)
+        return type("Child", (), {"wait": lambda _self: rc})()
+
+    def kinds(self):
+        return ["score" if "perplexity-runners/run_perplexity.py" in cmd else "train" for cmd, _, _ in self.calls]
+
+
+def test_a_trained_run_whose_scoring_failed_is_scored_again_not_retrained(resolved, monkeypatch):
+    """Training succeeded, scoring failed (no checkpoint files here: training is stood in for): the
+    next attempt only scores, at last.pt and best.pt, and the run ends as scored."""
+    s, runs = resolved
+    run = runs[0]
+    first = _Commands(fail=lambda cmd: 1 if "run_perplexity.py" in " ".join(cmd) else 0)
+    monkeypatch.setattr(study_runner.subprocess, "Popen", first)
+    with pytest.raises(study_runner.StudyRunError, match="scoring"):
+        study_runner.train_and_score(s, run, {}, set())
+    assert first.kinds() == ["train", "score"]
+    assert study_runner.run_state(run) == "trained"
+    again = _Commands()
+    monkeypatch.setattr(study_runner.subprocess, "Popen", again)
+    study_runner.train_and_score(s, run, {}, set())
+    assert again.kinds() == ["score", "score"]
+    assert [cmd[cmd.index("--ckpt") + 1].rsplit("/", 1)[1] for cmd, _, _ in again.calls] == ["last.pt", "best.pt"]
+    assert study_runner.run_state(run) == "scored"
+
+
+def test_a_slurm_job_trains_and_scores_its_run_in_the_work_folder(resolved, monkeypatch, tmp_path):
+    """run_job (what a submitted job runs) = the local launcher's train_and_score of that run, from the
+    work folder, with the job's environment as it is (nothing added), leaving no child behind."""
+    s, runs = resolved
+    work = tmp_path / "work"
+    work.mkdir()
+    commands = _Commands()
+    monkeypatch.setattr(study_runner.subprocess, "Popen", commands)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert study_slurm.run_job(s, runs[1], str(work)) == runs[1].name
+    assert commands.kinds() == ["train", "score", "score"]
+    assert all(env == dict(os.environ) and cwd == str(work) for _, env, cwd in commands.calls)
+    assert commands.calls[0][0][:2] == [sys.executable, "run_tid.py"]
+    assert study_runner.run_state(runs[1]) == "scored"
+
+
+def test_the_shared_data_is_prepared_once_reporting_to_the_callers_log(resolved):
+    s, runs = resolved
+    said = []
+    data = study_runner.prepare_once(runs, log=said.append)
+    assert any(str(data.dir) in str(line) for line in said)
+    assert data.dir.is_dir() and str(data.dir).startswith(runs[0].cfg.data_dir)
+
+
+# ----------------------------------------------------------------------------- prepare_data.py
+
+def test_prepare_data_cli_builds_from_config_files_alone(tmp_path, monkeypatch, capsys):
+    """No --set given: the config files alone say what to prepare (runner default + --config)."""
+    monkeypatch.chdir(REPO)
+    overlay = tmp_path / "tiny.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"), "tokenizer_dir": str(tmp_path / "tok"),
+        "data": {"source": "builtin", "train_rows": 100, "val_rows": 10, "heldout_rows": 10},
+        "tokenizer": {"kind": "bpe", "vocab_size": 300}, "model": {"context": 32}}))
+    code, err, out = run_cli_out(prepare_data.main, ["--config", str(overlay)], capsys)
+    assert code == 0, err
+    assert list((tmp_path / "data" / "processed").glob("*/meta.json"))
+
+
+def test_prepare_data_help_documents_its_options(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, _, out = run_cli_out(prepare_data.main, ["--help"], capsys)
+    assert code == 0
+    for phrase in ("Prepare (tokenize, pack, cache) the data of a config.", "the runner's default config, merged first",
+                   "--set KEY=VALUE", "override a key", "YAML config; repeat to overlay"):
+        assert phrase in out, phrase
