@@ -139,3 +139,24 @@ def test_quantized_model_equals_the_model_with_hand_dequantized_linear_weights()
     tokens = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens).logits.double(), reference(tokens).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_a_starts_as_nn_linear_initialises_its_weight():
+    """A starts uniform in +-1/sqrt(in_features), nn.Linear's own init (kaiming_uniform with a = sqrt(5)); B at 0."""
+    torch.manual_seed(0)
+    lora = LoRALinear(nn.Linear(400, 9), rank=16, alpha=8.0, dropout=0.0)
+    bound = 1 / 400 ** 0.5
+    a = lora.lora_a.detach()
+    assert a.abs().max().item() <= bound and a.abs().max().item() > 0.99 * bound    # 6,400 draws reach the edge
+    assert a.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)               # uniform's std
+    assert (lora.lora_b == 0).all()
+
+
+def test_lora_targets_that_match_no_linear_layer_are_refused():
+    """A typo in lora.targets must not train a model with nothing trainable (or everything frozen silently)."""
+    model = build(ModelConfig.from_preset("baseline", **TINY))
+    with pytest.raises(ValueError, match="matches no linear layer"):
+        apply_lora(model, LoRAConfig(rank=4, targets="wqvk"))
+    n = apply_lora(model, LoRAConfig(rank=4, targets="wqkv"))
+    assert n == sum(p.numel() for name, p in model.named_parameters() if name.endswith(("lora_a", "lora_b")))
+    assert n == 2 * 4 * (32 + 3 * 32)                                                # 2 layers x (A + B) of wqkv
