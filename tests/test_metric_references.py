@@ -90,3 +90,13 @@ def test_sari_uses_every_reference():
     assert both > first + 10
     assert sari([source], [prediction], [refs[::-1]]) == pytest.approx(both, abs=1e-9)
     assert sari([source], [prediction], [refs[1:]]) > both                 # the matching reference alone
+
+
+def test_sari_lowercases_its_tokens_and_nothing_more():
+    """SARI compares lowercased 13a tokens (EASSE's convention): case does not matter, but lowercasing is not
+    case folding: "straße" and "strasse" stay different words (upper-casing would merge them)."""
+    source, reference = "Die lange Straße war leer .", "Die Straße war leer ."
+    same = sari([source], ["die STRASSE war leer ."], [[reference]])
+    exact = sari([source], ["DIE straße WAR leer ."], [[reference]])
+    assert exact == pytest.approx(sari([source], [reference], [[reference]]), abs=1e-12)   # case ignored
+    assert same < exact                                                                    # ss is not ß
