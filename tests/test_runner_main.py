@@ -95,6 +95,9 @@ def test_the_summary_reports_mfu_perplexity_and_bits_from_the_last_validation(pe
     CPU); val ppl = exp(val loss); bits per token = val loss / ln 2; the one line carries them."""
     import math
 
+    import models
+    from experiment_config import RunConfig
+
     summary, logged = _finished(peak)
     assert summary["mfu"] == (pytest.approx(5.0e4 * 6.0e6 / 1.0e12) if peak else None)
     assert summary["val_ppl"] == pytest.approx(math.exp(2.5))
@@ -102,6 +105,7 @@ def test_the_summary_reports_mfu_perplexity_and_bits_from_the_last_validation(pe
     assert (summary["val_loss"], summary["val_bpb"], summary["best_val_loss"], summary["run"]) == (2.5, 1.25, 2.4, "r")
     line, = logged
     assert ("MFU 30.0%" in line) == (peak is not None) and "val ppl 12.18" in line
+    assert summary["model"] == models.describe(RunConfig().model) and f"done r [{summary['model']}]" in line
 
 
 def test_logged_elapsed_time_is_the_seconds_since_the_run_started(tiny_root):

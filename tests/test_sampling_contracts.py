@@ -219,3 +219,14 @@ def test_logprobs_are_log_softmax_of_the_model_logits_at_the_returned_tokens(sam
     plain, plain_lps = gen.generate(prompts, max_gen_len=5, logprobs=True, use_cache=use_cache, **sampling)
     assert plain == [row[len(p):] for p, row in zip(prompts, tokens)]
     assert plain_lps == [lp[len(p):] for p, lp in zip(prompts, lps)]
+
+
+def test_filter_top_k_refuses_k_outside_one_to_the_vocabulary_with_a_value_error():
+    """k = 0 or k > V is a ValueError naming top_k and the vocabulary size, not torch's topk error."""
+    from generators.sampling import filter_top_k
+
+    logits = torch.randn(2, 5)
+    for k in (0, -1, 6):
+        with pytest.raises(ValueError, match=r"top_k must be between 1 and the vocabulary size \(5\), got " + str(k)):
+            filter_top_k(logits, k)
+    assert torch.isfinite(filter_top_k(logits, 5)).all()                      # k = V keeps every token
