@@ -135,7 +135,7 @@ def test_heldout_panel_draws_arm_mean_with_its_interval_and_the_seed_dots(drawn)
     dots = [(l.get_xdata()[0], l.get_ydata()[0], l.get_color()) for l in left.lines if l.get_marker() == "."]
     expected = [(ARMS.index(r["arm"]) + 0.15, r["heldout_corpus_ppl"], f"C{ARMS.index(r['arm'])}")
                 for r in sorted(RUNS, key=lambda r: ARMS.index(r["arm"]))]
-    assert [(x, y) for x, y, _ in dots] == pytest.approx([(x, y) for x, y, _ in expected])
+    assert [v for x, y, _ in dots for v in (x, y)] == pytest.approx([v for x, y, _ in expected for v in (x, y)])
     assert all(same_color(c, e) for (_, _, c), (_, _, e) in zip(dots, expected))
     assert [t.get_text() for t in left.get_xticklabels()] == ARMS
     assert left.get_xticks().tolist() == list(range(len(ARMS)))
