@@ -1,0 +1,87 @@
+"""models.checkpoint's loading and saving contracts: a crafted checkpoint runs no code and is named as such,
+a file that is no checkpoint is named as unreadable, map_location is used, weights load strictly with the
+mismatches counted, non-finite weights are never written, and saving makes the folders it needs."""
+
+import os
+
+import pytest
+import torch
+
+from experiment_config import RunConfig, to_dict
+from models import ModelConfig, build
+from models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+
+TINY = dict(vocab_size=31, context=8, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+
+
+def _state(model=None) -> dict:
+    model = model or build(ModelConfig.from_preset("baseline", **TINY))
+    cfg = to_dict(RunConfig())
+    cfg["model"] = to_dict(model.cfg)
+    return {"format": 1, "model": model.state_dict(), "config": cfg, "step": 3,
+            "tokenizer": {"kind": "bpe", "vocab_size": TINY["vocab_size"]}}
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker, path = tmp_path / "code_ran", tmp_path / "crafted.pt"
+    torch.save({**_state(), "extra": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"holds more than tensors and plain data \(it names posix\.system\); "
+                                              r"refusing to load it"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_unreadable(tmp_path):
+    for name, content in (("noise.pt", os.urandom(64)), ("text.pt", b"not a checkpoint\n")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{name} is not a readable checkpoint"):
+            load_checkpoint(tmp_path / name)
+
+
+def test_load_checkpoint_passes_map_location_to_torch(tmp_path):
+    """Every stored tensor goes through the given map_location (here a callable that records them)."""
+    save_checkpoint(tmp_path / "c.pt", _state())
+    seen = []
+
+    def where(storage, location):
+        seen.append(location)
+        return storage
+
+    ckpt = load_checkpoint(tmp_path / "c.pt", map_location=where)
+    assert len(seen) >= len(ckpt["model"]) - 1 and set(seen) == {"cpu"}                # tied head: one storage
+
+
+def test_weights_of_another_architecture_are_refused_with_the_mismatches_counted(tmp_path):
+    """strict loading: one missing and one unexpected key are 2 problems, the first one named."""
+    model = build(ModelConfig.from_preset("baseline", **TINY))
+    state = _state(model)
+    weights = dict(state["model"])
+    weights["extra.weight"] = weights.pop("norm_f.weight")
+    with pytest.raises(CheckpointError, match=r"do not fit a baseline model \(2 problems; first: Missing key\(s\) "
+                                              r"in state_dict: \"norm_f\.weight\""):
+        load_weights(model, {**state, "model": weights})
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    state = _state()
+    state["model"] = {k: v.clone() for k, v in state["model"].items()}
+    state["model"]["norm_f.weight"][0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"1 weight tensors are not finite \(first: norm_f\.weight\)"):
+        save_checkpoint(tmp_path / "c.pt", state)
+    assert not list(tmp_path.iterdir())
+
+
+def test_saving_makes_the_folders_and_the_file_loads_back_equal(tmp_path):
+    path = tmp_path / "a" / "b" / "last.pt"
+    state = _state()
+    save_checkpoint(path, state)
+    back = load_checkpoint(path)
+    assert back["step"] == 3 and all(torch.equal(back["model"][k], v) for k, v in state["model"].items())
