@@ -44,13 +44,15 @@ def recheck(module: str, tests: list[str], k: str | None = None, jobs: int = 2) 
         print(clean.stdout[-3000:], file=sys.stderr)
         sys.exit(f"error: {' '.join(tests)} fail on {module}'s unmutated copy: leave those tests out with -k, "
                  f"or re-run the module (run.sh) if its source changed since")
+
     def check(name: str) -> bool:
         run = subprocess.run(args, cwd=copy, env=env | {"MUTANT_UNDER_TEST": name}, capture_output=True, text=True)
         print(f"{'killed  ' if run.returncode else 'survived'} {name}", flush=True)
         return run.returncode != 0
 
     # listed equivalents survive by their reason: not re-run
-    names = [name for name in scores.survivors(module, "before") if name not in scores.equivalents()]
+    equivalent = scores.equivalents()
+    names = [name for name in scores.survivors(module, "before") if name not in equivalent]
     with ThreadPoolExecutor(jobs) as pool:
         return dict(zip(names, pool.map(check, names)))
 
