@@ -2,6 +2,7 @@
 that exist, and the scores table counts verdicts as mutmut reports them. (The mutation runs are not CI.)"""
 
 import ast
+import json
 import sys
 import tomllib
 
@@ -93,16 +94,19 @@ def test_only_argparse_documentation_text_counts_as_cosmetic():
     assert doc_only(diff(add, add)) is None
 
 
-def test_recheck_moves_killed_survivors_and_keeps_the_rest():
-    """recheck.after_row: the before counts with each re-checked survivor that a test killed counted as
-    killed; the others stay survivors, equivalents counted apart; the mutants and other columns unchanged."""
-    from recheck import after_row
+def test_recheck_marks_killed_survivors_in_the_copy_and_keeps_the_rest(tmp_path):
+    """recheck.mark_killed writes a killed survivor's verdict into mutmut's meta file; the other survivors
+    and the mutants not run keep theirs, and the after phase counts from that file."""
+    from mutate import meta_path
+    from recheck import mark_killed, survivors
 
-    before = {**scores.counts({"m.f__mutmut_1": "survived", "m.f__mutmut_2": "survived", "m.f__mutmut_3": "survived",
-                               "m.f__mutmut_4": "killed", "m.f__mutmut_5": "not checked"}, {}),
-              "seconds": 5, "date": "d", "commit": "c"}
-    row = after_row(before, {"m.f__mutmut_1": True, "m.f__mutmut_2": False, "m.f__mutmut_3": False},
-                    {"m.f__mutmut_3": "same"})
-    assert (row["mutants"], row["killed"], row["survived"], row["equivalent"], row["survivors left"],
-            row["not run"]) == (5, 2, 2, 1, 1, 1)
-    assert row["survivors"] == ["m.f__mutmut_2", "m.f__mutmut_3"]
+    meta = meta_path(tmp_path, "m")
+    meta.parent.mkdir(parents=True)
+    codes = {"m.f__mutmut_1": 0, "m.f__mutmut_2": 0, "m.f__mutmut_3": 0, "m.f__mutmut_4": 1, "m.f__mutmut_5": None}
+    meta.write_text(json.dumps({"exit_code_by_key": codes, "hash_by_function_name": {"f": "h"}}))
+    assert survivors(tmp_path, "m") == ["m.f__mutmut_1", "m.f__mutmut_2", "m.f__mutmut_3"]
+    mark_killed(tmp_path, "m", {"m.f__mutmut_1": True, "m.f__mutmut_2": False})
+    assert survivors(tmp_path, "m") == ["m.f__mutmut_2", "m.f__mutmut_3"]
+    saved = json.loads(meta.read_text())
+    assert saved["hash_by_function_name"] == {"f": "h"}
+    assert saved["exit_code_by_key"] == codes | {"m.f__mutmut_1": 1}

@@ -1,14 +1,15 @@
 """Mutation-test modules one at a time, each time-boxed, and record the scores (called by run.sh).
 
-    python tests/mutation/mutate.py [--max-seconds S] [--survivors] [--phase before|after] MODULE|PACKAGE ...
+    python tests/mutation/mutate.py [--max-seconds S] [--phase before|after] MODULE|PACKAGE ...
     python tests/mutation/mutate.py --list
 
 Each module gets its own work copy, .mutation/<module>/ (git-ignored), whose [tool.mutmut] mutates that
 module only and runs the test files modules.toml maps it to; mutmut keeps every verdict in that copy's
 mutants/, so a run stopped by --max-seconds (SIGINT, as Ctrl-C) resumes where it stopped; the first run
-of a module also maps its tests to functions (mutmut's stats, kept for the next runs; not in the box). --survivors
-re-runs the mutants that survived the "before" run (after tests were added). Scores go to scores.json
-and progress.md (scores.py).
+of a module also maps its tests to functions (mutmut's stats, kept for the next runs; not in the box).
+A copy that holds verdicts keeps the test files it was first run with (mutmut drops every verdict when the
+list changes): recheck.py runs its survivors against the files mapped since. Scores go to scores.json and
+progress.md (scores.py).
 """
 
 import argparse
@@ -69,12 +70,18 @@ def write_config(dest: Path, module: str, mapping: dict, tests: list[str]) -> No
     pyproject.write_text(f"{head}[tool.mutmut]\n{body}\n{tail}", encoding="utf-8")
 
 
-def prepare(module: str, mapping: dict, tests: list[str], remap: bool) -> Path:
+def prepare(module: str, mapping: dict, tests: list[str]) -> Path:
     """Refresh the module's work copy from the working tree and run `tests` there; return its path.
-    With `remap`, mutmut maps tests to functions anew (the tests changed: the copy has no git to tell)."""
+    A copy with verdicts keeps the test files it was run with, whatever `tests` says (see the docstring)."""
     import unwrap  # libcst, from the mutation extra: the setup's own test runs without it
 
     dest = WORK / module
+    selection = dest / "tests-mapped"
+    if selection.exists() and any(code is not NOT_RUN for code in exit_codes(meta_path(dest, module)).values()):
+        if selection.read_text().split() != tests:
+            print(f"mutation: {module}: its copy keeps the tests it has verdicts from: {selection.read_text()}; "
+                  f"python tests/mutation/recheck.py checks the survivors against the others", flush=True)
+        tests = selection.read_text().split()
     unwrap.main(str(dest))
     shared = REPO.parent / "shared"
     if shared.is_dir() and not (dest / "shared").exists():
@@ -82,11 +89,10 @@ def prepare(module: str, mapping: dict, tests: list[str], remap: bool) -> Path:
     write_config(dest, module, mapping, tests)
     (dest / "tree-commit").write_text(scores.commit())  # the scores name the tree the run used
     # mutmut keeps its map of tests to functions between runs; a map made for other test files would
-    # make it reset every verdict, so it maps anew then (and whenever the tests changed: `remap`)
-    selection, used = dest / "tests-mapped", " ".join(tests)
-    if remap or not selection.exists() or selection.read_text() != used:
+    # make it reset every verdict, so it maps anew then
+    if not selection.exists() or selection.read_text() != " ".join(tests):
         (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
-    selection.write_text(used)
+    selection.write_text(" ".join(tests))
     return dest
 
 
@@ -143,36 +149,23 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-SURVIVED, SKIPPED, NOT_RUN = 0, 34, None  # mutmut's exit codes in its .meta files
-RUN_AGAIN = (None, 2, 33)  # not run, interrupted, no test reached it
+SURVIVED, NOT_RUN = 0, None  # mutmut's exit codes in its .meta files
 
 
-def _meta(dest: Path, module: str) -> Path:
+def meta_path(dest: Path, module: str) -> Path:
+    """mutmut's verdicts for `module` in the work copy `dest`."""
     return dest / "mutants" / f"{module_path(module)}.meta"
 
 
-def _codes(meta: Path) -> dict:
-    return json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+def exit_codes(meta: Path) -> dict:
+    """Mutant name -> mutmut's exit code (None: not run); empty when the copy has no mutants yet."""
+    return json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"] if meta.exists() else {}
 
 
-def _set_codes(meta: Path, codes: dict) -> None:
+def set_exit_codes(meta: Path, codes: dict) -> None:
     data = json.loads(meta.read_text(encoding="utf-8"))
     data["exit_code_by_key"].update(codes)
     meta.write_text(json.dumps(data), encoding="utf-8")
-
-
-def rerun_survivors(dest: Path, module: str, survivors: list[str], run) -> float:
-    """Run only `survivors` again (`run()` runs mutmut without names, so it takes the mutants with no
-    verdict): the others wait as skipped meanwhile, and a survivor no test reaches still survives."""
-    meta = _meta(dest, module)
-    waiting = [name for name, code in _codes(meta).items() if code is NOT_RUN and name not in survivors]
-    _set_codes(meta, {**{name: SKIPPED for name in waiting}, **{name: NOT_RUN for name in survivors}})
-    try:
-        return run()
-    finally:
-        codes = _codes(meta)
-        _set_codes(meta, {**{name: NOT_RUN for name in waiting},
-                          **{name: SURVIVED for name in survivors if codes.get(name) in RUN_AGAIN}})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,12 +175,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="time box for each module's mutants (default 900)")
     parser.add_argument("--max-setup-seconds", type=float, default=1800,
                         help="time box for each module's setup: mutmut maps tests to functions (default 1800)")
-    parser.add_argument("--survivors", action="store_true", help="re-run only the mutants that survived 'before'")
-    parser.add_argument("--new-tests", nargs="+", metavar="STEM", default=None,
-                        help="with --survivors: run only these of the module's test files (those added since "
-                             "'before'; the survivors already passed the others)")
-    parser.add_argument("--phase", choices=("before", "after"), default=None,
-                        help="where the scores go (default: after with --survivors, else before)")
+    parser.add_argument("--phase", choices=("before", "after"), default="before",
+                        help="where the scores go: before (the tests as they were) or after (tests added since)")
     parser.add_argument("--list", action="store_true", help="print each module with its test files")
     args = parser.parse_args(argv)
     mapping = load_map()
@@ -198,24 +187,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.modules:
         parser.error("name at least one module (--list shows them)")
-    phase = args.phase or ("after" if args.survivors else "before")
     children = int(os.environ.get("MAX_CHILDREN", "1"))
     for module in expand(args.modules, known):
-        names = scores.survivors(module, "before") if args.survivors else []
-        if args.survivors and not names:
-            print(f"mutation: {module}: no survivors recorded for 'before', skipped")
-            continue
-        tests = mapping["tests"][module]
-        if args.survivors and args.new_tests:
-            tests = [t for t in tests if t in args.new_tests]
-            if not tests:
-                print(f"mutation: {module}: none of {args.new_tests} is mapped to it, skipped")
-                continue
-        dest = prepare(module, mapping, tests, remap=args.survivors)
-        run = lambda: run_mutmut(dest, args.max_seconds, args.max_setup_seconds, children)  # noqa: E731
-        seconds = rerun_survivors(dest, module, names, run) if args.survivors else run()
-        scores.record(module, phase, dest, seconds)
-        print(f"mutation: {module}: {scores.summary(module, phase)}", flush=True)
+        dest = prepare(module, mapping, mapping["tests"][module])
+        seconds = run_mutmut(dest, args.max_seconds, args.max_setup_seconds, children)
+        scores.record(module, args.phase, dest, seconds)
+        print(f"mutation: {module}: {scores.summary(module, args.phase)}", flush=True)
     scores.write_progress()
 
 

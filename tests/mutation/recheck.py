@@ -3,13 +3,13 @@
     python tests/mutation/recheck.py MODULE --tests test_new_a [test_new_b ...] [-k EXPR] [--record]
 
 Runs in the module's work copy, .mutation/MODULE/mutants/ (made by its mutation run, run.sh): the test files
-are copied in, pass once unmutated, then run once per survivor of the module's "before" phase with mutmut's
-MUTANT_UNDER_TEST set to it (no test-to-function map: each file runs whole). Faster than a mutmut re-run
-where only a few survivors are left, and it checks the very mutants that survived, on the source they were
-made from. A test of behaviour the source gained since (a fix) fails unmutated there: leave it out with -k,
-or re-run the module with run.sh instead. With --record the verdicts become the module's "after" phase:
-the "before" counts, each re-checked survivor moved to killed or kept as a survivor. Survivors listed in
-equivalent.toml are not re-run (they stay survivors, counted as equivalent).
+are copied in, pass once unmutated, then run once per mutant that survived there (mutmut's verdicts in the
+copy) with mutmut's MUTANT_UNDER_TEST set to it (no test-to-function map: each file runs whole). Faster than
+a mutmut re-run where only a few survivors are left, and it checks the very mutants that survived, on the
+source they were made from. A test of behaviour the source gained since (a fix) fails unmutated there: leave
+it out with -k, or re-run the module with run.sh instead. With --record each killed survivor is marked killed
+in the copy and the copy's verdicts become the module's "after" phase. Survivors listed in equivalent.toml
+are not re-run (they stay survivors, counted as equivalent).
 """
 
 import argparse
@@ -23,6 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scores  # noqa: E402
+from mutate import SURVIVED, exit_codes, meta_path, set_exit_codes  # noqa: E402
+
+KILLED = 1  # mutmut's exit code for a mutant a test failed on
 
 
 def pytest_args(tests: list[str], k: str | None) -> list[str]:
@@ -52,18 +55,19 @@ def recheck(module: str, tests: list[str], k: str | None = None, jobs: int = 2) 
 
     # listed equivalents survive by their reason: not re-run
     equivalent = scores.equivalents()
-    names = [name for name in scores.survivors(module, "before") if name not in equivalent]
+    names = [name for name in survivors(copy.parent, module) if name not in equivalent]
     with ThreadPoolExecutor(jobs) as pool:
         return dict(zip(names, pool.map(check, names)))
 
 
-def after_row(before: dict, killed: dict[str, bool], equivalent: dict[str, str]) -> dict:
-    """The "after" phase: `before` with each re-checked survivor that was killed counted as killed."""
-    survivors = [name for name in before["survivors"] if not killed.get(name, False)]
-    n_killed = len(before["survivors"]) - len(survivors)
-    n_equivalent = sum(name in equivalent for name in survivors)
-    return before | {"killed": before["killed"] + n_killed, "survived": len(survivors), "equivalent": n_equivalent,
-                     "survivors left": len(survivors) - n_equivalent, "survivors": survivors}
+def survivors(dest: Path, module: str) -> list[str]:
+    """The mutants that survived in the work copy `dest` (mutmut's verdicts), sorted."""
+    return sorted(name for name, code in exit_codes(meta_path(dest, module)).items() if code == SURVIVED)
+
+
+def mark_killed(dest: Path, module: str, killed: dict[str, bool]) -> None:
+    """Write each killed survivor's verdict into the copy, as mutmut would (a later mutmut run keeps it)."""
+    set_exit_codes(meta_path(dest, module), {name: KILLED for name, dead in killed.items() if dead})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,17 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true", help="store the verdicts as the module's after phase")
     parser.add_argument("--jobs", type=int, default=2, help="mutants checked at once (default 2)")
     args = parser.parse_args(argv)
-    before = scores.load().get(args.module, {}).get("before")
-    if not before:
-        sys.exit(f"error: no 'before' scores for {args.module}: run tests/mutation/run.sh {args.module} first")
     start = time.monotonic()
     killed = recheck(args.module, args.tests, args.k, args.jobs)
-    row = after_row(before, killed, scores.equivalents())
     print(f"recheck: {args.module}: {sum(killed.values())} of {len(killed)} survivors killed by {' '.join(args.tests)}")
     if args.record:
-        row |= {"seconds": round(time.monotonic() - start), "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-                "commit": scores.commit()}
-        scores.store(args.module, "after", row)
+        dest = scores.REPO / ".mutation" / args.module
+        mark_killed(dest, args.module, killed)
+        (dest / "tree-commit").write_text(scores.commit())
+        scores.record(args.module, "after", dest, time.monotonic() - start)
         scores.write_progress()
 
 

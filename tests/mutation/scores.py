@@ -101,9 +101,9 @@ def progress_markdown(all_scores: dict, equivalent: dict[str, str], modules: lis
     lines = ["# Mutation testing: progress", "",
              "Written by `python tests/mutation/scores.py` from scores.json and equivalent.toml (do not edit).",
              "Run a module with `tests/mutation/run.sh MODULE --max-seconds 900`; `before` is the run on the",
-             "tests as they were, `after` re-runs its survivors once tests were added (`--survivors`).",
-             "`not run` counts mutants a time-boxed run did not reach; `commit` is the tree the run used.",
-             "`after` re-ran only the `before` survivors, against the test files added since (--new-tests).", "",
+             "tests as they were, `after` the module's verdicts once tests were added: its survivors re-checked",
+             "against the new test files (recheck.py), and mutants a time box had not reached run since",
+             "(`run.sh --phase after`). `not run` counts mutants no run reached; `commit` is the tree last used.", "",
              "## Scores", "",
              "| module | phase | " + " | ".join(COLUMNS) + " | minutes | date (UTC) | commit |",
              "|" + " --- |" * (len(COLUMNS) + 5)]
