@@ -71,6 +71,14 @@ def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int
     return plan
 
 
+def exp_or_inf(x: float) -> float:
+    """exp(x) as a perplexity: inf where it overflows a float (an inf loss is an inf perplexity), NaN kept."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 @dataclass
 class Scores:
     """Per-row totals of one scoring pass (a row is a document, or a block in packed mode)."""
@@ -80,8 +88,8 @@ class Scores:
     seconds: float = 0.0    # wall time of the forward passes
 
     def perplexities(self) -> list[float]:
-        """exp(mean NLL) of each row, in row order."""
-        return [math.exp(n / t) if t else math.nan for n, t in zip(self.nll.tolist(), self.tokens.tolist())]
+        """exp(mean NLL) of each row, in row order (inf past float range, NaN for a row with no targets)."""
+        return [exp_or_inf(n / t) if t else math.nan for n, t in zip(self.nll.tolist(), self.tokens.tolist())]
 
     def summary(self) -> dict:
         """The aggregates of the pass, each over all rows:
@@ -98,7 +106,7 @@ class Scores:
             "rows": len(ppl), "tokens": total_tokens, "bytes": round(total_bytes),
             "mean": statistics.fmean(ppl) if ppl else math.nan,
             "median": statistics.median(ppl) if ppl else math.nan,
-            "loss": loss, "corpus_ppl": math.exp(loss) if math.isfinite(loss) else math.nan,
+            "loss": loss, "corpus_ppl": exp_or_inf(loss),
             "bits_per_token": bits_per_token(loss),
             "bpb": bits_per_token(total_nll) / total_bytes if total_bytes else math.nan,
             "seconds": self.seconds,

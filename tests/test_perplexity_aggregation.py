@@ -120,6 +120,19 @@ def test_summary_of_given_totals_weights_rows_by_their_tokens():
     assert even["median"] == pytest.approx(5.0)
 
 
+def test_a_loss_past_float_range_is_an_infinite_perplexity_not_a_crash_or_nan():
+    """A row whose mean NLL overflows exp (1600 nats) or is inf (an fp16 overflow upstream) has perplexity
+    inf, and so has the corpus; only a row with no scored target, or a NaN loss, is NaN."""
+    s = Scores(np.array([1600.0, math.log(4.0)]), np.array([1, 1]), np.array([3.0, 3.0]))
+    assert s.perplexities() == [math.inf, pytest.approx(4.0)]
+    assert s.summary()["corpus_ppl"] == math.inf and s.summary()["loss"] == pytest.approx(800 + math.log(2))
+    s = Scores(np.array([math.inf, 0.0]), np.array([2, 0]), np.array([3.0, 0.0]))
+    ppl = s.perplexities()
+    assert ppl[0] == math.inf and math.isnan(ppl[1])
+    assert s.summary()["corpus_ppl"] == math.inf
+    assert math.isnan(Scores(np.array([math.nan]), np.array([1]), np.array([1.0])).summary()["corpus_ppl"])
+
+
 def stub_scorer(context: int):
     """What load_scorer returns, for the stub model (no checkpoint)."""
     cfg = SimpleNamespace(model=SimpleNamespace(context=context), train=SimpleNamespace(batch_size=4),
