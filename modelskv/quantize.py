@@ -26,7 +26,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # scaling the output (not the weight) keeps the matmul on the int8 tensor cast once
         y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
-        return y + self.bias if self.bias is not None else y
+        return y + self.bias.to(x.dtype) if self.bias is not None else y
 
 
 def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ("router",)) -> nn.Module:

@@ -20,12 +20,12 @@ from runtime import resolve_device
 
 
 @pytest.mark.parametrize("source,x_dtype,bias", [(torch.float32, torch.bfloat16, False),
+                                                 (torch.float32, torch.bfloat16, True),
                                                  (torch.float32, torch.float64, True),
                                                  (torch.bfloat16, torch.float32, True)])
 def test_int8_linear_output_is_in_the_dtype_of_its_input(source, x_dtype, bias):
     """y = x @ (w_int8 * scale)^T + b computed and returned in x's dtype, even when the layer was
-    quantised from weights of another dtype (its scales are kept in that one). (A bias is added
-    as stored, so it may promote the sum: bias-free layers, as Llama's, show the contract alone.)"""
+    quantised from weights of another dtype (its scales and bias are kept in that one)."""
     torch.manual_seed(0)
     linear = nn.Linear(24, 6, bias=bias).to(source)
     q = Int8Linear(linear)
