@@ -60,7 +60,7 @@ class TIDConfig:
     keep_position: bool = False     # False: zero the whole input vector (the study); True: token embedding only
     schedule: str = "constant"      # constant | linear_decay | linear_warmup | cosine | sigmoid
     p_start: float = 0.1            # drop ratio at step 0
-    p_end: float = 0.1              # drop ratio at train.max_steps
+    p_end: float = 0.1              # drop ratio at train.max_steps (unused by constant)
     layer: int = 0                  # attention_mass: the block whose attention is read (-1 = last)
     protect_first: int = 1          # positions 0..k-1 of every sequence are never dropped
 
@@ -87,7 +87,8 @@ class TIDConfig:
 
 
 def drop_ratio(cfg: TIDConfig, step: int, max_steps: int) -> float:
-    """The schedule's drop ratio after `step` of `max_steps` optimizer steps (p_start at 0, p_end at the end)."""
+    """The schedule's drop ratio after `step` of `max_steps` optimizer steps (p_start at 0, p_end at the end;
+    constant: p_start throughout, p_end unused)."""
     x = min(max(step / max(max_steps, 1), 0.0), 1.0)
     if cfg.schedule == "constant":
         w = 0.0
@@ -216,7 +217,7 @@ class TokenImportanceDropout:
         return (f"{cfg.method}, drop {cfg.resolved_drop}" + (" (auto)" if cfg.drop == "auto" else "")
                 + (f", entropy of the {cfg.entropy_of} token's prediction" if cfg.method == "entropy" else "")
                 + f", {'token embedding only' if cfg.keep_position else 'whole input'} zeroed, "
-                f"{cfg.schedule} {cfg.p_start:g} -> {cfg.p_end:g}")
+                + f"{cfg.schedule} {cfg.p_start:g}" + (f" -> {cfg.p_end:g}" if cfg.schedule != "constant" else ""))
 
     def scores(self, model, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Scores (B, T) from a pass in eval mode: dropout noise would blur the ranking."""

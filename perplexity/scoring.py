@@ -139,7 +139,7 @@ def score_rows(nll_fn: NllFn, rows: Sequence[Sequence[int]], context: int, strid
     Returns:
         (nll, count): float64 (N,) summed NLL in nats and int64 (N,) scored targets (= len(row) - 1).
     """
-    stride = stride or max(1, context // 2)
+    stride = max(1, context // 2) if stride is None else stride
     device = torch.device(device)
     windows = [(i, *w) for i, row in enumerate(rows) for w in window_plan(len(row), context, stride)]
     windows.sort(key=lambda w: w[2] - w[1], reverse=True)  # similar lengths together: little padding
@@ -166,7 +166,7 @@ def score_rows(nll_fn: NllFn, rows: Sequence[Sequence[int]], context: int, strid
             xt, yt = to_device(torch.from_numpy(x), device), to_device(torch.from_numpy(y), device)
             with autocast(device, dtype):
                 token_nll_ = nll_fn(xt, yt)                                          # (B, T), 0 where ignored
-            window_nll[start:start + len(batch)] = token_nll_[:len(batch)].sum(1).double()
+            window_nll[start:start + len(batch)] = token_nll_[:len(batch)].double().sum(1)
             bar.update(len(batch))
     nll = np.zeros(len(rows))
     np.add.at(nll, np.array([w[0] for w in windows], dtype=np.int64), window_nll.cpu().numpy())
@@ -202,7 +202,7 @@ def packed_nll(nll_fn: NllFn, blocks, index: np.ndarray, batch_size: int, device
         rows = slice(start, start + batch_size)
         x, y = (to_device(t, device) for t in blocks.batch(index[rows]))  # (B, T) each
         with autocast(device, dtype):
-            nll[rows] = nll_fn(x, y).sum(1).double()
+            nll[rows] = nll_fn(x, y).double().sum(1)
         targets[rows] = (y != IGNORE).sum(1)
     return nll, targets
 

@@ -50,6 +50,21 @@ def test_packed_nll_batches_as_asked_and_sums_each_block_in_float64():
     assert len(set(targets.tolist())) == 3                                          # the blocks' counts differ
 
 
+def test_packed_nll_sums_a_float32_models_targets_in_float64():
+    """A model answering in float32 (as target_nll does) has its block's targets summed in float64: 2**24 plus
+    ones, which a float32 sum would round back to 2**24."""
+    blocks = _Blocks(n=2, length=5)
+    blocks.y[:] = 1
+
+    def nll_fn(x, y):
+        out = torch.ones(x.shape, dtype=torch.float32)
+        out[:, 0] = 2.0 ** 24
+        return out
+
+    nll, _ = packed_nll(nll_fn, blocks, np.array([0, 1]), batch_size=2, device=torch.device("cpu"))
+    assert nll.tolist() == [2.0 ** 24 + 4] * 2
+
+
 @pytest.mark.parametrize("dtype,on", [(torch.float32, False), (torch.bfloat16, True)])
 def test_packed_nll_runs_the_forward_under_the_trainers_autocast(dtype, on):
     calls = []
