@@ -80,6 +80,11 @@ def test_empty_predictions_count_zero_in_the_mean():
         (sentence_bleu(preds[0], REFERENCES[0], 4) + sentence_bleu(preds[2], REFERENCES[2], 4)) / 3, abs=1e-9)
 
 
+@pytest.mark.parametrize("metric", [accuracy, bleu, rouge_l])
+def test_no_items_score_zero(metric):
+    assert metric([], []) == 0.0
+
+
 def test_sari_uses_every_reference():
     """SARI counts n-grams over all references (order does not matter); the better second reference
     raises the score above the first alone."""
