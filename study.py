@@ -37,12 +37,14 @@ the command line).
 import ast
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiment_config import ConfigError, RunConfig, check_run_name, flatten, load_config, read_yaml, to_dict
 
 DEFAULT_SEEDS = (1, 2, 3)
+ARM_NAME = re.compile(r"[A-Za-z0-9_-]*[A-Za-z0-9][A-Za-z0-9_-]*")
 STUDY_KEYS = {"description", "configs", "set", "seeds", "reference", "heldout_rows", "arms", "launcher"}
 ARM_KEYS = {"runner", "set"}
 # keys of a resolved config that name where outputs go, not what is trained
@@ -118,7 +120,7 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(launcher, dict):
         raise ConfigError(f"study file {path}: 'launcher' must map settings to values, e.g. {{partition: gpu}}")
     heldout = d.get("heldout_rows")
-    if heldout is not None and (not isinstance(heldout, int) or heldout <= 0):
+    if heldout is not None and (not isinstance(heldout, int) or isinstance(heldout, bool) or heldout <= 0):
         raise ConfigError(f"study file {path}: heldout_rows must be a positive integer (or left out: all rows)")
     return Study(name=path.stem, path=path, arms=arms, reference=reference, seeds=seeds,
                  configs=_str_list(d.get("configs", []), "configs", path), sets=_sets(d.get("set", []), "set", path),
@@ -129,8 +131,9 @@ def _arm(name, spec, path: Path) -> Arm:
     if not isinstance(spec, dict) or "runner" not in spec or set(spec) - ARM_KEYS:
         raise ConfigError(f"study file {path}: arm {name!r} must be a mapping with 'runner' (e.g. run_tid.py) "
                           "and optionally 'set' (key: value overrides)")
-    if not str(name).replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"study file {path}: arm name {name!r} must be letters, digits, '-' or '_'")
+    if not ARM_NAME.fullmatch(str(name)):
+        raise ConfigError(f"study file {path}: arm name {name!r} must be ASCII letters, digits, '-' or '_', "
+                          "with at least one letter or digit")
     try:
         runner = check_runner(str(spec["runner"]))
     except ConfigError as e:
