@@ -1,6 +1,7 @@
 """GPT's GPT-2 initialisation measured on the built weights (N(0, 0.02), the residual projections wo / down at
 0.02 / sqrt(2 n_layers)); token-importance dropout's position handling by default and with keep_position;
-the sinusoidal table added in the input's dtype; each MoE block reporting under its own layer number."""
+the sinusoidal table added in the input's dtype; each MoE block reporting under its own layer number; model.bias
+and model.norm_eps reaching every LayerNorm and projection."""
 
 import math
 
@@ -81,3 +82,17 @@ def test_each_moe_block_reports_under_its_own_layer_number():
     model = build(ModelConfig.from_preset("falcon", **{**TINY, "n_layers": 3}))
     stats = model(torch.randint(0, 37, (2, 9)), targets=torch.randint(0, 37, (2, 9))).stats
     assert {k for k in stats if k.startswith("moe_balance_l")} == {"moe_balance_l0", "moe_balance_l1", "moe_balance_l2"}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bias_and_norm_eps_reach_every_layernorm_and_projection(bias):
+    """With model.bias every Linear (the head aside: it never has one) and LayerNorm has a bias, without none;
+    every LayerNorm uses model.norm_eps."""
+    model = build(ModelConfig.from_preset("baseline", bias=bias, norm="layernorm", norm_eps=1e-3, **TINY))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    assert len(norms) == 2 * 2 + 1 and {m.eps for m in norms} == {1e-3}
+    assert {n.rsplit(".", 1)[-1] for n, _ in linears} >= {"wo", "down"}
+    assert all((m.bias is not None) == bias for m in norms)
+    assert all((m.bias is not None) == bias for _, m in linears), [n for n, m in linears if (m.bias is not None) != bias]
+    assert model.lm_head.bias is None

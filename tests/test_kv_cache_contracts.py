@@ -146,3 +146,16 @@ def test_a_forward_without_start_pos_is_the_prefill_at_position_0():
     x = torch.randint(0, cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(model(x), train(x)[0], atol=2e-5, rtol=0)
+
+
+def test_an_attention_layer_given_a_cache_and_no_start_pos_writes_at_position_0():
+    """CausalSelfAttention(x, cache=c) stores x's keys at 0..T-1, as start_pos=0 does."""
+    from models.blocks import CausalSelfAttention
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("baseline", vocab_size=11, context=8, d_model=8, n_layers=1, n_heads=2, d_ff=16)
+    attn = CausalSelfAttention(cfg).double()
+    x = torch.randn(1, 3, 8, dtype=torch.float64)
+    default, at_0 = (KVCache(1, 2, 8, 4, 4, torch.float64) for _ in range(2))
+    torch.testing.assert_close(attn(x, cache=default), attn(x, cache=at_0, start_pos=0))
+    assert torch.equal(default.k, at_0.k) and default.k[:, :, :3].abs().sum() > 0
