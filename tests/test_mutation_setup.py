@@ -110,3 +110,22 @@ def test_recheck_marks_killed_survivors_in_the_copy_and_keeps_the_rest(tmp_path)
     saved = json.loads(meta.read_text())
     assert saved["hash_by_function_name"] == {"f": "h"}
     assert saved["exit_code_by_key"] == codes | {"m.f__mutmut_1": 1}
+
+
+def test_equivalents_of_a_changed_function_are_stale_and_dropped(tmp_path, monkeypatch):
+    """A re-run renumbers a changed function's mutants: its listed equivalents are stale (other functions',
+    other modules' and new functions' are not), and drop_equivalents removes exactly those lines."""
+    import mutate
+
+    before = {"x_f": "h1", "xǁCǁm": "h2", "x_g": "h3"}
+    after = {"x_f": "h1", "xǁCǁm": "h9", "x_g": "h3", "x_new": "h4"}
+    listed = {"m.x_f__mutmut_1": "a", "m.xǁCǁm__mutmut_2": "b", "m.xǁCǁm__mutmut_12": "c", "m.x_new__mutmut_1": "d",
+              "other.xǁCǁm__mutmut_2": "e", "m.x_g__mutmut_3": "f"}
+    stale = mutate.stale_equivalents("m", before, after, listed)
+    assert stale == ["m.xǁCǁm__mutmut_12", "m.xǁCǁm__mutmut_2"]
+    monkeypatch.setattr(mutate, "HERE", tmp_path)
+    (tmp_path / "equivalent.toml").write_text("# reasons\n" + "".join(f'"{n}" = "{r}"\n' for n, r in listed.items()),
+                                              encoding="utf-8")
+    mutate.drop_equivalents(stale)
+    kept = tomllib.loads((tmp_path / "equivalent.toml").read_text(encoding="utf-8"))
+    assert kept == {n: r for n, r in listed.items() if n not in stale}

@@ -162,6 +162,28 @@ def exit_codes(meta: Path) -> dict:
     return json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"] if meta.exists() else {}
 
 
+def function_hashes(dest: Path, module: str) -> dict[str, str]:
+    """mutmut's hash of each function's source, by mangled name (x_f, xǁClassǁmethod); empty before a run."""
+    meta = meta_path(dest, module)
+    return json.loads(meta.read_text(encoding="utf-8"))["hash_by_function_name"] if meta.exists() else {}
+
+
+def stale_equivalents(module: str, before: dict[str, str], after: dict[str, str], equivalent: dict) -> list[str]:
+    """Listed equivalents of `module` in functions whose source changed between two runs: mutmut numbers a
+    changed function's mutants afresh, so those names may now stand for other changes."""
+    changed = {f for f, h in after.items() if f in before and before[f] != h}
+    prefix = module + "."
+    return sorted(name for name in equivalent
+                  if name.startswith(prefix) and name[len(prefix):].rpartition("__mutmut_")[0] in changed)
+
+
+def drop_equivalents(names: list[str]) -> None:
+    """Remove `names` from equivalent.toml (git keeps their reasons), so that they count as survivors again."""
+    path = HERE / "equivalent.toml"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(l for l in lines if l.partition(" = ")[0].strip('"') not in names), encoding="utf-8")
+
+
 def set_exit_codes(meta: Path, codes: dict) -> None:
     data = json.loads(meta.read_text(encoding="utf-8"))
     data["exit_code_by_key"].update(codes)
@@ -190,7 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     children = int(os.environ.get("MAX_CHILDREN", "1"))
     for module in expand(args.modules, known):
         dest = prepare(module, mapping, mapping["tests"][module])
+        hashes = function_hashes(dest, module)
         seconds = run_mutmut(dest, args.max_seconds, args.max_setup_seconds, children)
+        stale = stale_equivalents(module, hashes, function_hashes(dest, module), scores.equivalents())
+        if stale:
+            drop_equivalents(stale)
+            print(f"mutation: {module}: {len(stale)} listed equivalents are in functions whose source changed, and "
+                  f"their mutants were renumbered: removed from equivalent.toml; judge them again: {' '.join(stale)}")
         scores.record(module, args.phase, dest, seconds)
         print(f"mutation: {module}: {scores.summary(module, args.phase)}", flush=True)
     scores.write_progress()

@@ -14,7 +14,8 @@
 # alone. A time-boxed run stops cleanly and keeps its verdicts; running the module again continues (on the
 # test files the copy was first run with: mutmut would drop every verdict if the list changed).
 # Scores go to tests/mutation/scores.json and progress.md; list equivalent mutants, each with its reason,
-# in tests/mutation/equivalent.toml, then `python tests/mutation/scores.py` rewrites progress.md;
+# in tests/mutation/equivalent.toml, then `python tests/mutation/scores.py` rewrites progress.md (a re-run
+# drops the listed equivalents of a function whose source changed: mutmut numbers its mutants afresh);
 # `python tests/mutation/cosmetic.py MODULE` lists survivors that only change argparse help text there.
 # `python tests/mutation/recheck.py MODULE --tests STEM ... --record` re-checks the copy's survivors against
 # new test files, one pytest run per mutant in the module's work copy, and records the after phase.
