@@ -85,3 +85,54 @@ def test_saving_makes_the_folders_and_the_file_loads_back_equal(tmp_path):
     save_checkpoint(path, state)
     back = load_checkpoint(path)
     assert back["step"] == 3 and all(torch.equal(back["model"][k], v) for k, v in state["model"].items())
+
+
+def test_the_state_hash_covers_every_nested_value_and_not_the_insertion_order():
+    """state_sha256 changes when any value changes, however deep (a tensor in the optimizer's nested state, a
+    plain number in the config), and not when the same dicts were built in another order (equal values
+    included)."""
+    from models.checkpoint import state_sha256
+
+    def state(order=1, moment=0.5, lr=3e-4):
+        pairs = [("exp_avg", torch.full((3,), moment)), ("exp_avg_sq", torch.full((3,), 0.5))]
+        optimizer = {"state": {0: dict(pairs[::order])}, "lr": lr}
+        top = [("model", {"w": torch.ones(2)}), ("optimizer", optimizer), ("step", 3)]
+        return dict(top[::order])
+
+    base = state_sha256(state())
+    assert state_sha256(state(order=-1)) == base
+    assert state_sha256(state(moment=0.25)) != base
+    assert state_sha256(state(lr=1e-4)) != base
+
+
+def test_a_checkpoint_with_only_the_older_weights_hash_is_still_verified(tmp_path):
+    """Written before the full hash, a checkpoint carries tensor_sha256 only: it loads when its weights
+    match it, and one whose weights changed is refused as corrupted."""
+    from models.checkpoint import tensor_sha256
+
+    state = _state()
+    state["tensor_sha256"] = tensor_sha256(state)
+    path = tmp_path / "old.pt"
+    torch.save(state, path)                                            # as the older trainer wrote it
+    assert load_checkpoint(path)["step"] == 3
+    name = next(iter(state["model"]))
+    state["model"][name] = state["model"][name] + 1
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="is corrupted: its contents do not match the hash"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"model": [torch.ones(2)]}, "'model' is not a dict of tensors"),
+    ({"model": {"w": torch.ones(2), "note": "x"}}, "'model' is not a dict of tensors"),
+    ({"tokenizer": None}, "no 'tokenizer' spec"),
+    ({"config": "baseline"}, "no model config under 'config'"),
+    ({"config": {"model": {"d_model": 16, "colour": "red"}}}, "its model config is not one of ours: "),
+])
+def test_a_file_missing_what_readers_need_is_named_with_its_problem(tmp_path, change, problem):
+    path = tmp_path / "x.pt"
+    torch.save({**_state(), **change}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(f"{path} is not a checkpoint of this project ({problem}")
+    assert str(e.value).endswith("give a checkpoint the trainer or models.convert wrote")
