@@ -111,7 +111,7 @@ def load_study(path: str | Path) -> Study:
     arms = [_arm(name, spec, path) for name, spec in arms_d.items()]
     seeds = d.get("seeds", list(DEFAULT_SEEDS))
     if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+            or not all(_is_int(s) for s in seeds)):
         raise ConfigError(f"study file {path}: 'seeds' must be a list of distinct integers, e.g. [1, 2, 3]")
     reference = d.get("reference", arms[0].name)
     if reference not in arms_d:
@@ -120,11 +120,16 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(launcher, dict):
         raise ConfigError(f"study file {path}: 'launcher' must map settings to values, e.g. {{partition: gpu}}")
     heldout = d.get("heldout_rows")
-    if heldout is not None and (not isinstance(heldout, int) or isinstance(heldout, bool) or heldout <= 0):
+    if heldout is not None and (not _is_int(heldout) or heldout <= 0):
         raise ConfigError(f"study file {path}: heldout_rows must be a positive integer (or left out: all rows)")
     return Study(name=path.stem, path=path, arms=arms, reference=reference, seeds=seeds,
                  configs=_str_list(d.get("configs", []), "configs", path), sets=_sets(d.get("set", []), "set", path),
                  heldout_rows=heldout, description=str(d.get("description", "")).strip(), launcher=launcher)
+
+
+def _is_int(value) -> bool:
+    """An integer written as one in YAML (true/false load as bool, a subclass of int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _arm(name, spec, path: Path) -> Arm:

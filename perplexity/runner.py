@@ -145,10 +145,10 @@ def _run(args, text_file: bool) -> None:
         raise UsageError("--rows and --batch-size must be positive")
     if args.stride is not None and args.stride < 1:
         raise UsageError(f"--stride must be >= 1 (at most the context), got {args.stride}")
-    if args.stride is not None and not text_file and args.packed:
-        raise UsageError("--stride does not apply to --packed: its blocks are scored whole, as in training")
     texts, skipped = _read_text_file(args.text_file, args.delimiter, args.rows) if text_file else (None, None)
     packed = not text_file and args.packed
+    if packed and args.stride is not None:
+        raise UsageError("--stride does not apply to --packed: its blocks are scored whole, as in training")
     scorer = load_scorer(args.ckpt, args.device, args.dtype, training_model=packed, quantize=args.quantize,
                          compile=args.compile)
     context = scorer.context

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from dataset_definitions.tokenization import Tokenizer
 from perplexity import runner
 from perplexity.scoring import Scores, score_packed, score_texts, token_nll
+from test_perplexity_aggregation import CharTokenizer, stub_logits
 
 CKPT = "checkpoints/ckrun/best.pt"
 DATA_DIR = "data-cache/stub"
@@ -22,28 +22,6 @@ _rng = np.random.default_rng(0)
 TOKENS = {"heldout": _rng.integers(3, 61, 30).astype(np.uint16), "val": _rng.integers(3, 61, 44).astype(np.uint16)}
 BYTES_PER_TOKEN = {"heldout": 2.3, "val": 1.7}
 METRICS = ("rows", "tokens", "bytes", "mean", "median", "loss", "corpus_ppl", "bits_per_token", "bpb")
-
-
-class CharTokenizer(Tokenizer):
-    """One token per character (ids 3..60); 0 pad, 1 bos, 2 eos."""
-    kind, pad_id, bos_id, eos_id, vocab_size = "chars", 0, 1, 2, 61
-
-    def __init__(self):
-        super().__init__(None)
-
-    def encode(self, text):
-        return [3 + ord(c) % 58 for c in text]
-
-
-def stub_logits(x: torch.Tensor) -> torch.Tensor:
-    """Causal stub: logits from the current and previous input and the position in the window."""
-    B, T = x.shape
-    prev = torch.cat([torch.zeros(B, 1, dtype=x.dtype), x[:, :-1]], dim=1)
-    v = torch.arange(CharTokenizer.vocab_size, dtype=torch.float64)
-    h = (x.double() * 0.31 + prev.double() * 0.17 + torch.arange(T, dtype=torch.float64) * 0.05)[..., None]
-    return (2.0 * torch.cos(h * (v + 1) * 0.23) + 6.0 * (v == x[..., None])).float()
-
-
 NLL_FN = token_nll(stub_logits)
 
 
