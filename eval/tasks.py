@@ -79,7 +79,8 @@ class Task:
 
 
 def story_continuation(rows: Sequence[str], limit: int, prompt_words: int = 16, reference_words: int = 24) -> Task:
-    """Continue held-out rows: prompt = first prompt_words words, label = the next reference_words words."""
+    """Continue held-out rows: prompt = first prompt_words words, label = the next reference_words words;
+    generates up to 2 * reference_words tokens (room for words split into several)."""
     prompts, labels = [], []
     for row in rows:
         words = row.split()
@@ -94,7 +95,8 @@ def story_continuation(rows: Sequence[str], limit: int, prompt_words: int = 16, 
 
 
 def cloze(rows: Sequence[str], limit: int, seed: int = 0, min_words: int = 4) -> Task:
-    """Last-word prediction: per held-out row one sentence (picked with `seed`) whose last word is alphabetic."""
+    """Last-word prediction: per held-out row one sentence (picked with `seed`) whose last word is alphabetic;
+    decoded greedily, at most 8 tokens, and the first word scored."""
     rng = random.Random(seed)
     prompts, labels = [], []
     for row in rows:

@@ -74,14 +74,22 @@ def test_story_continuation_keeps_rows_of_exactly_prompt_plus_four_words():
 
 def test_story_continuation_defaults_and_generation_budget():
     """Defaults: 16 prompt words (eval.run's --prompt-words default) and 24 reference words; the task
-    generates an integer number of tokens, at least one per reference word."""
+    generates twice as many tokens as the reference has words (room for subword splits)."""
     row = " ".join(f"w{i}" for i in range(60))
     task = tasks.story_continuation([row], limit=1)
     assert task.prompts == [" ".join(f"w{i}" for i in range(16))]
     assert task.labels == [" ".join(f"w{i}" for i in range(16, 40))]
     for reference_words in (5, 24, 30):
         t = tasks.story_continuation([row], limit=1, reference_words=reference_words)
-        assert isinstance(t.max_gen_len, int) and t.max_gen_len >= reference_words
+        assert isinstance(t.max_gen_len, int) and t.max_gen_len == 2 * reference_words
+        assert not t.greedy  # sampled like any generation, with --temperature
+
+
+def test_cloze_decodes_greedily_a_few_tokens_for_one_word():
+    """Cloze scores the first word of a greedy continuation of at most 8 tokens (one word is enough)."""
+    task = tasks.cloze(["The cat sat on the mat."], limit=1)
+    assert task.greedy and task.max_gen_len == 8
+    assert task.postprocess("Mat, then", "mat") == "mat"
 
 
 # ----------------------------------------------------------------------------- task files

@@ -418,6 +418,7 @@ def test_old_attention_name_loads_with_a_deprecation_warning():
     assert cfg.attention == "head_linear_silu"
     [w] = [w for w in caught if issubclass(w.category, DeprecationWarning)]
     assert "head_mlp" in str(w.message) and "head_linear_silu" in str(w.message)
+    assert w.filename == __file__  # points at the line that made the config, not at dataclass internals
 
 
 def test_flops_per_token_is_nanogpt_estimate():

@@ -97,6 +97,26 @@ def test_sentencepiece_sentences_are_non_blank_lines_cut_in_chunks():
                    long_line[8192:], "last"]
 
 
+def test_sentencepiece_trains_on_a_shuffled_sample_of_at_most_a_million_lines(tmp_path, monkeypatch):
+    """A large corpus is sampled, not read whole and not cut at its first lines: the trainer is asked for
+    at most _SP_MAX_SENTENCES (1,000,000) sentences, shuffled, of at most 4 * 4096 bytes each."""
+    import sentencepiece as spm
+
+    from dataset_definitions import tokenizer_training
+    seen = {}
+    real_train = spm.SentencePieceTrainer.train
+
+    def recording_train(**kwargs):
+        seen.update(kwargs)
+        return real_train(**kwargs)
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", recording_train)
+    tok = _build(tmp_path, "sentencepiece", MIN_BYTE_VOCAB + 40)
+    assert tok.decode(tok.encode("The cat went 3 miles.")) == "The cat went 3 miles."
+    assert tokenizer_training._SP_MAX_SENTENCES == 1_000_000
+    assert seen["input_sentence_size"] == 1_000_000 and seen["shuffle_input_sentence"] is True
+    assert seen["max_sentence_length"] == 4 * 4096
+
+
 @pytest.fixture(scope="module")
 def sentencepiece_tok(tmp_path_factory):
     texts = [f"Line {i}:    indented by four, year {1900 + i} and code 12345.\n        deeper {i * 7919}"
