@@ -80,6 +80,36 @@ def test_signals_inside_only_record_themselves_and_handlers_come_back(signum):
     assert agree_on_signal(flag, env, check=False) == signum and agree_on_signal({}, env, check=True) == 0
 
 
+def _agree_in_two_ranks(rank: int, store: str, out: str) -> None:
+    """One of two gloo ranks: SIGTERM (15) reached rank 0, SIGUSR1 (10) rank 1, nothing in the second round."""
+    import json
+
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        env = Env(rank, rank, 2, CPU, torch.float32)
+        flag = {"signum": (signal.SIGTERM, signal.SIGUSR1)[rank]}
+        answers = [agree_on_signal(flag, env, check=True), agree_on_signal(flag, env, check=False),
+                   agree_on_signal({} if rank == 0 else {"signum": signal.SIGINT}, env, check=True)]
+    finally:
+        dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(answers, f)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_ranks_agree_on_the_largest_signal_at_check_steps_only(tmp_path):
+    """Two real gloo ranks that caught different signals both stop with the same one, the largest number
+    (an all-reduce max: 15, not their sum 25 or the smaller 10); off the check steps both answer 0; a
+    signal only one rank caught reaches the other."""
+    import json
+
+    import torch.multiprocessing as mp
+    mp.spawn(_agree_in_two_ranks, args=(str(tmp_path / "store"), str(tmp_path / "answers")), nprocs=2)
+    answers = [json.loads((tmp_path / f"answers.{rank}").read_text()) for rank in (0, 1)]
+    assert answers == [[signal.SIGTERM, 0, signal.SIGINT]] * 2
+
+
 def test_outside_the_main_thread_handlers_are_left_alone():
     before = signal.getsignal(signal.SIGTERM)
     seen = []
