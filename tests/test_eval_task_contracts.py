@@ -157,7 +157,7 @@ def _task(n=3, max_gen_len=48):
                       max_gen_len=max_gen_len)
 
 
-def test_run_task_defaults_are_the_cli_defaults(monkeypatch):
+def test_run_task_defaults_are_the_command_line_defaults(monkeypatch):
     """run_task's defaults decode as `python -m eval.run` does by default: its --temperature, --top-p,
     --seed (batch i seeded with seed + i) and --batch-size."""
     seen = []
@@ -183,3 +183,62 @@ def test_new_tokens_are_at_most_half_the_context_and_at_least_one(context, max_g
     assert {c["max_gen_len"] for c in gen.calls} == {expected}
     assert out["runtime"]["max_gen_len"] == expected
     assert all(len(p) <= context - expected and p[0] == 1 for c in gen.calls for p in c["batch"])
+
+
+class _ClockedGenerator(_Generator):
+    """A _Generator on a fake clock: each generate call takes one second per prompt in its batch."""
+
+    def __init__(self, context, clock):
+        super().__init__(context)
+        self.clock = clock
+
+    def generate(self, batch, max_gen_len, temperature, top_p, seed=None):
+        self.clock[0] += float(len(batch))
+        return super().generate(batch, max_gen_len, temperature, top_p, seed)
+
+
+def test_batches_seeds_time_and_new_tokens_over_unequal_batches(monkeypatch):
+    """5 prompts at batch size 2 decode as batches of 2, 2, 1 (in order), seeded seed + batch index; a
+    batch's time is shared by its prompts (here 1 s each on a fake clock, 5 s in all), and the new
+    tokens are counted over all batches (5 * gen_len). Reference: the fake clock and hand counts."""
+    clock = [100.0]
+    monkeypatch.setattr(eval_run.time, "perf_counter", lambda: clock[0])
+    gen = _ClockedGenerator(context=64, clock=clock)
+    task = _task(n=5, max_gen_len=7)
+    out = eval_run.run_task(gen, task, temperature=0.8, top_p=0.5, seed=10, batch_size=2)
+    assert [c["batch"] for c in gen.calls] == [[gen.prompt_tokens(p) for p in task.prompts[i:i + 2]] for i in (0, 2, 4)]
+    assert [c["seed"] for c in gen.calls] == [10, 11, 12]
+    assert {(c["temperature"], c["top_p"], c["max_gen_len"]) for c in gen.calls} == {(0.8, 0.5, 7)}
+    rt = out["runtime"]
+    assert (rt["prompts"], rt["seconds"], rt["mean_s"], rt["std_s"]) == (5, 5.0, 1.0, 0.0)
+    assert rt["new_tokens"] == 5 * 7 and rt["tokens_per_s"] == 7.0 and rt["batch_size"] == 2
+    expected = " ".join(f"w{i}" for i in range(100, 107))
+    assert out["generations"] == [expected] * 5 and out["results"] == [expected] * 5   # keep: as generated
+    assert out["prompts"] == task.prompts and out["labels"] == task.labels
+
+
+def test_unseeded_run_task_passes_no_seed_and_a_greedy_task_ignores_temperature():
+    """seed=None leaves every batch unseeded; a greedy task decodes at temperature 0 whatever is asked,
+    and says so in its runtime block."""
+    gen = _Generator(context=64)
+    eval_run.run_task(gen, _task(n=3), temperature=0.9, seed=None)
+    assert [c["seed"] for c in gen.calls] == [None] * 3 and {c["temperature"] for c in gen.calls} == {0.9}
+    greedy = tasks.Task("g", ["a b"], ["w100"], ("accuracy",), max_gen_len=2, greedy=True)
+    gen = _Generator(context=64)
+    out = eval_run.run_task(gen, greedy, temperature=0.9)
+    assert gen.calls[0]["temperature"] == 0.0 and out["runtime"]["temperature"] == 0.0
+
+
+def test_table_has_a_column_per_metric_any_task_has_and_a_dash_where_a_task_lacks_it():
+    """One header, a rule as long as it, then per task: the name (cut to 20), n, each metric in METRICS
+    order (9.2f, '-' where missing), mean and p95 seconds per prompt, tokens/s. Reference: the lines
+    written out by hand."""
+    rt = {"prompts": 3, "mean_s": 0.5, "p95_s": 0.75, "tokens_per_s": 12.34}
+    results = {"a_task_name_longer_than_twenty": {"eval": {"bleu-1": 50.0}, "runtime": rt},
+               "cloze": {"eval": {"accuracy": 33.333}, "runtime": rt | {"prompts": 12}}}
+    header = f"{'task':20s} {'n':>5s} {'accuracy':>9s} {'bleu-1':>9s} {'s/prompt':>9s} {'p95 s':>8s} {'tok/s':>9s}"
+    assert eval_run.table(results).split("\n") == [
+        header, "-" * len(header),
+        "a_task_name_longer_t     3         -     50.00    0.5000   0.7500      12.3",
+        "cloze                   12     33.33         -    0.5000   0.7500      12.3"]
+

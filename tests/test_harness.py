@@ -227,7 +227,7 @@ def test_cli_writes_the_results_of_simple_evaluate(local_tasks_only, ours, capsy
     assert doc["results"]["tiny_mc"]["acc,none"] == ours["results"]["tiny_mc"]["acc,none"]
 
 
-def test_model_args_win_over_what_the_cli_always_passes(lm_eval):
+def test_model_args_win_over_what_the_command_line_always_passes(lm_eval):
     """lm_eval's CLI passes batch_size=1 and device=cuda:0 when they are not given."""
     from eval.harness import SmallLM
 

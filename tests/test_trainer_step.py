@@ -120,7 +120,7 @@ def test_grad_accum_of_a_mixture_of_experts_averages_its_aux_loss(tiny_root):
 
 
 @pytest.mark.parametrize("clipped", [True, False])
-def test_clipping_scales_the_applied_gradient_to_the_bound(tiny_root, clipped):
+def test_the_norm_bound_scales_the_applied_gradient_down_to_it(tiny_root, clipped):
     """Over 2 micro-batches: the returned grad_norm is the pre-clip global L2 norm (hand-computed); above the
     bound the optimizer applies the unclipped gradient times bound / norm (so its norm is the bound),
     below it the gradient untouched. Read at the optimizer's step, where AdamW cannot hide the scale."""

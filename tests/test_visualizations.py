@@ -113,6 +113,7 @@ def test_smooth_is_a_debiased_ema_that_skips_nans():
     out = smooth([math.nan, 2.0, math.nan, 2.0], 0.9)
     assert math.isnan(out[0]) and np.allclose(out[1:], 2.0)
     assert np.array_equal(smooth([3.0, 1.0], 0.0), [3.0, 1.0])
+    assert np.array_equal(smooth([3.0, math.nan, 1.0], 0.0), [3.0, math.nan, 1.0], equal_nan=True)  # raw: a gap
     with pytest.raises(ValueError):
         smooth([1.0], 1.0)
 

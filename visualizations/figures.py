@@ -12,10 +12,12 @@ from fileio import atomic_write
 
 
 def smooth(values, ema: float = 0.9) -> np.ndarray:
-    """Debiased exponential moving average (TensorBoard's smoothing); ema=0 returns the values.
-    NaNs (steps that did not log the value) are skipped: the previous average carries over."""
+    """Debiased exponential moving average (TensorBoard's smoothing); ema=0 returns the values as logged.
+    With ema > 0, NaNs (steps that did not log the value) are skipped: the previous average carries over."""
     if not 0 <= ema < 1:
         raise ValueError(f"ema must be in [0, 1), got {ema}")
+    if not ema:  # raw: a step that did not log the value stays a gap, not the value before it
+        return np.array(values, dtype=float)
     out, avg, weight = np.full(len(values), math.nan), 0.0, 0.0
     for i, v in enumerate(np.asarray(values, dtype=float)):
         if math.isfinite(v):
