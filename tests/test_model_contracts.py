@@ -4,6 +4,7 @@ attention (with keys outnumbering queries, explicit masks, dropout), a whole pre
 the state dict; the config's refusals at their boundaries; the FLOPs count and the description."""
 
 import math
+import os
 import warnings
 
 import pytest
@@ -418,7 +419,8 @@ def test_old_attention_name_loads_with_a_deprecation_warning():
     assert cfg.attention == "head_linear_silu"
     [w] = [w for w in caught if issubclass(w.category, DeprecationWarning)]
     assert "head_mlp" in str(w.message) and "head_linear_silu" in str(w.message)
-    assert w.filename == __file__  # points at the line that made the config, not at dataclass internals
+    if "MUTANT_UNDER_TEST" not in os.environ:  # a mutation run's trampoline adds frames between the two
+        assert w.filename == __file__  # points at the line that made the config, not at dataclass internals
 
 
 def test_flops_per_token_is_nanogpt_estimate():
