@@ -10,7 +10,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "mutation"))
 import scores  # noqa: E402
-from mutate import expand, module_path  # noqa: E402
+from mutate import expand, module_path, mutant_globs  # noqa: E402
 
 MAP = tomllib.loads((REPO / "tests" / "mutation" / "modules.toml").read_text(encoding="utf-8"))
 # measurements and entry points: the benchmarks print numbers, the runners call generic_runner.main
@@ -129,3 +129,14 @@ def test_equivalents_of_a_changed_function_are_stale_and_dropped(tmp_path, monke
     mutate.drop_equivalents(stale)
     kept = tomllib.loads((tmp_path / "equivalent.toml").read_text(encoding="utf-8"))
     assert kept == {n: r for n, r in listed.items() if n not in stale}
+
+
+def test_functions_name_mutmuts_globs_for_functions_and_methods():
+    """A function f is mutmut's x_f, a method C.m its xǁCǁm; each numbered mutant matches the glob."""
+    import fnmatch
+    globs = mutant_globs("generic_runner", ["Trainer.train_step", "train"])
+    assert globs == ["generic_runner.xǁTrainerǁtrain_step__mutmut_*", "generic_runner.x_train__mutmut_*"]
+    assert fnmatch.fnmatch("generic_runner.xǁTrainerǁtrain_step__mutmut_12", globs[0])
+    assert not fnmatch.fnmatch("generic_runner.xǁTrainerǁtrain_step_extra__mutmut_1", globs[0])
+    assert not fnmatch.fnmatch("generic_runner.x_train_step__mutmut_1", globs[1])
+

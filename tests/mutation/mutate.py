@@ -1,6 +1,7 @@
 """Mutation-test modules one at a time, each time-boxed, and record the scores (called by run.sh).
 
     python tests/mutation/mutate.py [--max-seconds S] [--phase before|after] MODULE|PACKAGE ...
+    python tests/mutation/mutate.py MODULE --functions f Class.method   # only these functions' mutants
     python tests/mutation/mutate.py --list
 
 Each module gets its own work copy, .mutation/<module>/ (git-ignored), whose [tool.mutmut] mutates that
@@ -96,13 +97,24 @@ def prepare(module: str, mapping: dict, tests: list[str]) -> Path:
     return dest
 
 
-def run_mutmut(dest: Path, max_seconds: float, max_setup_seconds: float, children: int) -> float:
+def mutant_globs(module: str, functions: list[str]) -> list[str]:
+    """mutmut's names for the mutants of `functions` in `module`: f -> module.x_f__mutmut_*,
+    Class.method -> module.xǁClassǁmethod__mutmut_*."""
+    def glob(function: str) -> str:
+        owner, _, name = function.rpartition(".")
+        return f"{module}.{f'xǁ{owner}ǁ{name}' if owner else f'x_{name}'}__mutmut_*"
+    return [glob(f) for f in functions]
+
+
+def run_mutmut(dest: Path, max_seconds: float, max_setup_seconds: float, children: int,
+               only: list[str] = ()) -> float:
     """Run mutmut in `dest`: its setup (mutants, mapping tests to functions, a clean run) for at most
-    `max_setup_seconds`, then the mutants for at most `max_seconds`, stopping cleanly (SIGINT, as Ctrl-C)
-    so that every verdict reached is kept. Returns the seconds spent on mutants."""
+    `max_setup_seconds`, then the mutants (those matching `only`, mutmut's name globs, if given) for at
+    most `max_seconds`, stopping cleanly (SIGINT, as Ctrl-C) so that every verdict reached is kept.
+    Returns the seconds spent on mutants."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what tests import
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen(["mutmut", "run", "--max-children", str(children)], cwd=dest, env=env,
+    proc = subprocess.Popen(["mutmut", "run", "--max-children", str(children), *only], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=_child_setup)
     testing = threading.Event()
@@ -199,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="time box for each module's setup: mutmut maps tests to functions (default 1800)")
     parser.add_argument("--phase", choices=("before", "after"), default="before",
                         help="where the scores go: before (the tests as they were) or after (tests added since)")
+    parser.add_argument("--functions", nargs="+", default=[], metavar="NAME",
+                        help="run only these functions' mutants (f or Class.method; one module)")
     parser.add_argument("--list", action="store_true", help="print each module with its test files")
     args = parser.parse_args(argv)
     mapping = load_map()
@@ -209,11 +223,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.modules:
         parser.error("name at least one module (--list shows them)")
+    modules = expand(args.modules, known)
+    if args.functions and len(modules) != 1:
+        parser.error("--functions needs exactly one module")
     children = int(os.environ.get("MAX_CHILDREN", "1"))
-    for module in expand(args.modules, known):
+    for module in modules:
         dest = prepare(module, mapping, mapping["tests"][module])
         hashes = function_hashes(dest, module)
-        seconds = run_mutmut(dest, args.max_seconds, args.max_setup_seconds, children)
+        seconds = run_mutmut(dest, args.max_seconds, args.max_setup_seconds, children,
+                             mutant_globs(module, args.functions))
         stale = stale_equivalents(module, hashes, function_hashes(dest, module), scores.equivalents())
         if stale:
             drop_equivalents(stale)
