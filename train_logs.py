@@ -37,7 +37,7 @@ PPL_CAP_LOSS = 50.0  # a diverged loss still prints a finite perplexity
 
 
 def capped_perplexity(loss: float) -> float:
-    """Perplexity of a mean NLL in nats: exp(min(loss, 50))."""
+    """Perplexity of a mean NLL in nats: exp(min(loss, 50)), so inf gives e^50; nan stays nan."""
     return math.exp(min(loss, PPL_CAP_LOSS))
 
 
@@ -59,10 +59,13 @@ TIMES_LAYOUT = {"step": list, "step_time": list, "tokens_per_s": list, "elapsed"
 
 
 def load_losses(run: str, log_dir: str | Path = "logs") -> dict:
+    """<log_dir>/losses/<run>.pkl; FileNotFoundError when there is none, UnsafeFileError (naming the file and
+    the first key) when it is not plain data of LOSSES_LAYOUT, its "val" of VAL_LAYOUT."""
     return _load(Path(log_dir) / "losses" / f"{run}.pkl", _losses_problem)
 
 
 def load_times(run: str, log_dir: str | Path = "logs") -> dict:
+    """<log_dir>/times/<run>.pkl, checked against TIMES_LAYOUT as `load_losses` does."""
     return _load(Path(log_dir) / "times" / f"{run}.pkl", _times_problem)
 
 
@@ -75,7 +78,8 @@ def _times_problem(d) -> str | None:
 
 
 def _layout_problem(d, layout: dict, prefix: str = "") -> str | None:
-    """What keeps `d` from being a dict with `layout`'s keys and types (None when nothing does)."""
+    """What keeps `d` from being a dict with `layout`'s keys and types (None when nothing does): the first
+    key missing or of another type (a bool is no number), named with `prefix`. Other keys are allowed."""
     if not isinstance(d, dict):
         return f"{prefix or 'it'} holds a {type(d).__name__}, not a dict of log entries"
     for key, kind in layout.items():
@@ -85,6 +89,7 @@ def _layout_problem(d, layout: dict, prefix: str = "") -> str | None:
 
 
 def run_log_paths(run: str, log_dir: str | Path) -> list[Path]:
+    """The losses pickle, the times pickle and the CSV of `run`, in that order."""
     log_dir = Path(log_dir)
     return [log_dir / "losses" / f"{run}.pkl", log_dir / "times" / f"{run}.pkl", log_dir / "csv" / f"{run}.csv"]
 
@@ -112,7 +117,12 @@ def _load(path: Path, layout) -> dict:
 
 
 class RunLogger:
-    """Collects per-step and per-eval numbers and writes the pickles, the CSV and (optionally) W&B."""
+    """Collects per-step and per-eval numbers and writes the pickles, the CSV and (optionally) W&B and
+    TensorBoard (a writer with add_scalar and flush).
+
+    A step's CSV row is held back until the next `log_step` or `save`, so an eval of the same step joins
+    it; TensorBoard gets the row's numbers when the CSV gets the row. With resume_step=n the logs on disk
+    are cut to the steps <= n (`_truncate_to`) and the elapsed times go on from step n's."""
 
     def __init__(self, run: str, log_dir: str | Path, meta: dict, resume_step: int = 0, wandb_run=None,
                  tensorboard=None):
@@ -152,6 +162,7 @@ class RunLogger:
             for k in ("step", "step_time", "tokens_per_s", "elapsed"):
                 self.times[k] = old[k][:keep]
             self.elapsed_before = self.times["elapsed"][-1] if self.times["elapsed"] else 0.0
+            self.times["total_elapsed"] = self.elapsed_before  # what a save before the next step writes
         rows = []
         if self.paths["csv"].is_file():
             with open(self.paths["csv"], newline="") as f:
@@ -173,6 +184,10 @@ class RunLogger:
 
     def log_step(self, step: int, loss: float, lr: float, grad_norm: float, step_time: float,
                  tokens: int, elapsed: float, stats: dict) -> None:
+        """One optimizer step. `elapsed`: seconds since this process started training (the time logged
+        before a resume is added); tokens/s = tokens / step_time (nan for a step time <= 0). Each key of
+        `stats` is a CSV column (added when first seen; earlier steps padded with nan in the pickle); text
+        values go to the CSV and pickle only, not to W&B or TensorBoard (nor flags to TensorBoard)."""
         loss, lr, grad_norm, step_time, stats = _plain(loss), _plain(lr), _plain(grad_norm), _plain(step_time), _plain(stats)
         elapsed = _plain(elapsed) + self.elapsed_before
         self.losses["step"].append(step)
@@ -206,6 +221,9 @@ class RunLogger:
                           elapsed_now - later, r["stats"])
 
     def log_eval(self, step: int, loss: float, bpb: float, stats: dict | None = None) -> None:
+        """One evaluation: loss (nats), its capped perplexity and bits per token, bits per byte, and the
+        model's statistics (as val_<key>). It joins the CSV row of `step` only while that row is the one
+        held back (the last step logged); otherwise (e.g. the eval at step 0) it goes to the pickle and W&B."""
         loss, bpb, stats = _plain(loss), _plain(bpb), _plain(stats)
         ppl, bpt = capped_perplexity(loss), bits_per_token(loss)
         val = self.losses["val"]
@@ -221,6 +239,8 @@ class RunLogger:
                             **{f"val/{k}": v for k, v in (stats or {}).items()}}, step=step)
 
     def _flush_row(self) -> None:
+        """Append the held-back row to the CSV (rewriting the file with a wider header when the row has a
+        new column) and send its numbers to TensorBoard."""
         if self._pending_row is None:
             return
         new = [k for k in self._pending_row if k not in self.csv_fields]
@@ -277,7 +297,8 @@ def open_tensorboard(log_cfg, run_name: str, log_dir: str | Path, resume_step: i
 def overfitting(losses: dict) -> dict:
     """Where a run's validation curve turned, from its losses log: the step of the best validation loss, the
     last validation loss, the mean training loss over the steps after the evaluation before the last one
-    (with TID: the loss of the tokens kept), and the gap at the end, last validation loss - that training loss."""
+    (with TID: the loss of the tokens kept; all steps when there was one evaluation; nan when no step was
+    logged after it), and the gap at the end, last validation loss - that training loss."""
     val, steps = losses["val"], losses["step"]
     best = min(range(len(val["loss"])), key=val["loss"].__getitem__)  # the first of equal losses, as best.pt
     since = val["step"][-2] if len(val["step"]) > 1 else 0
