@@ -3,6 +3,7 @@ batch, clipping scales what the optimizer applies, the LR follows its closed for
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from generic_runner import Trainer, train
 from models import ModelConfig, build
 from models.falcon import _BatchedLinear
 from models.lora import LoRAConfig, LoRALinear, apply_lora
+from run_stats import values
 from runtime import setup_env
 from train_logs import load_losses
 
@@ -247,3 +249,62 @@ def test_the_trainer_optimizer_uses_the_decay_groups(tiny_root):
     assert [g["weight_decay"] for g in groups] == [0.03, 0.0]
     assert _names(trainer.model, map(id, groups[0]["params"])) == decay
     assert _names(trainer.model, map(id, groups[1]["params"])) == no_decay
+
+
+# ----------------------------------------------------------------------------- the step's other contracts
+
+def test_target_shares_are_each_micro_batchs_counted_targets_over_all_ranks(monkeypatch):
+    """share_i = counted targets of micro-batch i * world / the step's counted targets summed over ranks
+    (an all-reduce sum), the total floored at 1. Reference: hand counts; the other rank is faked by an
+    all_reduce that adds a second rank with 5 counted targets."""
+    import generic_runner
+    from runtime import Env
+    y = [torch.tensor([[1, 2, -100, 3]]), torch.tensor([[-100, 4, -100, -100]])]      # 3 and 1 targets
+    one = SimpleNamespace(env=Env(0, 0, 1, torch.device("cpu"), torch.float32))
+    assert Trainer._target_shares(one, y).tolist() == [0.75, 0.25]
+    single = [torch.tensor([[-100, 7]])]                                             # one target in the step
+    assert Trainer._target_shares(one, single).tolist() == [1.0]
+    assert Trainer._target_shares(one, [torch.full((1, 3), -100)]).tolist() == [0.0]  # all padding: no 0/0
+
+    reduced = []
+
+    def all_reduce(tensor, op=None):
+        reduced.append(tensor.item())
+        tensor += 5.0
+    monkeypatch.setattr(generic_runner.dist, "all_reduce", all_reduce)
+    two = SimpleNamespace(env=Env(0, 0, 2, torch.device("cpu"), torch.float32))
+    assert Trainer._target_shares(two, y).tolist() == pytest.approx([3 * 2 / 9, 1 * 2 / 9])
+    assert reduced == [4.0]
+
+
+def test_a_step_frees_the_gradients_and_reports_a_zero_norm_without_clipping(tiny_root):
+    """After optimizer.step the gradients are set to None (their memory is free until the next backward),
+    and with train.grad_clip=0 the returned grad norm is a 0-d zero tensor (nothing measured)."""
+    trainer = _trainer(tiny_root, ["train.grad_clip=0", "run_name=free-grads"])
+    loss, grad_norm, _ = trainer.train_step()
+    assert all(p.grad is None for p in trainer.model.parameters())
+    assert isinstance(grad_norm, torch.Tensor) and grad_norm.shape == () and grad_norm.item() == 0.0
+    assert math.isfinite(loss.item())
+
+
+def test_the_step_passes_loss_chunk_and_keep_position_to_the_model(tiny_root):
+    """train.loss_chunk and tid.keep_position reach every training forward (a chunked loss bounds the
+    logits' memory; keep_position decides the positions of kept tokens)."""
+    trainer = _trainer(tiny_root, ["train.loss_chunk=16", "tid.method=random", "tid.p_start=0.3",
+                                   "tid.keep_position=true", "train.grad_accum=2", "run_name=step-kwargs"])
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    trainer.train_step()
+    training = [k for k in seen if k.get("drop_mask") is not None]   # TID's scoring forwards pass no mask
+    assert len(training) == 2
+    assert all(k["loss_chunk"] == 16 and k["keep_position"] is True for k in training)
+
+
+def test_a_mixture_of_experts_step_logs_its_cross_entropy_apart(tiny_root):
+    """In training a family with an auxiliary loss logs ce_loss beside aux_loss (their sum is the
+    step's loss, one micro-batch here)."""
+    trainer = _trainer(tiny_root, ["model.preset=falcon", "train.grad_clip=0", "run_name=ce-falcon"])
+    loss, _, stats = trainer.train_step()
+    got = values(stats)
+    assert {"ce_loss", "aux_loss"} <= set(got)
+    assert float(got["ce_loss"]) + float(got["aux_loss"]) == pytest.approx(loss.item(), rel=1e-5)
