@@ -136,3 +136,41 @@ def test_perplexity_speed_targets():
                                 (">= 0.6x the bare forward's speed", round(2 / 3, 6), True)]
     out[1]["seconds"] = 1.7
     assert [g["met"] for g in perplexity_speed.targets(out)] == [False, False]
+
+
+# ----------------------------------------------------------------------------- the shared command line
+
+def test_benchmark_cli_passes_device_quick_and_steps_and_writes_the_payload(tmp_path, monkeypatch, capsys):
+    """benchmark_cli parses --device (auto by default), --quick (a flag) and, for training benchmarks only,
+    --steps; calls run(device, quick[, steps]); writes run's payload (plus the torch version) to --out, or
+    by default to benchmarks/results/<name>_<cpu|cuda>.json under the working directory."""
+    from benchmarks.common import benchmark_cli
+    calls = []
+
+    def run(*args):
+        calls.append(args)
+        return {"rows": [len(calls)]}
+    monkeypatch.chdir(tmp_path)
+    benchmark_cli("probe", run, "a probe", argv=["--quick", "--out", str(tmp_path / "a.json")])
+    assert calls == [("auto", True)]
+    assert json.loads((tmp_path / "a.json").read_text()) == {"rows": [1], "torch": torch.__version__}
+    benchmark_cli("probe", run, "a probe", argv=["--device", "cpu", "--steps", "7"], steps=True)
+    assert calls[1] == ("cpu", False, 7)
+    assert json.loads((tmp_path / "benchmarks/results/probe_cpu.json").read_text())["rows"] == [2]
+    benchmark_cli("probe", run, "a probe", argv=[], steps=True)
+    assert calls[2] == ("auto", False, None)
+    with pytest.raises(SystemExit):
+        benchmark_cli("probe", run, "a probe", argv=["--steps", "3"])        # no --steps without steps=True
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        benchmark_cli("probe", run, "a probe", argv=["--help"])
+    shown = capsys.readouterr().out
+    assert "a probe" in shown and "benchmarks/results/probe_<cuda|cpu>.json" in shown
+
+
+def test_benchmark_parser_describes_itself_and_names_its_default_file():
+    """--help shows the description and the default JSON path of the benchmark's own name."""
+    from benchmarks.common import benchmark_parser
+    text = benchmark_parser("decode_speed", "Decode tokens per second.").format_help()
+    assert "Decode tokens per second." in text and "benchmarks/results/decode_speed_<cuda|cpu>.json" in text
+    assert "--steps" not in text and "--steps" in benchmark_parser("x", "y", steps=True).format_help()
