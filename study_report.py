@@ -160,7 +160,7 @@ def build_report(study, runs, differences: dict, command: str) -> dict:
     return {
         "study": study.name, "description": study.description, "command": command, "reference": study.reference,
         "seeds": study.seeds, "heldout_rows": rows.pop(), "heldout_data": str(data_dirs.pop()),
-        "tokens_per_run": per_run[0]["tokens_per_run"], "model": _model_line(runs[0].cfg), "arms": arms,
+        "tokens_per_run": per_run[0]["tokens_per_run"], "model": _model_line(_reference_run(study, runs).cfg), "arms": arms,
         "comparisons": comparisons(study, runs, "last"), "comparisons_best": comparisons(study, runs, "best"),
         "config_differences": {a: {k: list(v) for k, v in d.items()} for a, d in differences.items()},
         "runs": per_run,
@@ -183,6 +183,12 @@ def comparisons(study, runs, checkpoint: str) -> dict:
                          "per_seed_delta_nll": per_seed.tolist(), "seed_t_ci95": list(seed_ci),
                          "verdict": verdict((lo, hi), seed_ci)}
     return out
+
+
+def _reference_run(study, runs):
+    """The reference arm's run at the first seed: what the model line describes and the config differences
+    are measured from (study.config_differences)."""
+    return next(r for r in runs if r.arm == study.reference and r.seed == study.seeds[0])
 
 
 def _model_line(cfg) -> str:
