@@ -117,3 +117,84 @@ def test_prepare_data_help_documents_its_options(monkeypatch, capsys):
     for phrase in ("Prepare (tokenize, pack, cache) the data of a config.", "the runner's default config, merged first",
                    "--set KEY=VALUE", "override a key", "YAML config; repeat to overlay"):
         assert phrase in out, phrase
+
+
+# ----------------------------------------------------------------------------- execute and its commands
+
+def test_execute_reuses_scored_runs_and_trains_the_rest_one_at_a_time_by_default(resolved, monkeypatch):
+    """Runs already scored are skipped with one line saying how many; the others go to train_and_score with
+    the worker's environment and the set of live children; the default is one run at a time."""
+    s, runs = resolved
+    scored = {runs[0].name}
+    monkeypatch.setattr(study_runner, "run_state", lambda r: "scored" if r.name in scored else "new")
+    calls, logged = [], []
+    monkeypatch.setattr(study_runner, "train_and_score",
+                        lambda st, run, env, children: calls.append((run.name, env, type(children))))
+    study_runner.execute(s, runs, log=logged.append)
+    assert logged == [f"1 of {len(runs)} runs already finished: reused"]
+    assert calls == [(r.name, study_runner._slots(1)[0], set) for r in runs[1:]]
+    logged.clear()
+    scored.clear()
+    study_runner.execute(s, runs, log=logged.append)                # nothing finished: nothing to say
+    assert logged == [] and len(calls) == 2 * len(runs) - 1
+
+
+def test_a_failed_run_stops_the_study_after_the_running_ones_were_stopped_and_waited_for(resolved, monkeypatch):
+    """With two workers, the first failure raises; the run still going is terminated (its child), and
+    execute returns only after that worker has finished (nothing left running behind the caller's back)."""
+    import threading
+    import time
+    s, runs = resolved
+    monkeypatch.setattr(study_runner, "run_state", lambda r: "new")
+    finished, started = [], threading.Event()
+
+    class Child:
+        terminated = False
+
+        def terminate(self):
+            self.terminated = True
+    child = Child()
+
+    def train_and_score(st, run, env, children):
+        if run is runs[0]:
+            children.add(child)
+            started.set()
+            time.sleep(0.5)
+            finished.append(run.name)
+        else:
+            started.wait(5)
+            raise study_runner.StudyRunError("boom")
+    monkeypatch.setattr(study_runner, "train_and_score", train_and_score)
+    with pytest.raises(study_runner.StudyRunError, match="boom"):
+        study_runner.execute(s, runs[:2], parallel=2, log=lambda *a: None)
+    assert child.terminated and finished == [runs[0].name]
+
+
+def test_call_logs_the_command_then_its_output_and_tracks_the_child_while_it_runs(tmp_path):
+    """_call writes "$ <command>", then the child's stdout and stderr into the run's log; the child is in
+    `children` exactly while it runs; a non-zero exit is a StudyRunError naming the step and the log."""
+    class Tracking(set):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def add(self, item):
+            self.seen.append(("add", item))
+            super().add(item)
+
+        def discard(self, item):
+            self.seen.append(("discard", item))
+            super().discard(item)
+    code = "import os, sys; print('out', os.environ['PROBE']); sys.stdout.flush(); print('err', file=sys.stderr)"
+    cmd = [sys.executable, "-c", code]
+    log_path = tmp_path / "run.log"
+    children = Tracking()
+    with open(log_path, "w") as out:
+        study_runner._call(cmd, {"PROBE": "42"}, out, log_path, "training", children)
+    lines = log_path.read_text().splitlines()
+    assert lines[0] == "$ " + " ".join(cmd) and sorted(lines[1:]) == ["err", "out 42"]
+    [(op1, child), (op2, same)] = children.seen
+    assert (op1, op2) == ("add", "discard") and child is same and child is not None and not children
+    with open(log_path, "a") as out, pytest.raises(study_runner.StudyRunError,
+                                                   match=f"scoring failed \\(exit 3\\): see {log_path}"):
+        study_runner._call([sys.executable, "-c", "raise SystemExit(3)"], {}, out, log_path, "scoring", set())
