@@ -232,12 +232,13 @@ def to_meta(cfg: ModelConfig, sd: dict) -> tuple[dict, dict]:
         for meta, theirs in _META_BLOCK:
             w = hf[f"model.layers.{i}.{theirs}"]
             out[f"layers.{i}.{meta}"] = _interleave_rotary(w, cfg.n_heads) if meta in _ROTATED else w
-    # Meta derives the FFN width from dim: round_up(multiplier * int(8 * dim / 3), multiple_of);
-    # multiple_of = d_ff and a multiplier just under d_ff / int(8 * dim / 3) give exactly d_ff
+    # Meta derives the FFN width from dim: round_up(int(multiplier * int(8 * dim / 3)), multiple_of);
+    # multiple_of = d_ff and multiplier * int(8 * dim / 3) = d_ff + 0.5 (truncated to d_ff) give exactly
+    # d_ff; d_ff - 0.5 would truncate d_ff = 1 to a width of 0
     base = int(2 * 4 * cfg.d_model / 3)
     params = {"dim": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "vocab_size": cfg.vocab_size,
               "norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
-              "multiple_of": cfg.d_ff, "ffn_dim_multiplier": (cfg.d_ff - 0.5) / base}
+              "multiple_of": cfg.d_ff, "ffn_dim_multiplier": (cfg.d_ff + 0.5) / base}
     return params, out
 
 
