@@ -51,9 +51,8 @@ def by_hand(arm):
     return steps, [sum(v) / len(v) for v in losses], [min(v) for v in losses], [max(v) for v in losses]
 
 
-@pytest.fixture
-def drawn(tmp_path, monkeypatch):
-    """figures() on REPORT into a not-yet-existing nested folder; each Figure is kept as it is saved."""
+def capture_saved_figures(monkeypatch) -> dict:
+    """{file name: Figure} of every figure study_report saves from now on (each is still saved)."""
     saved = {}
     real_save = study_report._save
 
@@ -62,6 +61,13 @@ def drawn(tmp_path, monkeypatch):
         return real_save(fig, path)
 
     monkeypatch.setattr(study_report, "_save", capture)
+    return saved
+
+
+@pytest.fixture
+def drawn(tmp_path, monkeypatch):
+    """figures() on REPORT into a not-yet-existing nested folder; each Figure is kept as it is saved."""
+    saved = capture_saved_figures(monkeypatch)
     out = tmp_path / "study" / "figures"
     paths = study_report.figures(REPORT, out)
     return paths, out, saved

@@ -581,14 +581,8 @@ def drawn(demo, tmp_path, monkeypatch):
     kept as it is saved."""
     from matplotlib import pyplot as plt
 
-    saved = {}
-    real_save = study_report._save
-
-    def capture(fig, path):
-        saved[path.name] = fig
-        return real_save(fig, path)
-
-    monkeypatch.setattr(study_report, "_save", capture)
+    from test_study_figures import capture_saved_figures
+    saved = capture_saved_figures(monkeypatch)
     report = study_report.build_report(demo.study, demo.runs, {}, "cmd")
     before = len(plt.get_fignums())
     study_report.figures(report, tmp_path / "figs")
