@@ -242,3 +242,28 @@ def test_table_has_a_column_per_metric_any_task_has_and_a_dash_where_a_task_lack
         "a_task_name_longer_t     3         -     50.00    0.5000   0.7500      12.3",
         "cloze                   12     33.33         -    0.5000   0.7500      12.3"]
 
+
+
+def test_a_task_file_stops_at_the_limit():
+    """limit items, the first ones in file order, even when the file has more."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "qa.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"prompt": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(3))
+        task = tasks.from_jsonl(path, limit=2)
+    assert (task.prompts, task.labels) == (["q0", "q1"], ["a0", "a1"])
+
+
+def test_dialogue_task_settings_and_a_file_of_no_usable_dialogue(tmp_path):
+    """The dialogue task generates up to 64 tokens, cut at the next turn; a file whose records all lack an
+    Assistant turn is refused, naming what was skipped and why."""
+    good = tmp_path / "hh.jsonl"
+    good.write_text(json.dumps({"chosen": "\n\nHuman: hi there\n\nAssistant: hello you"}) + "\n", encoding="utf-8")
+    task = tasks.dialogue(good, limit=5)
+    assert task.max_gen_len == 64 and task.labels == ["hello you"]
+    assert task.postprocess("fine thanks\n\nHuman: and you?", task.labels[0]) == "fine thanks"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"chosen": "\n\nHuman: only a question"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"has no usable dialogues \(skipped: \{'no Assistant turn': 1\}\)"):
+        tasks.dialogue(bad, limit=5)
