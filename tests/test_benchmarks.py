@@ -174,3 +174,23 @@ def test_benchmark_parser_describes_itself_and_names_its_default_file():
     text = benchmark_parser("decode_speed", "Decode tokens per second.").format_help()
     assert "Decode tokens per second." in text and "benchmarks/results/decode_speed_<cuda|cpu>.json" in text
     assert "--steps" not in text and "--steps" in benchmark_parser("x", "y", steps=True).format_help()
+
+
+def test_random_tokens_are_seeded_uniform_int32_ids_in_the_vocabulary():
+    """Each split holds its count of int32 ids in [0, vocab) from numpy's generator seeded with `seed`
+    (seed 0 by default): the same seed gives the same ids, and id 0 occurs. Blocks are the plain token
+    blocks of that stream, with the stride passed on; bits per byte read as bits per token."""
+    import numpy as np
+
+    from dataset_definitions.datasets import TokenBlocks
+    data = RandomTokens(vocab_size=7, train_tokens=500, val_tokens=40)
+    rng = np.random.default_rng(0)
+    assert np.array_equal(data.tokens("train"), rng.integers(0, 7, 500, dtype=np.int32))
+    assert np.array_equal(data.tokens("val"), rng.integers(0, 7, 40, dtype=np.int32))
+    assert data.tokens("train").dtype == np.int32 and data.tokens("train").min() == 0
+    assert np.array_equal(RandomTokens(7, 500, 40, seed=3).tokens("train"), RandomTokens(7, 500, 40, 3).tokens("train"))
+    assert not np.array_equal(RandomTokens(7, 500, 40, seed=3).tokens("train"), data.tokens("train"))
+    got, want = data.blocks("train", 16, stride=4), TokenBlocks(data.tokens("train"), 16, 4)
+    assert len(got) == len(want) and np.array_equal(got[len(got) - 1][0], want[len(want) - 1][0])
+    assert len(data.blocks("train", 16)) == len(TokenBlocks(data.tokens("train"), 16, None))
+    assert data.bytes_per_token("val") == 1.0

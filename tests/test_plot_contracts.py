@@ -780,3 +780,21 @@ def test_main_with_nothing_to_draw_says_so_and_fails(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "warning: run 'x' left out" in captured.err and "warning: run 'y' left out" in captured.err
     assert captured.out.strip() == f"no figures written: none of ['x', 'y'] has logs under {tmp_path}/"
+
+
+def test_annotated_bars_draw_each_value_with_its_note_label_and_own_colour():
+    """annotated_bars: bar i at x = i with height values[i] in colour C{i}; notes[i] written at the bar's top,
+    centred above it; the tick labels, y label and title as given. Reference: the inputs."""
+    from matplotlib import colors
+    from matplotlib import pyplot as plt
+
+    from visualizations.figures import annotated_bars
+    fig, ax = plt.subplots()
+    annotated_bars(ax, ["a", "b", "c"], [3.0, 1.0, 2.0], ["n0", "n1", "n2"], ylabel="tok/s", title="speed")
+    assert [(p.get_x() + p.get_width() / 2, p.get_height()) for p in ax.patches] == [(0, 3.0), (1, 1.0), (2, 2.0)]
+    assert [colors.to_hex(p.get_facecolor()) for p in ax.patches] == [colors.to_hex(f"C{i}") for i in range(3)]
+    assert [(t.get_text(), t.xy, t.get_ha(), t.get_va()) for t in ax.texts] == [
+        ("n0", (0, 3.0), "center", "bottom"), ("n1", (1, 1.0), "center", "bottom"), ("n2", (2, 2.0), "center", "bottom")]
+    assert list(ax.get_xticks()) == [0, 1, 2] and [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert (ax.get_ylabel(), ax.get_title()) == ("tok/s", "speed")
+    plt.close(fig)
