@@ -160,7 +160,8 @@ def build_report(study, runs, differences: dict, command: str) -> dict:
     return {
         "study": study.name, "description": study.description, "command": command, "reference": study.reference,
         "seeds": study.seeds, "heldout_rows": rows.pop(), "heldout_data": str(data_dirs.pop()),
-        "tokens_per_run": per_run[0]["tokens_per_run"], "model": _model_line(_reference_run(study, runs).cfg), "arms": arms,
+        "tokens_per_run": per_run[0]["tokens_per_run"], "model": _model_line(_reference_run(study, runs).cfg),
+        "arms": arms,
         "comparisons": comparisons(study, runs, "last"), "comparisons_best": comparisons(study, runs, "best"),
         "config_differences": {a: {k: list(v) for k, v in d.items()} for a, d in differences.items()},
         "runs": per_run,

@@ -244,14 +244,10 @@ def test_table_has_a_column_per_metric_any_task_has_and_a_dash_where_a_task_lack
 
 
 
-def test_a_task_file_stops_at_the_limit():
+def test_a_task_file_stops_at_the_limit(tmp_path):
     """limit items, the first ones in file order, even when the file has more."""
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "qa.jsonl")
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"prompt": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(3))
-        task = tasks.from_jsonl(path, limit=2)
+    path = _jsonl(tmp_path, [json.dumps({"prompt": f"q{i}", "answer": f"a{i}"}) for i in range(3)])
+    task = tasks.from_jsonl(path, limit=2)
     assert (task.prompts, task.labels) == (["q0", "q1"], ["a0", "a1"])
 
 
