@@ -129,3 +129,72 @@ def test_another_world_size_reseeds_from_seed_rank_and_step(run):
     assert ckpt["step"] == 2 and torch.equal(got, torch.rand(4))
     assert trainer.step == 2 and trainer.saved_step == 2
     assert math.isfinite(trainer.best_val)
+
+
+def test_another_world_size_reseeds_each_rank_apart(run):
+    """Rank 1 of a resumed run of another size draws from manual_seed(seed + 1 + step): ranks differ."""
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    ckpt["world_size"] = 4
+    trainer = _fresh_trainer(cfg)
+    trainer.env = replace(trainer.env, rank=1)
+    train_state.restore(trainer, ckpt)
+    got = torch.rand(4)
+    torch.manual_seed(cfg.seed + 1 + ckpt["step"])
+    assert torch.equal(got, torch.rand(4))
+
+
+def test_the_saved_grad_scaler_state_is_put_back(run):
+    """An fp16 run's loss scale continues from the checkpoint, not from the scaler's initial scale."""
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    ckpt["scaler"] = torch.amp.GradScaler("cpu", init_scale=512.0).state_dict()
+    trainer = _fresh_trainer(cfg)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=65536.0)
+    train_state.restore(trainer, ckpt)
+    assert trainer.scaler.get_scale() == 512.0
+
+
+def _record_cuda_rng(monkeypatch) -> list:
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((state, device)))
+    return calls
+
+
+def test_a_gpu_checkpoint_resumed_on_cpu_restores_only_the_cpu_stream(run, monkeypatch):
+    """A checkpoint saved on a GPU holds a CUDA RNG state; resumed on a CPU it is left alone."""
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    ckpt["rng"][0]["cuda"] = torch.arange(16, dtype=torch.uint8)
+    calls = _record_cuda_rng(monkeypatch)
+    train_state.restore(_fresh_trainer(cfg), ckpt)
+    assert calls == [] and torch.equal(torch.get_rng_state(), ckpt["rng"][0]["torch"])
+
+
+def test_on_a_gpu_the_saved_cuda_stream_goes_back_to_its_device(run, monkeypatch):
+    """Same world size on a GPU: the rank's CUDA RNG state is set on the rank's device (recorded here:
+    the call itself needs a GPU); a checkpoint without one (saved on a CPU) sets none."""
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    saved = torch.arange(16, dtype=torch.uint8)
+    calls = _record_cuda_rng(monkeypatch)
+    trainer = _fresh_trainer(cfg)
+    trainer.env = replace(trainer.env, device=torch.device("cuda", 0))
+    train_state.restore(trainer, ckpt)
+    assert calls == []
+    ckpt["rng"][0]["cuda"] = saved
+    train_state.restore(trainer, ckpt)
+    assert len(calls) == 1 and torch.equal(calls[0][0], saved) and calls[0][1] == torch.device("cuda", 0)
+
+
+def test_a_gpu_process_saves_its_cuda_stream_beside_the_cpu_one(run, monkeypatch):
+    """capture() on a GPU keeps the device's CUDA RNG state (read from that device) for --resume."""
+    cfg, _ = run
+    trainer = _fresh_trainer(cfg)
+    trainer.env = replace(trainer.env, device=torch.device("cuda", 0))
+    state = torch.arange(16, dtype=torch.uint8)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: asked.append(device) or state)
+    rng = train_state.capture(trainer)["rng"]
+    assert len(rng) == 1 and torch.equal(rng[0]["cuda"], state) and asked == [torch.device("cuda", 0)]
+    assert torch.equal(rng[0]["torch"], torch.get_rng_state())
