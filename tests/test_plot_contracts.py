@@ -798,3 +798,39 @@ def test_annotated_bars_draw_each_value_with_its_note_label_and_own_colour():
     assert list(ax.get_xticks()) == [0, 1, 2] and [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
     assert (ax.get_ylabel(), ax.get_title()) == ("tok/s", "speed")
     plt.close(fig)
+
+
+def test_main_draws_the_benchmark_jsons_named_by_bench_instead_of_the_default_ones(all_logs, tmp_path,
+                                                                                   monkeypatch):
+    """main --bench FILE: that JSON's figure (named by its stem), not the default generation_*.json."""
+    monkeypatch.setattr(plots, "ROOT", tmp_path)
+    other = tmp_path / "benchmarks" / "results" / "other_toy.json"
+    out = tmp_path / "o"
+    assert plots.main(["--runs", "A", "--log-dir", str(all_logs), "--out", str(out), "--bench", str(other)]) == 0
+    assert (out / "other_toy.png").is_file() and not (out / "generation_toy.png").exists()
+
+
+def test_main_prints_every_missing_run_warning_and_other_warnings_once(monkeypatch, tmp_path, capsys):
+    """main: each MissingLogWarning reaches stderr, however many come from one line; any other warning
+    raised while drawing follows the usual filters (here a repeated UserWarning: printed once)."""
+    import warnings
+
+    def fake_plot_all(runs, *args):
+        for run in runs:
+            warnings.warn(f"run {run!r} left out", MissingLogWarning)
+            warnings.warn("a library's repeated warning", UserWarning)
+        return {}
+    monkeypatch.setattr(plots, "plot_all", fake_plot_all)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert plots.main(["--runs", "x", "y", "z", "--log-dir", str(tmp_path), "--bench"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: run 'x' left out", "warning: a library's repeated warning",
+                   "warning: run 'y' left out", "warning: run 'z' left out"]
+
+
+def test_plot_all_and_training_time_read_logs_under_the_working_directory_by_default(all_logs, monkeypatch):
+    """log_dir defaults to logs/ of the working directory, as the trainer writes it."""
+    monkeypatch.chdir(all_logs.parent)
+    assert list(plots.plot_all(["A"])) == ["loss", "lr_grad_norm", "perplexity", "training_time"]
+    assert plots.training_time(["A"]) is not None
