@@ -2,6 +2,7 @@
 what the local launcher does for its run (in its work folder, with the job's own environment); the
 shared data is prepared once, reporting through the caller's log; prepare_data.py's command line."""
 
+import json
 import os
 import sys
 
@@ -198,3 +199,40 @@ def test_call_logs_the_command_then_its_output_and_tracks_the_child_while_it_run
     with open(log_path, "a") as out, pytest.raises(study_runner.StudyRunError,
                                                    match=f"scoring failed \\(exit 3\\): see {log_path}"):
         study_runner._call([sys.executable, "-c", "raise SystemExit(3)"], {}, out, log_path, "scoring", set())
+
+
+class _Executor:
+    """Stands in for submitit's executor: records each job's name and submission; job ids 100, 101, ..."""
+
+    def __init__(self):
+        self.names, self.submitted = [], []
+
+    def update_parameters(self, name):
+        self.names.append(name)
+
+    def submit(self, fn, study, run, workdir):
+        self.submitted.append((fn, run.name, workdir))
+        return type("Job", (), {"job_id": str(100 + len(self.submitted) - 1)})()
+
+
+@pytest.mark.parametrize("n_scored", [0, 1])
+def test_each_unfinished_run_is_one_job_named_after_it_and_recorded(resolved, monkeypatch, n_scored):
+    """execute_on_slurm: runs already scored are reused (said once, only when there are some); each other
+    run is submitted as a job of its own name, run_job(study, run, cwd), its id recorded in jobs/<run>.json;
+    one executor for all; then every job is waited for."""
+    s, runs = resolved
+    scored = {r.name for r in runs[:n_scored]}
+    executors, waited, lines = [], [], []
+    monkeypatch.setattr(study_slurm, "_executor", lambda cfg, d: executors.append(_Executor()) or executors[-1])
+    monkeypatch.setattr(study_slurm, "_wait", lambda st, jobs, poll: waited.append(sorted(jobs)))
+    monkeypatch.setattr(study_runner, "run_state", lambda run: "scored" if run.name in scored else "new")
+    todo = [r.name for r in runs if r.name not in scored]
+    study_slurm.execute_on_slurm(s, runs, study_slurm.SlurmConfig(executor="local"), log=lines.append)
+    (ex,) = executors
+    assert ex.names == todo and [(fn, name) for fn, name, _ in ex.submitted] == [(study_slurm.run_job, n) for n in todo]
+    assert all(workdir == os.getcwd() for _, _, workdir in ex.submitted) and waited == [sorted(todo)]
+    records = {p.stem: json.loads(p.read_text()) for p in (s.dir / "jobs").glob("*.json")}
+    assert records == {n: {"run": n, "job_id": str(100 + i), "executor": "local", "folder": str(s.dir / "jobs")}
+                       for i, n in enumerate(todo)}
+    reused = [line for line in lines if "already finished" in line]
+    assert reused == ([f"1 of {len(runs)} runs already finished: reused"] if scored else [])
