@@ -140,3 +140,44 @@ def test_functions_name_mutmuts_globs_for_functions_and_methods():
     assert not fnmatch.fnmatch("generic_runner.xǁTrainerǁtrain_step_extra__mutmut_1", globs[0])
     assert not fnmatch.fnmatch("generic_runner.x_train_step__mutmut_1", globs[1])
 
+
+
+def test_each_slow_test_left_out_names_tests_that_exist():
+    """Every node-id prefix in `slow` (and in keep_by_module) is a test function of an existing file."""
+    for node in [*MAP["slow"], *(n for kept in MAP["keep_by_module"].values() for n in kept)]:
+        path, _, name = node.partition("::")
+        source = (REPO / path).read_text(encoding="utf-8")
+        assert name.startswith("test_") and f"def {name}" in source, node
+    assert all(n in MAP["slow"] for kept in MAP["keep_by_module"].values() for n in kept)
+
+
+def test_a_selection_leaves_out_exactly_the_slow_tests_a_module_does_not_keep():
+    """selection: the module's test files, then --deselect for each slow node id it does not keep (pytest
+    drops only node ids that start with one: nothing else named like them, unlike -k's substrings)."""
+    from mutate import selection
+
+    mapping = {"slow": ["tests/test_a.py::test_cli_x", "tests/test_b.py::test_compiled"],
+               "keep_by_module": {"own": ["tests/test_a.py::test_cli_x"]}}
+    assert selection("m", mapping, ["test_a", "test_c"]) == [
+        "tests/test_a.py", "tests/test_c.py", "--deselect", "tests/test_a.py::test_cli_x",
+        "--deselect", "tests/test_b.py::test_compiled"]
+    assert selection("own", mapping, ["test_a"]) == ["tests/test_a.py", "--deselect", "tests/test_b.py::test_compiled"]
+
+
+def test_a_copy_with_verdicts_keeps_the_selection_they_were_reached_with(tmp_path, capsys):
+    """kept_selection: no copy yet, or one whose mutants have not run -> the wanted selection; a copy with a
+    verdict -> the selection in its [tool.mutmut] (mutmut would reset every verdict), said when it differs."""
+    from mutate import kept_selection, meta_path
+
+    wanted, old = ["tests/test_a.py", "--deselect", "tests/test_a.py::test_slow"], ["tests/test_a.py", "-k", "not cli"]
+    assert kept_selection(tmp_path, "m", wanted) == wanted
+    (tmp_path / "pyproject.toml").write_text(f"[tool.mutmut]\npytest_add_cli_args_test_selection = {json.dumps(old)}\n")
+    meta = meta_path(tmp_path, "m")
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"exit_code_by_key": {"m.f__mutmut_1": None}}))
+    assert kept_selection(tmp_path, "m", wanted) == wanted
+    meta.write_text(json.dumps({"exit_code_by_key": {"m.f__mutmut_1": None, "m.f__mutmut_2": 1}}))
+    capsys.readouterr()
+    assert kept_selection(tmp_path, "m", wanted) == old
+    assert "keeps the test selection it has verdicts from: tests/test_a.py -k not cli" in capsys.readouterr().out
+    assert kept_selection(tmp_path, "m", old) == old and capsys.readouterr().out == ""

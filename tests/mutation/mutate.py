@@ -8,8 +8,8 @@ Each module gets its own work copy, .mutation/<module>/ (git-ignored), whose [to
 module only and runs the test files modules.toml maps it to; mutmut keeps every verdict in that copy's
 mutants/, so a run stopped by --max-seconds (SIGINT, as Ctrl-C) resumes where it stopped; the first run
 of a module also maps its tests to functions (mutmut's stats, kept for the next runs; not in the box).
-A copy that holds verdicts keeps the test files it was first run with (mutmut drops every verdict when the
-list changes): recheck.py runs its survivors against the files mapped since. Scores go to scores.json and
+A copy that holds verdicts keeps the test selection it was first run with (mutmut drops every verdict when
+the selection changes): recheck.py runs its survivors against the files mapped since. Scores go to scores.json and
 progress.md (scores.py).
 """
 
@@ -34,7 +34,7 @@ GRACE_SECONDS = 120  # after SIGINT, mutmut stops its workers and saves; then it
 
 
 def load_map() -> dict:
-    """modules.toml: {"deselect": str, "deselect_by_module": {module: str}, "tests": {module: [test file stems]}}."""
+    """modules.toml: {"slow": [node ids], "keep_by_module": {module: [node ids]}, "tests": {module: [test file stems]}}."""
     return tomllib.loads((HERE / "modules.toml").read_text(encoding="utf-8"))
 
 
@@ -57,14 +57,39 @@ def expand(names: list[str], known: list[str]) -> list[str]:
     return out
 
 
-def write_config(dest: Path, module: str, mapping: dict, tests: list[str]) -> None:
-    """Rewrite the copy's [tool.mutmut]: mutate `module` only, run the test files `tests` (stems)."""
+def selection(module: str, mapping: dict, tests: list[str]) -> list[str]:
+    """pytest's selection for `module`'s mutants: the test files `tests` (stems), less modules.toml's slow
+    tests (node-id prefixes, pytest --deselect) other than those the module keeps."""
+    keep = set(mapping.get("keep_by_module", {}).get(module, []))
+    return [f"tests/{t}.py" for t in tests] + [a for t in mapping["slow"] if t not in keep for a in ("--deselect", t)]
+
+
+def run_selection(dest: Path) -> list[str] | None:
+    """The test selection in the copy's [tool.mutmut] (None before its first run)."""
+    pyproject = dest / "pyproject.toml"
+    if not pyproject.is_file():
+        return None
+    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["mutmut"].get("pytest_add_cli_args_test_selection")
+
+
+def kept_selection(dest: Path, module: str, wanted: list[str]) -> list[str]:
+    """`wanted`, unless the copy holds verdicts: then the selection they were reached with (said if it differs)."""
+    previous = run_selection(dest)
+    if previous is None or all(code is NOT_RUN for code in exit_codes(meta_path(dest, module)).values()):
+        return wanted
+    if previous != wanted:
+        print(f"mutation: {module}: its copy keeps the test selection it has verdicts from: {' '.join(previous)}; "
+              f"python tests/mutation/recheck.py checks the survivors against the others", flush=True)
+    return previous
+
+
+def write_config(dest: Path, module: str, chosen: list[str]) -> None:
+    """Rewrite the copy's [tool.mutmut]: mutate `module` only, run the tests of the selection `chosen`."""
     pyproject = dest / "pyproject.toml"
     text = pyproject.read_text(encoding="utf-8")
     settings = tomllib.loads(text)["tool"]["mutmut"]
-    deselect = mapping.get("deselect_by_module", {}).get(module, mapping["deselect"])
     settings["only_mutate"] = [module_path(module)]
-    settings["pytest_add_cli_args_test_selection"] = [f"tests/{t}.py" for t in tests] + ["-k", deselect]
+    settings["pytest_add_cli_args_test_selection"] = chosen
     head, _, rest = text.partition("[tool.mutmut]\n")
     tail = rest[rest.find("\n[") + 1:] if "\n[" in rest else ""
     body = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())  # JSON strings are TOML strings
@@ -73,27 +98,22 @@ def write_config(dest: Path, module: str, mapping: dict, tests: list[str]) -> No
 
 def prepare(module: str, mapping: dict, tests: list[str]) -> Path:
     """Refresh the module's work copy from the working tree and run `tests` there; return its path.
-    A copy with verdicts keeps the test files it was run with, whatever `tests` says (see the docstring)."""
+    A copy with verdicts keeps the test selection it was run with, whatever `tests` says (see the docstring)."""
     import unwrap  # libcst, from the mutation extra: the setup's own test runs without it
 
     dest = WORK / module
-    selection = dest / "tests-mapped"
-    if selection.exists() and any(code is not NOT_RUN for code in exit_codes(meta_path(dest, module)).values()):
-        if selection.read_text().split() != tests:
-            print(f"mutation: {module}: its copy keeps the tests it has verdicts from: {selection.read_text()}; "
-                  f"python tests/mutation/recheck.py checks the survivors against the others", flush=True)
-        tests = selection.read_text().split()
+    previous = run_selection(dest)
+    chosen = kept_selection(dest, module, selection(module, mapping, tests))
     unwrap.main(str(dest))
     shared = REPO.parent / "shared"
     if shared.is_dir() and not (dest / "shared").exists():
         (dest / "shared").symlink_to(shared)  # tests find reference data at <repo>/../shared from mutants/tests
-    write_config(dest, module, mapping, tests)
+    write_config(dest, module, chosen)
     (dest / "tree-commit").write_text(scores.commit())  # the scores name the tree the run used
-    # mutmut keeps its map of tests to functions between runs; a map made for other test files would
+    # mutmut keeps its map of tests to functions between runs; a map made for another selection would
     # make it reset every verdict, so it maps anew then
-    if not selection.exists() or selection.read_text() != " ".join(tests):
+    if previous != chosen:
         (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
-    selection.write_text(" ".join(tests))
     return dest
 
 
