@@ -189,7 +189,7 @@ def load_config(paths: list[str | Path] = (), sets: list[str] = ()) -> RunConfig
     """Merge YAML files in order, apply `key=value` overrides, and build the typed tree."""
     merged: dict = {}
     for path in paths:
-        merged = _merge(merged, read_yaml(Path(path)), str(path))
+        merged = _merge(merged, read_yaml(Path(path)))
     for item in sets:
         key, value = _parse_set(item)
         node = merged
@@ -251,11 +251,12 @@ def read_yaml(path: Path, what: str = "config file",
     return d
 
 
-def _merge(base: dict, over: dict, source: str) -> dict:
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: sections merge key by key, any other value replaces."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v, source)
+            out[k] = _merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -266,7 +267,7 @@ def _parse_set(item: str) -> tuple[str, object]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=3e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw) if raw.strip() else None  # blank (a tab too, which YAML refuses): null
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

@@ -118,3 +118,117 @@ def test_checkpoint_dicts_rebuild_the_same_config_and_bad_ones_are_config_errors
     with pytest.raises(ConfigError, match="tid.p_start must be in"):
         from_dict({"tid": {"p_start": 1.5}})
     assert from_dict({}) == RunConfig()
+
+
+# ----------------------------------------------------------------------------- contracts by hand
+
+def test_zero_epochs_and_a_zero_lr_are_refused_even_with_min_lr_zero():
+    """train.epochs > 0 (one epoch is fine), and lr > 0 even when min_lr = 0 allows min_lr <= lr."""
+    with pytest.raises(ConfigError, match="train.epochs must be positive"):
+        load_config([], ["train.epochs=0"])
+    assert load_config([], ["train.epochs=1"]).train.epochs == 1.0
+    with pytest.raises(ConfigError, match="0 <= min_lr <= lr"):
+        load_config([], ["train.lr=0", "train.min_lr=0"])
+
+
+def test_max_steps_defaults_to_1000_only_when_epochs_are_not_given():
+    assert load_config().train.max_steps == 1000
+    assert load_config([], ["train.epochs=2"]).train.max_steps is None
+
+
+def test_a_set_value_may_hold_an_equals_sign_and_a_blank_value_is_null():
+    """--set splits at the first '=': run_name=a=b names the run 'a=b'; a blank value (spaces, a tab) sets null."""
+    assert load_config([], ["run_name=a=b"]).run_name == "a=b"
+    assert load_config([], ["train.eval_batches=4", "train.eval_batches="]).train.eval_batches is None
+    assert load_config([], ["train.eval_batches=4", "train.eval_batches=  "]).train.eval_batches is None
+    assert load_config([], ["train.eval_batches=4", "train.eval_batches=\t"]).train.eval_batches is None
+
+
+def test_a_string_field_keeps_a_value_that_reads_as_a_number_and_an_int_field_refuses_a_string():
+    """Only float fields convert strings ("3e-4", which YAML 1.1 reads as a string); a string field keeps
+    "1e5" as given, an int field refuses "12" naming its key with the value as given."""
+    assert from_dict({"run_name": "1e5"}).run_name == "1e5"
+    assert from_dict({"train": {"lr": "3e-4"}}).train.lr == 3e-4
+    with pytest.raises(ConfigError) as e:
+        from_dict({"train": {"batch_size": "12"}})
+    assert str(e.value) == "config key 'train.batch_size' expects int, got '12'"
+
+
+def test_a_model_key_of_the_wrong_type_is_named_with_its_section():
+    with pytest.raises(ConfigError) as e:
+        load_config([], ["model.d_model=wide"])
+    assert str(e.value) == "config key 'model.d_model' expects int, got 'wide'"
+
+
+def test_a_run_name_of_exactly_the_byte_limit_is_accepted():
+    from experiment_config import MAX_RUN_NAME_BYTES
+
+    check_run_name("a" * MAX_RUN_NAME_BYTES)
+    with pytest.raises(ConfigError, match=f"more than the {MAX_RUN_NAME_BYTES}"):
+        check_run_name("a" * (MAX_RUN_NAME_BYTES + 1))
+
+
+def test_default_run_name_keeps_capitals_and_splits_each_set_at_its_first_equals_sign():
+    """The last part of each key, '=', then the whole value: tid.method=v1.2=x -> method=v1.2=x."""
+    assert default_run_name(["configs/TID.yaml"], ["tid.method=v1.2=x"]) == "TID-method=v1.2=x"
+
+
+def test_a_missing_yaml_file_says_where_config_files_live(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        read_yaml(tmp_path / "nope.yaml")
+    assert str(e.value) == (f"config file {tmp_path / 'nope.yaml'} not found "
+                            "(configs live in configs/, e.g. configs/quickstart.yaml)")
+
+
+def test_a_section_outside_the_run_tree_takes_its_prefixed_sets():
+    """section_from: the block's keys, then `--set prefix.key=value` items with the prefix taken off, typed."""
+    from dataclasses import dataclass
+
+    from experiment_config import section_from
+
+    @dataclass
+    class Launcher:
+        partition: str | None = None
+        cpus: int = 8
+        mem_gb: float | None = None
+
+    got = section_from(Launcher, {"partition": "gpu", "cpus": 4}, ["launcher.cpus=16", "launcher.mem_gb=2"],
+                       "launcher.")
+    assert got == Launcher(partition="gpu", cpus=16, mem_gb=2.0) and isinstance(got.mem_gb, float)
+    with pytest.raises(ConfigError, match="config key 'launcher.cpus' expects int"):
+        section_from(Launcher, {}, ["launcher.cpus=many"], "launcher.")
+
+
+def test_prepare_run_data_prepares_the_runs_sections_at_its_context(monkeypatch):
+    """prepare_run_data(cfg, **options) = prepare_data(cfg.data, cfg.tokenizer, cfg.data_dir, cfg.tokenizer_dir,
+    context=cfg.model.context, **options); an explicit context wins."""
+    import experiment_config
+
+    calls = []
+    monkeypatch.setattr(experiment_config, "prepare_data", lambda *a, **kw: calls.append((a, kw)) or "prepared")
+    cfg = load_config([], ["model.context=48", "data_dir=d", "tokenizer_dir=t"])
+    log = print
+    assert experiment_config.prepare_run_data(cfg, log=log, force=True) == "prepared"
+    assert experiment_config.prepare_run_data(cfg, context=16) == "prepared"
+    assert calls == [((cfg.data, cfg.tokenizer, "d", "t"), {"context": 48, "log": log, "force": True}),
+                     ((cfg.data, cfg.tokenizer, "d", "t"), {"context": 16})]
+
+
+def test_config_files_are_read_as_utf8_whatever_the_locale(tmp_path):
+    """Under LC_ALL=C without Python's UTF-8 mode (a bare cluster node) a config with non-ASCII text loads
+    unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  path: café-naïve.txt\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8", "PYTHONIOENC"))}
+    env |= {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    script = "import sys; from experiment_config import load_config; print(ascii(load_config([sys.argv[1]]).data.path))"
+    r = subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == ascii("café-naïve.txt")
