@@ -234,5 +234,7 @@ def test_each_unfinished_run_is_one_job_named_after_it_and_recorded(resolved, mo
     records = {p.stem: json.loads(p.read_text()) for p in (s.dir / "jobs").glob("*.json")}
     assert records == {n: {"run": n, "job_id": str(100 + i), "executor": "local", "folder": str(s.dir / "jobs")}
                        for i, n in enumerate(todo)}
+    assert [line for line in lines if "submitted" in line] == [f"  {n}: submitted as job {100 + i} (local)"
+                                                               for i, n in enumerate(todo)]
     reused = [line for line in lines if "already finished" in line]
     assert reused == ([f"1 of {len(runs)} runs already finished: reused"] if scored else [])
