@@ -413,7 +413,10 @@ def test_tid_bars_split_median_step_time_into_scoring_and_the_rest(tid_runs):
     note = f"  {total:.1f} ms (+{score / rest:.0%} scoring)"
     assert [t.get_text() for t in ax.texts] == ["  25.0 ms", note, note] and note == "  21.5 ms (+19% scoring)"
     assert [v for t in ax.texts for v in t.get_position()] == pytest.approx([base, 0, total, 1, total, 2])
-    assert ax.get_xlim()[0] == 0 and ax.get_xlim()[1] > base    # every bar whole, room for its note
+    assert ax.get_xlim()[0] == 0 and ax.get_xlim()[1] >= 1.4 * base    # every bar whole, room for its note
+    colours = [matplotlib.colors.to_rgb(p.get_facecolor()) for p in ax.patches]   # each run's curve colour
+    assert colours == [matplotlib.colors.to_rgb(f"C{i}") for i in (0, 2, 2, 3, 3)]
+    assert [p.get_hatch() for p in ax.patches] == [None, None, "//", None, "//"]   # the legend's scoring pass
     assert ax.yaxis_inverted()
     assert (ax.get_xlabel(), ax.get_title()) == ("median ms per optimizer step", "scoring overhead")
     assert _legend_texts(ax.get_legend()) == ["training step", "scoring pass"]
