@@ -417,6 +417,9 @@ def test_tid_bars_split_median_step_time_into_scoring_and_the_rest(tid_runs):
     colours = [matplotlib.colors.to_rgb(p.get_facecolor()) for p in ax.patches]   # each run's curve colour
     assert colours == [matplotlib.colors.to_rgb(f"C{i}") for i in (0, 2, 2, 3, 3)]
     assert [p.get_hatch() for p in ax.patches] == [None, None, "//", None, "//"]   # the legend's scoring pass
+    assert [h.get_hatch() for h in ax.get_legend().get_patches()] == [None, "//"]
+    alone = plots.tid_overhead(["tid"], tid_runs, ema=0).axes[1]      # the longest bar is a TID one
+    assert alone.get_xlim()[1] >= 1.4 * (rest + score)
     assert ax.yaxis_inverted()
     assert (ax.get_xlabel(), ax.get_title()) == ("median ms per optimizer step", "scoring overhead")
     assert _legend_texts(ax.get_legend()) == ["training step", "scoring pass"]
@@ -838,3 +841,4 @@ def test_figures_read_logs_under_the_working_directory_by_default(all_logs, monk
     monkeypatch.chdir(all_logs.parent)
     assert list(plots.plot_all(["A"])) == ["loss", "lr_grad_norm", "perplexity", "training_time"]
     assert plots.training_time(["A"]) is not None and plots.tid_overhead(["tid"]) is not None
+    assert plots.lr_grad_norm(["A"]) is not None
