@@ -96,3 +96,73 @@ def test_tokenizer_values():
                            (dict(kind="chars"), "tokenizer.kind: 'chars'")):
         with pytest.raises(ValueError, match=needle):
             TokenizerConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------- Hugging Face datasets, offline
+
+def _hf_json(tmp_path, records) -> DataConfig:
+    """An hf source through the `json` builder on a local file (no hub): the user's data.name=json route."""
+    path = tmp_path / "hf.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return DataConfig(source="hf", name="json", path=str(path), text_field="body")
+
+
+def test_an_hf_source_streams_the_field_of_each_record_in_order_and_whole_records_on_request(tmp_path):
+    pytest.importorskip("datasets")
+    records = [{"body": "  first ", "n": 1}, {"body": "", "n": 2}, {"body": "third", "n": 3}]
+    cfg = _hf_json(tmp_path, records)
+    skipped = Counter()
+    assert list(iter_rows(cfg, skipped)) == ["first", "third"] and skipped == Counter({"empty or not text": 1})
+    assert list(iter_records(cfg, Counter())) == records
+    with pytest.raises(DataError, match=r"dataset 'json' has no field 'text'; its fields are \['body', 'n'\]"):
+        list(iter_rows(DataConfig(source="hf", name="json", path=cfg.path), Counter()))
+
+
+def test_an_hf_source_that_cannot_load_names_the_dataset_the_split_and_the_offline_ways(tmp_path):
+    """A split the dataset lacks (or any loading error): one DataError with the dataset, the split, the
+    error's first line, and the local alternatives."""
+    pytest.importorskip("datasets")
+    cfg = _hf_json(tmp_path, [{"body": "x"}])
+    cfg.split = "validation"
+    with pytest.raises(DataError) as e:
+        list(iter_rows(cfg, Counter()))
+    message = str(e.value)
+    assert message.startswith("could not load Hugging Face dataset 'json' (split 'validation'): ")
+    assert message.endswith("Offline? Point data.name at a local dataset folder, or use data.source=text/jsonl "
+                            "with data.path") and "\n" not in message
+
+
+@pytest.mark.parametrize("error, shown", [(ConnectionError(), "ConnectionError"),
+                                          (OSError("first line\nsecond line"), "first line")])
+def test_an_hf_loading_error_shows_its_first_line_or_its_type(monkeypatch, error, shown):
+    datasets = pytest.importorskip("datasets")
+    seen = {}
+
+    def load_dataset(name, config_name, data_files, split, streaming):
+        seen.update(name=name, config_name=config_name, data_files=data_files, split=split, streaming=streaming)
+        raise error
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    cfg = DataConfig(source="hf", name="org/set", config_name="sub", path="*.parquet", split="test")
+    with pytest.raises(DataError, match=rf"^could not load Hugging Face dataset 'org/set' \(split 'test'\): {shown}\. "):
+        list(iter_records(cfg, Counter()))
+    assert seen == {"name": "org/set", "config_name": "sub", "data_files": "*.parquet", "split": "test",
+                    "streaming": True}
+
+
+def test_without_the_datasets_package_an_hf_source_names_the_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataError, match=r"data.source=hf needs the `datasets` package: pip install datasets"):
+        list(iter_rows(DataConfig(source="hf", name="x"), Counter()))
+
+
+def test_jsonl_records_go_on_past_blank_bad_and_non_utf8_lines(tmp_path):
+    """A blank line, bad JSON or invalid UTF-8 in the middle skips that line only: every later record is read."""
+    good = [{"text": f"doc {i}"} for i in range(3)]
+    data = (json.dumps(good[0]) + "\n\n   \n").encode() + b"\xff\xfe\n" + (json.dumps(good[1]) + "\n{bad\n").encode() \
+        + (json.dumps(good[2]) + "\n").encode()
+    (tmp_path / "d.jsonl").write_bytes(data)
+    skipped = Counter()
+    assert list(iter_records(DataConfig(source="jsonl", path=str(tmp_path / "d.jsonl")), skipped)) == good
+    assert skipped == Counter({"invalid UTF-8": 1, "invalid JSON": 1})
