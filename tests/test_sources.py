@@ -166,3 +166,17 @@ def test_jsonl_records_go_on_past_blank_bad_and_non_utf8_lines(tmp_path):
     skipped = Counter()
     assert list(iter_records(DataConfig(source="jsonl", path=str(tmp_path / "d.jsonl")), skipped)) == good
     assert skipped == Counter({"invalid UTF-8": 1, "invalid JSON": 1})
+
+
+def test_every_bad_row_is_counted_and_a_last_document_without_a_separator_is_checked_too(tmp_path):
+    """Two invalid-UTF-8 documents count 2, the second being the last one, with no newline after it; two lines
+    of bad JSON count 2."""
+    (tmp_path / "t.txt").write_bytes(b"ok\n\xff one\nfine\n\xfe two")
+    skipped = Counter()
+    assert list(iter_rows(DataConfig(source="text", path=str(tmp_path / "t.txt")), skipped)) == ["ok", "fine"]
+    assert skipped == Counter({"invalid UTF-8": 2})
+    lines = b'{"text": "a"}\n{bad\n\xff\n{"text": "b"}\n{worse\n\xfe\n'
+    (tmp_path / "d.jsonl").write_bytes(lines)
+    skipped = Counter()
+    assert list(iter_rows(DataConfig(source="jsonl", path=str(tmp_path / "d.jsonl")), skipped)) == ["a", "b"]
+    assert skipped == Counter({"invalid JSON": 2, "invalid UTF-8": 2})
