@@ -1,11 +1,20 @@
 """Tests for the built-in story corpus: determinism, distinctness, and the form of every story."""
 
+import random
 import re
 
-from dataset_definitions.stories import BOYS, GIRLS, PET_BOYS, PET_GIRLS, stories, story
+import pytest
+
+from dataset_definitions.stories import ANIMALS, BOYS, FLYERS, GIRLS, PET_BOYS, PET_GIRLS, _character, stories, story
 
 MIN_WORDS, MAX_WORDS = 60, 200
-SAMPLE = list(stories(2000, seed=0))  # shared by the form tests; about 50 ms to build
+
+
+@pytest.fixture(scope="module")
+def sample() -> list[str]:
+    """2,000 stories shared by the form tests (about 50 ms), built when a test asks (a mutation run's mutant
+    must reach them: data built at import comes from the unmutated code)."""
+    return list(stories(2000, seed=0))
 
 
 def test_story_is_deterministic():
@@ -33,8 +42,8 @@ def test_consecutive_stories_are_distinct():
     assert len(set(stories(n, seed=0))) == n
 
 
-def test_story_form():
-    for s in SAMPLE:
+def test_story_form(sample):
+    for s in sample:
         assert s and s.isascii()
         assert s[0].isupper() and s[-1] in '.!?"'
         assert re.search(r'[.!?]"?$', s)
@@ -48,10 +57,10 @@ def test_story_form():
         assert MIN_WORDS <= len(s.split()) <= MAX_WORDS
 
 
-def test_pronouns_agree():
+def test_pronouns_agree(sample):
     # With only she-characters and no dad, "he" can refer to no one (and likewise the other way).
     she, he = set(GIRLS + PET_GIRLS), set(BOYS + PET_BOYS)
-    for s in SAMPLE:
+    for s in sample:
         names = re.findall(r"named (\w+)", s)
         assert len(names) == 2
         if set(names) <= she and "dad" not in s:
@@ -62,5 +71,23 @@ def test_pronouns_agree():
             assert name in (GIRLS if kind == "girl" else BOYS)
 
 
-def test_corpus_has_dialogue():
-    assert sum('"' in s for s in SAMPLE) >= 0.5 * len(SAMPLE)
+def test_corpus_has_dialogue(sample):
+    assert sum('"' in s for s in sample) >= 0.5 * len(sample)
+
+
+def test_each_character_takes_the_pronouns_and_kind_of_its_name_list():
+    """_character: a girl's or pet girl's name -> she/her/her, a boy's or pet boy's -> he/him/his; children are
+    "girl"/"boy", pets an animal; all four lists drawn; `avoid` is never drawn; can_fly=False draws no flyer."""
+    rng = random.Random(0)
+    groups = {GIRLS: ("girl",), BOYS: ("boy",), PET_GIRLS: ANIMALS, PET_BOYS: ANIMALS}
+    pronouns = {GIRLS: ("she", "her", "her"), PET_GIRLS: ("she", "her", "her"),
+                BOYS: ("he", "him", "his"), PET_BOYS: ("he", "him", "his")}
+    seen = set()
+    for _ in range(2000):
+        c = _character(rng, avoid="Tom", can_fly=False)
+        (names,) = [names for names in groups if c.name in names]
+        seen.add(names)
+        assert c.kind in groups[names] and (c.he, c.him, c.his) == pronouns[names]
+        assert c.name != "Tom" and c.kind not in FLYERS
+    assert seen == set(groups)
+    assert any(_character(rng).kind in FLYERS for _ in range(500))
