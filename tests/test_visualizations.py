@@ -253,3 +253,35 @@ def test_inspect_notebook_runs_on_a_tiny_checkpoint(quickstart_logs, monkeypatch
     outputs = _execute("inspect.ipynb", REPO / "visualizations", monkeypatch, CKPT=str(ckpt))
     layers = 2                                   # tiny_run_config's model.n_layers
     assert _images(outputs) == 1 + layers + 1    # logit lens, one attention figure per layer, token loss
+
+
+@pytest.mark.parametrize("position", ["rotary", "learned"])
+def test_attention_maps_are_the_weights_each_layer_applies_to_its_values(position):
+    """attention_maps(model, tokens)[l] @ v, heads merged and projected by wo, is layer l's own attention
+    output (read by a forward hook): with rotary positions the maps include the rotation."""
+    import torch
+
+    from models import ModelConfig
+    from modelskv.model import build
+    from visualizations.attention import attention_maps
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("baseline", vocab_size=37, context=9, d_model=12, n_layers=2, n_heads=3, d_ff=20,
+                                  position=position)
+    model = build(cfg, max_batch=1)
+    tokens = torch.randint(0, 37, (1, 9))
+    seen = []
+    hooks = [b.attn.register_forward_hook(lambda m, args, out: seen.append((args, out))) for b in model.blocks]
+    try:
+        maps = attention_maps(model, tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(maps) == len(seen) == 2
+    for block, att, (args, out) in zip(model.blocks, maps, seen):
+        assert att.shape == (3, 9, 9) and torch.allclose(att.sum(-1), torch.ones(3, 9), atol=1e-6)
+        with torch.no_grad():
+            _, _, v = block.attn.project(*args[:2])
+            y = (att.unsqueeze(0) @ v).transpose(1, 2).reshape(1, 9, 12)
+            torch.testing.assert_close(block.attn.wo(y), out, atol=1e-5, rtol=1e-5)
+    assert [len(b.attn._forward_pre_hooks) for b in model.blocks] == [0, 0]     # its hooks removed
