@@ -285,3 +285,12 @@ def test_attention_maps_are_the_weights_each_layer_applies_to_its_values(positio
             y = (att.unsqueeze(0) @ v).transpose(1, 2).reshape(1, 9, 12)
             torch.testing.assert_close(block.attn.wo(y), out, atol=1e-5, rtol=1e-5)
     assert [len(b.attn._forward_pre_hooks) for b in model.blocks] == [0, 0]     # its hooks removed
+
+
+def test_token_labels_are_each_tokens_text_and_s_for_one_that_decodes_to_nothing():
+    from visualizations.attention import token_labels
+
+    class Tokenizer:
+        def decode(self, ids):
+            return "".join("" if i == 0 else chr(ord("a") + i) for i in ids)
+    assert token_labels(Tokenizer(), [0, 1, 2, 0]) == ["<s>", "b", "c", "<s>"]
