@@ -294,3 +294,66 @@ def test_token_labels_are_each_tokens_text_and_s_for_one_that_decodes_to_nothing
         def decode(self, ids):
             return "".join("" if i == 0 else chr(ord("a") + i) for i in ids)
     assert token_labels(Tokenizer(), [0, 1, 2, 0]) == ["<s>", "b", "c", "<s>"]
+
+
+def test_heatmap_figure_is_a_row_of_square_panels_one_per_head_on_a_fixed_probability_scale():
+    """heatmap_figure(att (H, T, T), labels, layer): H panels in one row, panel h showing att[h] on the colour
+    scale 0..1 (heads and layers compare), titled with layer and head, tokens as ticks on both axes; the
+    figure is H square panels wide, taller with more tokens."""
+    import torch
+    from matplotlib import pyplot as plt
+
+    from visualizations.attention import heatmap_figure
+    att = torch.rand(3, 4, 4).softmax(-1)
+    labels = ["<s>", "a", "b", "c"]
+    fig = heatmap_figure(att, labels, layer=5)
+    assert len(fig.axes) == 3 and len({ax.get_position().y0 for ax in fig.axes}) == 1
+    for h, ax in enumerate(fig.axes):
+        (image,) = ax.get_images()
+        np.testing.assert_array_equal(image.get_array(), att[h].numpy())
+        assert image.get_clim() == (0, 1) and ax.get_title() == f"layer 5 head {h}"
+        assert [t.get_text() for t in ax.get_xticklabels()] == labels == [t.get_text() for t in ax.get_yticklabels()]
+        assert list(ax.get_xticks()) == list(range(4)) == list(ax.get_yticks())
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("key (attended to)", "query")
+    width, height = fig.get_size_inches()
+    assert width == pytest.approx(3 * height)
+    taller = heatmap_figure(torch.rand(1, 12, 12).softmax(-1), [str(i) for i in range(12)], 0)
+    assert taller.get_size_inches()[1] > height
+    plt.close("all")
+
+
+def test_save_heatmaps_writes_one_png_per_layer_titled_with_its_layer_and_closes_them(tmp_path, monkeypatch):
+    import torch
+    from matplotlib import pyplot as plt
+
+    from visualizations import attention
+    titles, real = [], attention.heatmap_figure
+
+    def spy(att, labels, layer):
+        fig = real(att, labels, layer)
+        titles.append([ax.get_title() for ax in fig.axes])
+        return fig
+    monkeypatch.setattr(attention, "heatmap_figure", spy)
+    before = plt.get_fignums()
+    out = tmp_path / "a" / "b"
+    maps = [torch.rand(2, 3, 3).softmax(-1) for _ in range(3)]
+    paths = attention.save_heatmaps(maps, ["x", "y", "z"], out)
+    assert paths == [out / f"attention_layer{i}.png" for i in range(3)]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths) and plt.get_fignums() == before
+    assert titles == [[f"layer {i} head 0", f"layer {i} head 1"] for i in range(3)]
+
+
+def test_attention_command_writes_each_layers_heatmaps_and_fails_in_one_line_on_a_bad_checkpoint(
+        quickstart_logs, tmp_path, capsys):
+    from visualizations import attention
+    ckpt = quickstart_logs.parent / "checkpoints/baseline-quickstart/last.pt"
+    out = tmp_path / "maps"
+    attention.main(["--ckpt", str(ckpt), "--prompt", "Tom saw a dog", "--out", str(out)])
+    printed = capsys.readouterr().out.strip()
+    assert sorted(p.name for p in out.iterdir()) == ["attention_layer0.png", "attention_layer1.png"]
+    assert printed.startswith("wrote 2 heatmaps (") and printed.endswith(f"tokens, 2 heads) to {out}/")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        attention.main(["--ckpt", str(tmp_path / "bad.pt"), "--prompt", "x", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.startswith("error: ") and "\n" not in err and not (tmp_path / "o").exists()
