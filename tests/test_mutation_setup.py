@@ -181,3 +181,18 @@ def test_a_copy_with_verdicts_keeps_the_selection_they_were_reached_with(tmp_pat
     assert kept_selection(tmp_path, "m", wanted) == old
     assert "keeps the test selection it has verdicts from: tests/test_a.py -k not cli" in capsys.readouterr().out
     assert kept_selection(tmp_path, "m", old) == old and capsys.readouterr().out == ""
+
+
+def test_remap_runs_the_mutants_no_test_reached_and_keeps_every_other_verdict(tmp_path):
+    """remap: mutants mutmut found no test for (33) become not run, other verdicts stay, and the test map is
+    dropped so that mutmut maps the tests written since."""
+    from mutate import exit_codes, meta_path, remap
+
+    meta = meta_path(tmp_path, "m")
+    meta.parent.mkdir(parents=True)
+    codes = {"m.f__mutmut_1": 33, "m.f__mutmut_2": 1, "m.f__mutmut_3": 0, "m.g__mutmut_1": 33, "m.g__mutmut_2": None}
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    (tmp_path / "mutants" / "mutmut-stats.json").write_text("{}")
+    assert remap(tmp_path, "m") == 2
+    assert exit_codes(meta) == codes | {"m.f__mutmut_1": None, "m.g__mutmut_1": None}
+    assert not (tmp_path / "mutants" / "mutmut-stats.json").exists()

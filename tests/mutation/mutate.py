@@ -181,7 +181,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-SURVIVED, NOT_RUN = 0, None  # mutmut's exit codes in its .meta files
+SURVIVED, NOT_RUN, NO_TESTS = 0, None, 33  # mutmut's exit codes in its .meta files
 
 
 def meta_path(dest: Path, module: str) -> Path:
@@ -216,6 +216,17 @@ def drop_equivalents(names: list[str]) -> None:
     path.write_text("".join(l for l in lines if l.partition(" = ")[0].strip('"') not in names), encoding="utf-8")
 
 
+def remap(dest: Path, module: str) -> int:
+    """Make mutmut map tests to functions again on the copy's next run, and run the mutants it found no test
+    for (tests written since may reach them); the other verdicts stay. Returns how many were reset."""
+    meta = meta_path(dest, module)
+    unreached = [name for name, code in exit_codes(meta).items() if code == NO_TESTS]
+    if unreached:
+        set_exit_codes(meta, dict.fromkeys(unreached, NOT_RUN))
+    (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    return len(unreached)
+
+
 def set_exit_codes(meta: Path, codes: dict) -> None:
     data = json.loads(meta.read_text(encoding="utf-8"))
     data["exit_code_by_key"].update(codes)
@@ -233,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the scores go: before (the tests as they were) or after (tests added since)")
     parser.add_argument("--functions", nargs="+", default=[], metavar="NAME",
                         help="run only these functions' mutants (f or Class.method; one module)")
+    parser.add_argument("--remap", action="store_true",
+                        help="map tests to functions anew first: mutants no test reached before are run")
     parser.add_argument("--list", action="store_true", help="print each module with its test files")
     args = parser.parse_args(argv)
     mapping = load_map()
@@ -249,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     children = int(os.environ.get("MAX_CHILDREN", "1"))
     for module in modules:
         dest = prepare(module, mapping, mapping["tests"][module])
+        if args.remap:
+            print(f"mutation: {module}: tests mapped anew; {remap(dest, module)} mutants without a test before will run",
+                  flush=True)
         hashes = function_hashes(dest, module)
         seconds = run_mutmut(dest, args.max_seconds, args.max_setup_seconds, children,
                              mutant_globs(module, args.functions))

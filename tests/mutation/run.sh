@@ -7,6 +7,7 @@
 #     tests/mutation/run.sh generators                           # a package: each of its mapped modules
 #     tests/mutation/run.sh --phase after tid                    # scores go to "after" (tests added since)
 #     tests/mutation/run.sh generic_runner --functions Trainer.train_step   # only these functions' mutants
+#     tests/mutation/run.sh --phase after --remap visualizations.attention   # tests mapped anew: unreached mutants run
 #     MAX_CHILDREN=2 NICE=10 tests/mutation/run.sh tid           # parallel workers (default 1), niceness (15)
 #
 # Modules and their tests are mapped in tests/mutation/modules.toml; shared mutmut settings are in
