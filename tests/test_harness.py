@@ -275,3 +275,17 @@ def test_generation_settings_it_cannot_honour_are_refused(lm_eval):
     assert greedy == lm._generate(GEN, {"until": [], "max_gen_toks": 6, "do_sample": False, "temperature": 5.0})
     torch.manual_seed(0)
     assert lm._generate(GEN, {"until": [], "max_gen_toks": 6, "do_sample": True, "temperature": 5.0}) != greedy
+
+
+def test_the_command_reads_its_arguments_from_sys_argv_as_lm_eval_and_puts_sys_argv_back(lm_eval, monkeypatch,
+                                                                                          capsys):
+    """main() without argv takes sys.argv[1:]; lm_eval's parser sees the program as "lm-eval" (its usage
+    errors say so); sys.argv is restored afterwards, even when lm_eval exits."""
+    from eval.lm_eval_harness import main
+
+    monkeypatch.setattr(sys, "argv", ["lm_eval_harness.py", "--no-such-option"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "lm-eval: error:" in err and "--no-such-option" in err
+    assert sys.argv == ["lm_eval_harness.py", "--no-such-option"]
