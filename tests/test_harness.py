@@ -289,3 +289,25 @@ def test_the_command_reads_its_arguments_from_sys_argv_as_lm_eval_and_puts_sys_a
     err = capsys.readouterr().err
     assert e.value.code == 2 and "lm-eval: error:" in err and "--no-such-option" in err
     assert sys.argv == ["lm_eval_harness.py", "--no-such-option"]
+
+
+def test_settings_lm_eval_passes_fill_what_the_model_args_leave_out(lm_eval):
+    """create_from_arg_string: the command line's batch_size and device apply where --model_args has none."""
+    from eval.harness import SmallLM
+
+    lm = SmallLM.create_from_arg_string(f"ckpt={lm_eval['ckpt']}", {"batch_size": 3, "device": "cpu"})
+    assert (lm.batch_size, lm.model.max_batch, lm.device.type) == (3, 3, "cpu")
+
+
+def test_a_generation_request_without_max_gen_toks_takes_256_and_is_refused_past_the_context(lm_eval):
+    """No max_gen_toks in a task's generation_kwargs: lm_eval's default 256, which leaves no room for a prompt
+    in this model's 32 positions: a ValueError naming both and the fix."""
+    from lm_eval.api.instance import Instance
+
+    from eval.harness import SmallLM
+
+    lm = SmallLM.create_from_arg_obj({"ckpt": lm_eval["ckpt"], "device": "cpu"})
+    request = Instance(request_type="generate_until", doc={}, arguments=("Once upon", {"until": ["."]}), idx=0)
+    with pytest.raises(ValueError, match=r"max_gen_toks=256 leaves no room for a prompt in max_length=32: "
+                                         r"pass --gen_kwargs max_gen_toks=N with N < 32"):
+        lm.generate_until([request])
