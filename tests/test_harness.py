@@ -311,3 +311,51 @@ def test_a_generation_request_without_max_gen_toks_takes_256_and_is_refused_past
     with pytest.raises(ValueError, match=r"max_gen_toks=256 leaves no room for a prompt in max_length=32: "
                                          r"pass --gen_kwargs max_gen_toks=N with N < 32"):
         lm.generate_until([request])
+
+
+class _CacheHook:
+    """Stands in for lm_eval's CacheHook (--use_cache): records each answer reported to it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def add_partial(self, attr, req, res):
+        self.calls.append((attr, req, res))
+
+
+def test_rolling_requests_use_the_stride_given_and_report_each_answer_to_lm_evals_cache(lm_eval, scorer):
+    """model_args stride=8: log p(text) = -(the scorer's summed NLL at stride 8), not at the default 16; each
+    answer goes to lm_eval's cache hook under loglikelihood_rolling with its text."""
+    from lm_eval.api.instance import Instance
+
+    from eval.harness import SmallLM
+
+    lm = SmallLM.create_from_arg_obj({"ckpt": lm_eval["ckpt"], "device": "cpu", "stride": 8, "batch_size": 2})
+    lm.set_cache_hook(hook := _CacheHook())
+    requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i) for i, t in enumerate(LONG)]
+    got = lm.loglikelihood_rolling(requests)
+    rows = [[scorer.tokenizer.start_id, *scorer.tokenizer.encode(t)] for t in LONG]
+    at_8, _ = score_rows(scorer.nll_fn, rows, CONTEXT, 8, batch_size=2)
+    at_16, _ = score_rows(scorer.nll_fn, rows, CONTEXT, 16, batch_size=2)
+    assert got == pytest.approx((-at_8).tolist(), abs=1e-4) and got != pytest.approx((-at_16).tolist(), abs=1e-3)
+    assert hook.calls == [("loglikelihood_rolling", (t,), v) for t, v in zip(LONG, got)]
+
+
+def test_generations_come_back_in_request_order_and_go_to_lm_evals_cache(lm_eval):
+    """generate_until over requests of two settings, interleaved: each answer in its request's place equals
+    that request generated alone, and goes to the cache hook with the request's arguments."""
+    from lm_eval.api.instance import Instance
+
+    from eval.harness import SmallLM
+
+    lm = SmallLM.create_from_arg_obj({"ckpt": lm_eval["ckpt"], "device": "cpu", "batch_size": 4})
+    settings = [{"until": ["."], "max_gen_toks": 6}, {"max_gen_toks": 3, "until": ["\n"]}]
+    requests = [Instance(request_type="generate_until", doc={}, arguments=(p, settings[i % 2]), idx=i)
+                for i, p in enumerate(GEN[:3] + ["Lily had a"])]
+    lm.set_cache_hook(hook := _CacheHook())
+    got = lm.generate_until(requests)
+    alone = [SmallLM.create_from_arg_obj({"ckpt": lm_eval["ckpt"], "device": "cpu", "batch_size": 1})
+             .generate_until([r])[0] for r in requests]
+    assert got == alone and len(set(got)) > 1
+    assert sorted(hook.calls, key=lambda c: c[1][0]) == sorted(
+        [("generate_until", r.args, text) for r, text in zip(requests, got)], key=lambda c: c[1][0])
