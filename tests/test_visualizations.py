@@ -357,3 +357,18 @@ def test_attention_command_writes_each_layers_heatmaps_and_fails_in_one_line_on_
         attention.main(["--ckpt", str(tmp_path / "bad.pt"), "--prompt", "x", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 1 and err.startswith("error: ") and "\n" not in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("missing", ["--ckpt", "--prompt"])
+def test_attention_command_needs_a_checkpoint_and_a_prompt_and_writes_to_attention_maps_by_default(
+        quickstart_logs, tmp_path, monkeypatch, capsys, missing):
+    from visualizations import attention
+    ckpt = quickstart_logs.parent / "checkpoints/baseline-quickstart/last.pt"
+    args = {"--ckpt": str(ckpt), "--prompt": "Tom saw a dog"}
+    with pytest.raises(SystemExit) as e:
+        attention.main([a for k, v in args.items() if k != missing for a in (k, v)])
+    assert e.value.code == 2 and f"the following arguments are required: {missing}" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    attention.main([a for kv in args.items() for a in kv])
+    assert sorted(p.name for p in (tmp_path / "attention_maps").iterdir()) == ["attention_layer0.png",
+                                                                               "attention_layer1.png"]
