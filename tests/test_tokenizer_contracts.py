@@ -258,3 +258,224 @@ def test_word_files_are_utf8_whatever_the_locale(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split("\n")[0] == f"{[4, 5]} [0.5, -1.0] True"
+
+
+# ----------------------------------------------------------------------------- gpt2 from a folder
+
+GPT2_URLS = {"vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+             "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json"}
+
+
+def _gpt2_copy(gpt2_dir, folder):
+    """The reference GPT-2 files copied into `folder` (under tmp_path), to be edited there."""
+    folder.mkdir(parents=True)
+    for name in GPT2_FILES:
+        shutil.copy(gpt2_dir / name, folder / name)
+    return folder
+
+
+def test_gpt2_folder_encoding_is_tiktokens_gpt2_definition(tmp_path, monkeypatch, gpt2_dir):
+    """The Encoding read from a folder has the name, special token, size, regex and ranks of tiktoken's
+    own gpt2 definition (tiktoken_ext.openai_public.gpt2, offline from a filled file cache), and
+    '<|endoftext|>' is GPT2_EOT both ways. Reference: tiktoken's definition and GPT2_EOT = 50256."""
+    from tiktoken_ext import openai_public
+    cache = tmp_path / "tiktoken-cache"
+    cache.mkdir()
+    for name in GPT2_FILES:
+        shutil.copy(gpt2_dir / name, cache / hashlib.sha1(GPT2_URLS[name].encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    ref = openai_public.gpt2()
+    enc = GPT2Tokenizer(str(gpt2_dir))._enc
+    assert enc.name == ref["name"] == "gpt2"
+    assert enc._special_tokens == ref["special_tokens"] == {"<|endoftext|>": tokenization.GPT2_EOT}
+    assert enc.n_vocab == ref["explicit_n_vocab"] == tokenization.GPT2_EOT + 1 == 50257
+    assert enc._pat_str == ref["pat_str"] and enc._mergeable_ranks == ref["mergeable_ranks"]
+    assert enc.decode([tokenization.GPT2_EOT]) == "<|endoftext|>"
+    assert enc.encode("a<|endoftext|>b", allowed_special="all") == [64, tokenization.GPT2_EOT, 65]
+    assert enc.encode_single_token("<|endoftext|>") == tokenization.GPT2_EOT
+
+
+def test_gpt2_folder_passes_each_files_sha256_to_tiktoken(monkeypatch, gpt2_dir):
+    """tiktoken is given vocab.bpe and encoder.json with the SHA-256 of each (so its path-keyed file
+    cache is checked against the file as it is now). Reference: hashlib.sha256 of the file bytes."""
+    import tiktoken.load
+    seen = []
+    real = tiktoken.load.data_gym_to_mergeable_bpe_ranks
+
+    def recording(**kwargs):
+        seen.append(kwargs)
+        return real(**kwargs)
+    monkeypatch.setattr(tiktoken.load, "data_gym_to_mergeable_bpe_ranks", recording)
+    GPT2Tokenizer(str(gpt2_dir))
+    sha = {name: hashlib.sha256((gpt2_dir / name).read_bytes()).hexdigest() for name in GPT2_FILES}
+    assert seen == [{"vocab_bpe_file": str(gpt2_dir / "vocab.bpe"), "encoder_json_file": str(gpt2_dir / "encoder.json"),
+                     "vocab_bpe_hash": sha["vocab.bpe"], "encoder_json_hash": sha["encoder.json"]}]
+
+
+def test_gpt2_folder_files_changed_in_place_are_read_again(tmp_path, monkeypatch, gpt2_dir):
+    """tiktoken caches files by path; after both files of a folder are edited in place (the last two
+    merges swapped in vocab.bpe and their ids swapped in encoder.json) the tokenizer loaded from the
+    folder has the new ids, not the cached old ones. Reference: the hand-made edit of the two files."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken-cache"))
+    folder = _gpt2_copy(gpt2_dir, tmp_path / "gpt2")
+    before = GPT2Tokenizer(str(folder))
+    assert before.encode(" informants") == [50254] and before.encode(" gazed") == [50255]
+    assert len(list((tmp_path / "tiktoken-cache").iterdir())) == 2     # both files were cached
+    lines = (folder / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    assert lines[-3:] == ["\u0120inform ants", "\u0120g azed", ""]
+    lines[-3], lines[-2] = lines[-2], lines[-3]
+    (folder / "vocab.bpe").write_text("\n".join(lines), encoding="utf-8")
+    encoder = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
+    encoder["\u0120informants"], encoder["\u0120gazed"] = 50255, 50254
+    (folder / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
+    after = GPT2Tokenizer(str(folder))
+    assert after.encode(" informants") == [50255] and after.encode(" gazed") == [50254]
+    assert after.decode([50254, 50255]) == " gazed informants"
+
+
+def test_gpt2_folder_with_other_than_50257_tokens_is_refused(tmp_path, monkeypatch, gpt2_dir):
+    """A folder whose files are consistent but hold one merge fewer than GPT-2 (50256 tokens with
+    <|endoftext|>) is refused, not loaded with a hole below GPT2_EOT. Reference: the hand-truncated files."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken-cache"))
+    folder = _gpt2_copy(gpt2_dir, tmp_path / "gpt2")
+    lines = (folder / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    (folder / "vocab.bpe").write_text("\n".join(lines[:-2] + [""]), encoding="utf-8")
+    encoder = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
+    del encoder["\u0120gazed"]
+    (folder / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
+    import tiktoken.load
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"), str(folder / "encoder.json"))
+    assert len(ranks) == 50256 - 1 and max(ranks.values()) == 50254    # the edit is consistent
+    with pytest.raises(AssertionError):
+        GPT2Tokenizer(str(folder))
+
+
+# ----------------------------------------------------------------------------- num_threads
+
+def test_num_threads_is_the_affinity_then_cpu_count_then_one(monkeypatch):
+    """num_threads() is len(os.sched_getaffinity(0)) where os has it (not os.cpu_count()); without it,
+    os.cpu_count(), and 1 when that is None. Reference: the values the patched os functions return."""
+    import os
+    if hasattr(os, "sched_getaffinity"):
+        assert tokenization.num_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 12)
+    assert tokenization.num_threads() == 3
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert tokenization.num_threads() == 12
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert tokenization.num_threads() == 1
+
+
+# ----------------------------------------------------------------------------- bpe
+
+@pytest.fixture(scope="module")
+def bpe_tok(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("bpe"), "bpe", 300, name="bpe")
+
+
+def test_bpe_decode_keeps_special_tokens_other_than_pad_bos_eos(bpe_tok):
+    """decode drops pad/bos/eos but writes any other special token of the file (here <unk>) as its
+    text. Reference: the added tokens listed in the tokenizer JSON and decode of the plain parts."""
+    added = {t["content"]: t["id"] for t in json.loads(open(bpe_tok.path, encoding="utf-8").read())["added_tokens"]}
+    assert added == {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    a, b = bpe_tok.encode("the cat"), bpe_tok.encode(" sat.")
+    ids = [added["<bos>"]] + a + [added["<unk>"]] + b + [added["<eos>"], added["<pad>"], added["<pad>"]]
+    assert bpe_tok.decode(ids) == "the cat<unk> sat."
+    assert bpe_tok.decode([added["<unk>"]] * 2) == "<unk><unk>"
+
+
+def test_bpe_encode_batch_adds_no_specials_even_with_a_template(tmp_path, bpe_tok):
+    """A bpe file whose post-processor adds <bos> ... <eos> still encodes, one text or a batch, to the
+    text's ids alone. Reference: the template encoding with its first and last id removed."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.processors import TemplateProcessing
+    hf = HFTokenizer.from_file(bpe_tok.path)
+    hf.post_processor = TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
+    path = tmp_path / "templated.json"
+    hf.save(str(path))
+    tok = load_tokenizer_file("bpe", str(path))
+    texts = ["the cat sat.", "a dog", "", "river <eos> stone"]
+    ref = HFTokenizer.from_file(str(path))
+    ref.encode_special_tokens = True                  # "<eos>" typed in the text is text, as in encode
+    with_template = [ref.encode(t).ids for t in texts]
+    assert all(ids[0] == 1 and ids[-1] == 2 for ids in with_template)   # the template is in effect
+    reference = [ids[1:-1] for ids in with_template]
+    assert tok.encode_batch(texts) == reference
+    assert [tok.encode(t) for t in texts] == reference
+
+
+class _RecordingBatchEncoder:
+    """Stands in for the Hugging Face tokenizer: records which batch method encode_batch calls."""
+
+    def __init__(self, real, with_fast: bool):
+        self.real, self.calls = real, []
+        if with_fast:
+            self.encode_batch_fast = self._recorded("encode_batch_fast")
+        self.encode_batch = self._recorded("encode_batch")
+
+    def _recorded(self, name):
+        def call(texts, **kwargs):
+            self.calls.append((name, kwargs))
+            return getattr(self.real, name)(texts, **kwargs)
+        return call
+
+
+@pytest.mark.parametrize("with_fast", [True, False])
+def test_bpe_encode_batch_uses_the_fast_batch_encoder_when_present(monkeypatch, bpe_tok, with_fast):
+    """encode_batch calls the tokenizer's encode_batch_fast where it has one and encode_batch where it
+    has not, once, without specials; both give encode's ids per text. Reference: encode on each text."""
+    texts = _texts(20) + ["", "<eos> stays text"]
+    reference = [bpe_tok.encode(t) for t in texts]
+    recorder = _RecordingBatchEncoder(bpe_tok._tok, with_fast)
+    monkeypatch.setattr(bpe_tok, "_tok", recorder)
+    assert bpe_tok.encode_batch(texts) == reference
+    name = "encode_batch_fast" if with_fast else "encode_batch"
+    assert recorder.calls == [(name, {"add_special_tokens": False})]
+
+
+# ----------------------------------------------------------------------------- sentencepiece ids
+
+def _sp_tok(tmp_path, name, **ids):
+    """A tiny SentencePiece model trained with the given special ids, loaded as kind sentencepiece."""
+    import sentencepiece as spm
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_texts(200)), model_prefix=str(tmp_path / name),
+                                   model_type="bpe", vocab_size=60, hard_vocab_limit=False, num_threads=1,
+                                   minloglevel=2, **ids)
+    return load_tokenizer_file("sentencepiece", str(tmp_path / f"{name}.model"))
+
+
+def test_sentencepiece_bos_id_zero_is_kept_and_no_bos_is_none(tmp_path):
+    """bos_id is the model's bos id when it has one, 0 included, and None when it has none (-1), so
+    documents then start with eos. Reference: the ids the models were trained with, read back."""
+    zero = _sp_tok(tmp_path, "bos0", bos_id=0, eos_id=1, unk_id=2, pad_id=-1)
+    assert (zero._sp.bos_id(), zero._sp.eos_id(), zero._sp.pad_id()) == (0, 1, -1)
+    assert (zero.bos_id, zero.eos_id, zero.pad_id, zero.start_id) == (0, 1, 1, 0)
+    assert zero.decode([0] + zero.encode("The cat") + [1, 1]) == "The cat"
+    none = _sp_tok(tmp_path, "nobos", bos_id=-1, eos_id=1, unk_id=0, pad_id=2)
+    assert (none._sp.bos_id(), none._sp.eos_id(), none._sp.pad_id()) == (-1, 1, 2)
+    assert none.bos_id is None and (none.eos_id, none.pad_id, none.start_id) == (1, 2, 1)
+
+
+def test_sentencepiece_eos_id_zero_is_an_eos_and_no_eos_is_refused(tmp_path):
+    """A model whose eos id is 0 loads with eos_id 0 (dropped by decode, padding when there is no pad);
+    one without eos (-1) is a ValueError. Reference: the ids the models were trained with, read back."""
+    zero = _sp_tok(tmp_path, "eos0", eos_id=0, unk_id=1, bos_id=2, pad_id=-1)
+    assert (zero._sp.eos_id(), zero._sp.bos_id()) == (0, 2)
+    assert (zero.eos_id, zero.pad_id, zero.bos_id, zero.start_id) == (0, 0, 2, 2)
+    assert zero.decode([2] + zero.encode("The dog") + [0]) == "The dog"
+    with pytest.raises(ValueError, match="has no eos piece"):
+        _sp_tok(tmp_path, "noeos", eos_id=-1, unk_id=0, bos_id=1, pad_id=-1)
+
+
+# ----------------------------------------------------------------------------- decode of arrays
+
+def test_decode_takes_a_tensor_or_array_like_a_list(tmp_path):
+    """decode of a torch tensor (int64 or int32) or a numpy array gives the list's text, its
+    <sos>/<eos>/<pad> dropped. Reference: decode of the same ids as a list of ints."""
+    import torch
+    tok = _word_tok(tmp_path, ["the", "cat", "sat"])
+    ids = [0, 4, 5, 6, 1, 2, 2]
+    assert tok.decode(ids) == "the cat sat"
+    assert tok.decode(torch.tensor(ids)) == tok.decode(torch.tensor(ids, dtype=torch.int32)) == "the cat sat"
+    assert tok.decode(np.array(ids)) == tok.decode(np.array(ids, dtype=np.int32)) == "the cat sat"
