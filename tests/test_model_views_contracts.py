@@ -139,6 +139,8 @@ def test_logit_lens_figure_draws_probs_on_a_0_1_scale_with_each_stage_and_positi
     (image,) = ax.get_images()
     np.testing.assert_array_equal(image.get_array(), probs)
     assert image.get_clim() == (0, 1) and image.get_cmap().name == "Blues"
+    narrow = model_views.logit_lens_figure(["a", "b"], [["x", "y"]], np.array([[0.2, 0.9]]))
+    assert narrow.axes[0].get_images()[0].get_clim() == (0, 1)         # the probability scale, not the data's range
     drawn = {(t.get_position()[0], t.get_position()[1]): (t.get_text(), t.get_color()) for t in ax.texts}
     shown = [["the", "abcdefgh", "' '", "'\\n'"], ["x", "dog", "y", "z"], ["p", "q", "r", "s"]]
     white = [[False, False, True, True], [False, False, True, False], [True, False, True, False]]   # 0.6: black
@@ -249,10 +251,13 @@ def test_token_loss_figure_of_token_losses_shows_the_texts_tokens(gen):
     assert len(fig.axes[0].texts) == len(gen.prompt_tokens(text)) - 1
 
 
-def test_heldout_rows_are_the_first_rows_of_the_source_the_run_kept_apart(rotary):
-    """heldout_rows(ckpt, n) = the first min(n, 4) rows of the jsonl the run was prepared from (n defaults to 1)."""
+def test_heldout_rows_are_the_first_rows_of_the_source_the_run_kept_apart(rotary, capsys):
+    """heldout_rows(ckpt, n) = the first min(n, 4) rows of the jsonl the run was prepared from (n defaults to 1),
+    found without a word printed (a notebook cell shows the rows, not the data preparation's log)."""
     ckpt, rows = rotary
+    capsys.readouterr()
     assert model_views.heldout_rows(ckpt) == [rows[0]]
+    assert capsys.readouterr() == ("", "")
     assert "\n" in rows[0] and model_views.heldout_rows(ckpt, 3) == rows[:3]
     assert model_views.heldout_rows(ckpt, 100) == rows[:4]
     assert model_views.heldout_rows(ckpt, 0) == []
