@@ -198,3 +198,24 @@ def test_a_gpu_process_saves_its_cuda_stream_beside_the_cpu_one(run, monkeypatch
     rng = train_state.capture(trainer)["rng"]
     assert len(rng) == 1 and torch.equal(rng[0]["cuda"], state) and asked == [torch.device("cuda", 0)]
     assert torch.equal(rng[0]["torch"], torch.get_rng_state())
+
+
+def test_every_rank_saves_its_rng_streams_gathered_in_rank_order(run, monkeypatch):
+    """capture() with 2 processes: each rank's RNG state, all-gathered (rank order) into the checkpoint; one
+    process gathers nothing. A run without LoRA saves its weights once (no lora_model copy)."""
+    cfg, last = run
+    trainer = _fresh_trainer(cfg)
+    other = {"torch": torch.zeros(3, dtype=torch.uint8)}
+    gathers = []
+
+    def all_gather_object(out, obj):
+        gathers.append((list(out), obj))
+        out[:] = [obj, other]
+    monkeypatch.setattr(train_state.dist, "all_gather_object", all_gather_object)
+    single = train_state.capture(trainer)
+    assert gathers == [] and len(single["rng"]) == 1
+    assert "lora_model" not in single and single["model"].keys() == trainer.model.state_dict().keys()
+    trainer.env = replace(trainer.env, world=2)
+    rng = train_state.capture(trainer)["rng"]
+    assert len(gathers) == 1 and gathers[0][0] == [None, None]
+    assert torch.equal(gathers[0][1]["torch"], torch.get_rng_state()) and rng == [gathers[0][1], other]
