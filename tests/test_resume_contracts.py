@@ -219,3 +219,10 @@ def test_every_rank_saves_its_rng_streams_gathered_in_rank_order(run, monkeypatc
     rng = train_state.capture(trainer)["rng"]
     assert len(gathers) == 1 and gathers[0][0] == [None, None]
     assert torch.equal(gathers[0][1]["torch"], torch.get_rng_state()) and rng == [gathers[0][1], other]
+
+
+def test_a_resume_says_its_step_and_best_validation_loss(run, capsys):
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    train_state.restore(_fresh_trainer(cfg), ckpt)
+    assert f"resumed from step 2 (best val loss {ckpt['best_val']:.4f})" in capsys.readouterr().out
