@@ -172,6 +172,7 @@ def test_a_gpu_stopwatch_reads_its_timing_events_in_seconds(monkeypatch):
         time.sleep(0.03)
     assert len(_FakeEvent.made) == 2 and all(e.enable_timing for e in _FakeEvent.made)
     assert 0.03 <= sw.seconds() < 5 and sw.end.synced
+    assert sw.seconds() == pytest.approx(sw.end.t - sw.start.t, rel=1e-9)
 
 
 def test_env_autocast_runs_in_the_envs_dtype():
