@@ -263,3 +263,10 @@ def test_dialogue_task_settings_and_a_file_of_no_usable_dialogue(tmp_path):
     bad.write_text(json.dumps({"chosen": "\n\nHuman: only a question"}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"has no usable dialogues \(skipped: \{'no Assistant turn': 1\}\)"):
         tasks.dialogue(bad, limit=5)
+
+
+@pytest.mark.parametrize("tokens, budget, expected", [
+    ([1, 2, 3], 3, [1, 2, 3]), ([1, 2, 3], 5, [1, 2, 3]), ([1, 2, 3, 4, 5], 3, [1, 4, 5]), ([1, 2, 3, 4, 5], 1, [1])])
+def test_a_long_prompt_keeps_its_first_token_and_the_last_budget_minus_one(tokens, budget, expected):
+    from eval.run import _fit
+    assert _fit(tokens, budget) == expected
