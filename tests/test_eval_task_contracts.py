@@ -4,6 +4,7 @@ whatever the locale, every accepted layout, errors naming the line), and run_tas
 (the CLI's defaults, a seed per batch, new tokens at most half the context)."""
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -270,3 +271,51 @@ def test_dialogue_task_settings_and_a_file_of_no_usable_dialogue(tmp_path):
 def test_a_long_prompt_keeps_its_first_token_and_the_last_budget_minus_one(tokens, budget, expected):
     from eval.run import _fit
     assert _fit(tokens, budget) == expected
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """build_tasks with the task builders and the data preparation recorded: (call, prepare calls)."""
+    from types import SimpleNamespace
+
+    import eval.run as run
+
+    prepared = []
+
+    def prepare_run_data(cfg, **kw):
+        prepared.append((cfg, kw))
+        return SimpleNamespace(rows=lambda split: [f"{split} row"])
+    monkeypatch.setattr(run, "prepare_run_data", prepare_run_data)
+    for name in ("story_continuation", "cloze", "dialogue", "from_jsonl"):
+        monkeypatch.setattr(run.task_defs, name, lambda *a, _name=name, **kw: (_name, a, kw))
+
+    def call(tasks=None, task_file=(), metrics="accuracy"):
+        args = SimpleNamespace(tasks=tasks, task_file=list(task_file), metrics=metrics, limit=5, prompt_words=3,
+                               seed=7, dialogue_file="d.jsonl")
+        return run.build_tasks(args, "cfg")
+    return call, prepared
+
+
+def test_without_task_names_the_builtin_tasks_run_unless_task_files_are_given(built):
+    """No --tasks: every built-in task, or with --task-file only the files' tasks; the held-out rows are read
+    once, quietly, and only for the tasks that need them (story continuation, cloze)."""
+    call, prepared = built
+    assert [t[0] for t in call()] == ["story_continuation", "cloze", "dialogue"]
+    assert len(prepared) == 1 and prepared[0][1]["log"]("anything") is None
+    assert call(task_file=["mine.jsonl"]) == [("from_jsonl", ("mine.jsonl", 5, ["accuracy"]), {})]
+    assert call(tasks="dialogue") == [("dialogue", ("d.jsonl", 5), {})] and len(prepared) == 1
+    assert call(tasks="cloze")[0] == ("cloze", (["heldout row"], 5), {"seed": 7}) and len(prepared) == 2
+    assert call(tasks="story_continuation")[0][0] == "story_continuation" and len(prepared) == 3
+
+
+def test_an_unknown_metric_is_refused_naming_it(built):
+    call, _ = built
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['nope'\]"):
+        call(tasks="dialogue", metrics="accuracy,nope")
+
+
+@pytest.mark.parametrize("seconds, tokens_per_s", [([0.0, 0.0], math.nan), ([0.25, 0.25], 10 / 0.5)])
+def test_tokens_per_second_is_nan_when_no_time_was_measured(seconds, tokens_per_s):
+    from eval.run import runtime_stats
+    got = runtime_stats(seconds, 10, 2, 8, 0.0)["tokens_per_s"]
+    assert (math.isnan(got) and math.isnan(tokens_per_s)) or got == pytest.approx(tokens_per_s)
