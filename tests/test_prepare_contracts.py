@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 from dataset_definitions import prepare
@@ -227,3 +228,24 @@ def test_non_ascii_rows_under_a_c_locale(tmp_path):
                        capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode("utf-8", "replace")[-2000:]
     assert (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n") == texts[:6]
+
+
+def test_blocks_are_windows_of_the_stream_or_one_padded_row_per_document(tmp_path):
+    """blocks(split, context, stride): TokenBlocks over that split's stream with that stride (packing="pack", the
+    default); packing="pad": DocumentRows of the stream with the tokenizer's eos and pad ids -> each built by hand."""
+    import numpy as np
+
+    from dataset_definitions.datasets import DocumentRows, TokenBlocks
+
+    p = _prepare(tmp_path)
+    everything = np.arange(len(p.blocks("train", 16)))
+    for got, ref in ((p.blocks("train", 16), TokenBlocks(p.tokens("train"), 16)),
+                     (p.blocks("train", 16, stride=5), TokenBlocks(p.tokens("train"), 16, 5)),
+                     (p.blocks("val", 12, packing="pad"),
+                      DocumentRows(p.tokens("val"), 12, p.tokenizer.eos_id, p.tokenizer.pad_id))):
+        assert type(got) is type(ref) and len(got) == len(ref) > 0
+        idx = np.arange(len(ref))
+        for a, b in zip(got.batch(idx), ref.batch(idx)):
+            assert torch.equal(a, b)
+    assert len(p.blocks("train", 16, stride=5)) > len(everything)            # overlapping windows: more of them
+    assert p.tokenizer.pad_id != p.tokenizer.eos_id
