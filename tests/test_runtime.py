@@ -218,3 +218,32 @@ def test_on_gpus_each_process_takes_its_local_ranks_device_and_tf32(monkeypatch,
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@pytest.mark.parametrize("n, text", [(3 * 2**20, "3.00 MiB"), (2**30 - 2**10, "1,024.00 MiB"), (2**30, "1.00 GiB"),
+                                     (8192 * 2**30 + 2**29, "8,192.50 GiB")])
+def test_sizes_read_in_mib_below_a_gib_and_in_gib_from_one(n, text):
+    from runtime import size
+    assert size(n) == text
+
+
+def test_host_tensors_go_to_a_gpu_through_pinned_memory_without_blocking():
+    """to_device: on a GPU, pin_memory() then .to(device, non_blocking=True) (recorded: the real copy needs a
+    GPU); on the CPU the tensor as it is."""
+    from runtime import to_device
+
+    class Host:
+        def __init__(self):
+            self.calls = []
+
+        def pin_memory(self):
+            self.calls.append("pin")
+            return self
+
+        def to(self, device, non_blocking=False):
+            self.calls.append((device, non_blocking))
+            return "on the device"
+    t, gpu = Host(), torch.device("cuda", 0)
+    assert to_device(t, gpu) == "on the device" and t.calls == ["pin", (gpu, True)]
+    x = torch.arange(3)
+    assert torch.equal(to_device(x, CPU), x) and to_device(x, CPU).device == CPU
