@@ -140,6 +140,13 @@ def assert_initial_loss_is_uniform(model, tol: float = 0.1) -> None:
     assert abs(loss.item() - math.log(model.cfg.vocab_size)) < tol
 
 
+def c_locale_env() -> dict:
+    """This environment as on a bare cluster node: LC_ALL=C without Python's UTF-8 mode or locale coercion,
+    so a file opened without encoding= reads as ASCII (for tests that text files are read as UTF-8)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8", "PYTHONIOENC"))}
+    return env | {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
 def run_cli(main, argv, capsys) -> tuple[int, str]:
     """Call a CLI's main in-process; returns (exit status, stderr)."""
     code, err, _ = run_cli_out(main, argv, capsys)

@@ -5,7 +5,6 @@ whatever the locale, every accepted layout, errors naming the line), and run_tas
 
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, c_locale_env
 from dataset_definitions.sources import DataError
 from eval import run as eval_run
 from eval import tasks
@@ -128,7 +127,7 @@ def test_task_files_are_read_as_utf8_whatever_the_locale(tmp_path):
     path = _jsonl(tmp_path, [json.dumps({"prompt": "naïve café", "answer": "über"}, ensure_ascii=False)])
     code = ("import json, sys; from eval.tasks import from_jsonl; t = from_jsonl(sys.argv[1], 5); "
             "sys.stdout.buffer.write(json.dumps([t.prompts, t.labels]).encode())")
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env = c_locale_env()
     out = subprocess.run([sys.executable, "-c", code, path], cwd=REPO, env=env, capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert json.loads(out.stdout) == [["naïve café"], ["über"]]

@@ -217,16 +217,14 @@ def test_prepare_run_data_prepares_the_runs_sections_at_its_context(monkeypatch)
 def test_config_files_are_read_as_utf8_whatever_the_locale(tmp_path):
     """Under LC_ALL=C without Python's UTF-8 mode (a bare cluster node) a config with non-ASCII text loads
     unchanged."""
-    import os
     import subprocess
     import sys
 
-    from conftest import REPO
+    from conftest import REPO, c_locale_env
 
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  path: café-naïve.txt\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8", "PYTHONIOENC"))}
-    env |= {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env = c_locale_env()
     script = "import sys; from experiment_config import load_config; print(ascii(load_config([sys.argv[1]]).data.path))"
     r = subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=120)

@@ -4,14 +4,13 @@ and the input errors (exit status 2, a line starting "error: ", nothing loaded).
 Generator API (text_completion, stream, beam_search) called with the documented values on the same
 stub model, printed as the command prints them."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, c_locale_env
 from generators import Generator, beam_search
 from generators import generate as cli
 from test_generators import PrefixModel
@@ -206,8 +205,7 @@ def test_the_prompt_file_is_utf8_whatever_the_locale(tmp_path):
             "from generators import Generator, generate;"
             "Generator.build = staticmethod(t.fake_build([]));"
             f"generate.main(['--ckpt', 'x', '--prompt-file', {str(f)!r}, '--temperature', '0', '--max-new-tokens', '2'])")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8"))}
-    env |= {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "utf-8"}
+    env = c_locale_env() | {"PYTHONIOENCODING": "utf-8"}
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                        encoding="utf-8", timeout=120)
     assert r.returncode == 0, r.stderr

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, c_locale_env
 from dataset_definitions import prepare
 from dataset_definitions.config import DataConfig, TokenizerConfig
 from dataset_definitions.prepare import PreparedData, data_key, prepare_data
@@ -222,8 +222,7 @@ def test_non_ascii_rows_under_a_c_locale(tmp_path):
     mode (a bare cluster node), non-ASCII rows are prepared and read back unchanged."""
     texts = [f"Café {i} — naïve señor ünïcode {i} ☃" for i in range(30)]
     (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8", "PYTHONIOENC"))}
-    env |= {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env = c_locale_env()
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env,
                        capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode("utf-8", "replace")[-2000:]

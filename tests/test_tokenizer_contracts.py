@@ -245,15 +245,13 @@ print(tok.encode("caf\\u00e9"), [round(float(v), 3) for v in vectors[tok.index["
 def test_word_files_are_utf8_whatever_the_locale(tmp_path):
     """A word vocabulary and a vectors file with non-ASCII words are read as UTF-8 under LC_ALL=C
     without Python's UTF-8 mode (a bare cluster node): 'é' is a known word with its vector."""
-    import os
     import subprocess
     import sys
 
-    from conftest import REPO
+    from conftest import REPO, c_locale_env
     tok = _word_tok(tmp_path, ["caf", "é"])
     vectors = _vectors(tmp_path, "é 0.5 -1\ncaf 1 2\n".encode("utf-8"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8", "PYTHONIOENC"))}
-    env |= {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env = c_locale_env()
     r = subprocess.run([sys.executable, "-c", C_LOCALE_SCRIPT, tok.path, str(vectors)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
