@@ -166,21 +166,22 @@ def test_a_selection_leaves_out_exactly_the_slow_tests_a_module_does_not_keep():
 
 def test_a_copy_with_verdicts_keeps_the_selection_they_were_reached_with(tmp_path, capsys):
     """kept_selection: no copy yet, or one whose mutants have not run -> the wanted selection; a copy with a
-    verdict -> the selection in its [tool.mutmut] (mutmut would reset every verdict), said when it differs."""
-    from mutate import kept_selection, meta_path
+    verdict -> the selection in its [tool.mutmut] (run_selection; mutmut would reset every verdict), said when
+    it differs."""
+    from mutate import kept_selection, meta_path, run_selection
 
     wanted, old = ["tests/test_a.py", "--deselect", "tests/test_a.py::test_slow"], ["tests/test_a.py", "-k", "not cli"]
-    assert kept_selection(tmp_path, "m", wanted) == wanted
+    assert kept_selection(tmp_path, "m", wanted, run_selection(tmp_path)) == wanted
     (tmp_path / "pyproject.toml").write_text(f"[tool.mutmut]\npytest_add_cli_args_test_selection = {json.dumps(old)}\n")
     meta = meta_path(tmp_path, "m")
     meta.parent.mkdir(parents=True)
     meta.write_text(json.dumps({"exit_code_by_key": {"m.f__mutmut_1": None}}))
-    assert kept_selection(tmp_path, "m", wanted) == wanted
+    assert kept_selection(tmp_path, "m", wanted, run_selection(tmp_path)) == wanted
     meta.write_text(json.dumps({"exit_code_by_key": {"m.f__mutmut_1": None, "m.f__mutmut_2": 1}}))
     capsys.readouterr()
-    assert kept_selection(tmp_path, "m", wanted) == old
+    assert kept_selection(tmp_path, "m", wanted, run_selection(tmp_path)) == old
     assert "keeps the test selection it has verdicts from: tests/test_a.py -k not cli" in capsys.readouterr().out
-    assert kept_selection(tmp_path, "m", old) == old and capsys.readouterr().out == ""
+    assert kept_selection(tmp_path, "m", old, run_selection(tmp_path)) == old and capsys.readouterr().out == ""
 
 
 def test_remap_runs_the_mutants_no_test_reached_and_keeps_every_other_verdict(tmp_path):

@@ -72,9 +72,9 @@ def run_selection(dest: Path) -> list[str] | None:
     return tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["mutmut"].get("pytest_add_cli_args_test_selection")
 
 
-def kept_selection(dest: Path, module: str, wanted: list[str]) -> list[str]:
-    """`wanted`, unless the copy holds verdicts: then the selection they were reached with (said if it differs)."""
-    previous = run_selection(dest)
+def kept_selection(dest: Path, module: str, wanted: list[str], previous: list[str] | None) -> list[str]:
+    """`wanted`, unless the copy holds verdicts: then `previous`, the selection they were reached with (said if
+    it differs)."""
     if previous is None or all(code is NOT_RUN for code in exit_codes(meta_path(dest, module)).values()):
         return wanted
     if previous != wanted:
@@ -103,7 +103,7 @@ def prepare(module: str, mapping: dict, tests: list[str]) -> Path:
 
     dest = WORK / module
     previous = run_selection(dest)
-    chosen = kept_selection(dest, module, selection(module, mapping, tests))
+    chosen = kept_selection(dest, module, selection(module, mapping, tests), previous)
     unwrap.main(str(dest))
     shared = REPO.parent / "shared"
     if shared.is_dir() and not (dest / "shared").exists():
