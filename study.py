@@ -243,13 +243,18 @@ def resolve_runs(study: Study, cli_configs: list[str] = (), cli_sets: list[str] 
     return runs
 
 
+def first_seed_runs(study: Study, runs: list[Run]) -> dict[str, Run]:
+    """{arm: its run at the first seed}: the runs configs are compared on (the reference's is the baseline)."""
+    return {r.arm: r for r in runs if r.seed == study.seeds[0]}
+
+
 def config_differences(study: Study, runs: list[Run]) -> dict[str, dict[str, tuple]]:
     """{arm: {key: (reference value, arm value)}} for the first seed, checked against what the arms name.
 
     Raises ConfigError when two arms differ in a key neither names (e.g. a different model family
     from the runners' default configs), differ in data or tokenizer, or train on different budgets.
     """
-    first = {r.arm: r for r in runs if r.seed == study.seeds[0]}
+    first = first_seed_runs(study, runs)
     ref = first[study.reference]
     ref_flat = compared(ref.cfg)
     named_by_ref = set_keys(study.arm(study.reference).sets)

@@ -26,7 +26,7 @@ import numpy as np
 
 from experiment_config import from_dict
 from fileio import atomic_write, list_of_numbers, load_plain_pickle
-from study import tokens_budget
+from study import first_seed_runs, tokens_budget
 from train_logs import bits_per_token, load_losses, load_times, overfitting
 
 BOOTSTRAP_SAMPLES = 4000
@@ -157,11 +157,11 @@ def build_report(study, runs, differences: dict, command: str) -> dict:
         mine = [m for m in per_run if m["arm"] == arm.name]
         arms[arm.name] = {k: dict(zip(("mean", "ci95"), t_interval([m[k] for m in mine]))) for k in METRICS}
         arms[arm.name]["seeds"] = [m["seed"] for m in mine]
+    reference = first_seed_runs(study, runs)[study.reference]  # the run config_differences measure from
     return {
         "study": study.name, "description": study.description, "command": command, "reference": study.reference,
         "seeds": study.seeds, "heldout_rows": rows.pop(), "heldout_data": str(data_dirs.pop()),
-        "tokens_per_run": per_run[0]["tokens_per_run"], "model": _model_line(_reference_run(study, runs).cfg),
-        "arms": arms,
+        "tokens_per_run": per_run[0]["tokens_per_run"], "model": _model_line(reference.cfg), "arms": arms,
         "comparisons": comparisons(study, runs, "last"), "comparisons_best": comparisons(study, runs, "best"),
         "config_differences": {a: {k: list(v) for k, v in d.items()} for a, d in differences.items()},
         "runs": per_run,
@@ -184,12 +184,6 @@ def comparisons(study, runs, checkpoint: str) -> dict:
                          "per_seed_delta_nll": per_seed.tolist(), "seed_t_ci95": list(seed_ci),
                          "verdict": verdict((lo, hi), seed_ci)}
     return out
-
-
-def _reference_run(study, runs):
-    """The reference arm's run at the first seed: what the model line describes and the config differences
-    are measured from (study.config_differences)."""
-    return next(r for r in runs if r.arm == study.reference and r.seed == study.seeds[0])
 
 
 def _model_line(cfg) -> str:
