@@ -410,13 +410,16 @@ def test_study_level_fields_of_the_report(demo):
 def test_the_model_line_describes_the_reference_at_the_first_seed(demo):
     """Contract: summary.md's model line is the reference arm's model (the config differences below it are
     measured from that run), whatever arm the first run belongs to. Reference: a first run of another arm
-    with another width, and the reference's d_model put in the line by hand."""
+    and the reference's run at its last seed with other widths, and the first seed's d_model by hand."""
     other = next(r for r in demo.runs if r.arm != REFERENCE)
     other.cfg = replace(other.cfg, model=replace(other.cfg.model, d_model=96))
+    later = next(r for r in demo.runs if r.arm == REFERENCE and r.seed == demo.study.seeds[-1])
+    later.cfg = replace(later.cfg, model=replace(later.cfg.model, d_model=80))   # the reference at its last seed
     runs = [other, *[r for r in demo.runs if r is not other]]
     report = study_report.build_report(demo.study, runs, {}, "cmd")
-    reference_width = next(r for r in runs if r.arm == REFERENCE).cfg.model.d_model
-    assert reference_width != 96 and report["model"].split()[1] == f"d{reference_width}"
+    reference_width = next(r for r in runs if r.arm == REFERENCE and r.seed == demo.study.seeds[0]).cfg.model.d_model
+    assert len(demo.study.seeds) > 1 and reference_width not in (96, 80)
+    assert report["model"].split()[1] == f"d{reference_width}"
 
 
 def test_data_line_names_the_source():
