@@ -247,3 +247,125 @@ def test_host_tensors_go_to_a_gpu_through_pinned_memory_without_blocking():
     assert to_device(t, gpu) == "on the device" and t.calls == ["pin", (gpu, True)]
     x = torch.arange(3)
     assert torch.equal(to_device(x, CPU), x) and to_device(x, CPU).device == CPU
+
+
+def test_autocast_runs_in_the_dtype_it_is_given_not_the_devices_default():
+    """On CPU torch's autocast defaults to bf16; asked for fp16 it must run fp16."""
+    a = torch.randn(4, 4)
+    with autocast(CPU, torch.float16):
+        assert (a @ a).dtype is torch.float16
+
+
+def test_host_tensors_on_the_cpu_are_copied_without_pinning():
+    calls = []
+
+    class Host:
+        def pin_memory(self):
+            calls.append("pin")
+
+        def to(self, device, non_blocking=False):
+            calls.append((device, non_blocking))
+            return "copied"
+    assert to_device(Host(), CPU) == "copied" and calls == [(CPU, False)]
+
+
+@pytest.mark.parametrize("bf16, training, expected", [
+    (True, False, torch.bfloat16), (True, True, torch.bfloat16),
+    (False, False, torch.float32), (False, True, torch.float16)])
+def test_auto_precision_on_a_gpu_is_bf16_where_it_has_it_else_fp16_only_for_training(monkeypatch, bf16, training,
+                                                                                     expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    gpu = torch.device("cuda", 0)
+    assert resolve_dtype("auto", gpu, training=training) is expected
+    if not training:
+        assert resolve_dtype("auto", gpu) is expected                      # inference is the default
+    assert resolve_dtype("fp16", gpu) is torch.float16 and resolve_dtype("auto", CPU, training) is torch.float32
+
+
+def test_auto_device_is_cuda_where_there_is_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device() == resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cpu") == CPU and resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+def _meminfo(monkeypatch, text):
+    """runtime reads `text` as /proc/meminfo (any other path does not exist)."""
+    import io
+
+    import runtime
+
+    def fake_open(path, *args, **kwargs):
+        if path != "/proc/meminfo":
+            raise FileNotFoundError(path)
+        return io.StringIO(text)
+    monkeypatch.setattr(runtime, "open", fake_open, raising=False)
+
+
+def test_free_host_memory_is_meminfos_available_kib_in_bytes(monkeypatch):
+    from runtime import free_memory
+
+    _meminfo(monkeypatch, "MemTotal:       16000000 kB\nMemFree:          200000 kB\n"
+                          "MemAvailable:    7340032 kB\nHugePages_Total:       0\n")
+    assert free_memory(CPU) == 7340032 * 1024
+    assert free_memory(torch.device("mps")) is None                      # neither a GPU nor the host
+    _meminfo(monkeypatch, "MemTotal:       16000000 kB\n")                 # an old kernel: no MemAvailable
+    assert free_memory(CPU) is None
+
+
+def test_free_gpu_memory_is_the_free_half_of_mem_get_info_for_that_gpu(monkeypatch):
+    from runtime import free_memory
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: asked.append(device) or (3 * 2**30, 80 * 2**30))
+    gpu = torch.device("cuda", 1)
+    assert free_memory(gpu) == 3 * 2**30 and asked == [gpu]
+
+
+def test_a_request_over_the_free_memory_is_refused_before_allocating(monkeypatch):
+    import runtime
+
+    monkeypatch.setattr(runtime, "free_memory", lambda device: 100 * 2**20)
+    runtime.require_memory(100 * 2**20, CPU, "the cache", "use fewer rows")          # exactly what is free: fine
+    with pytest.raises(ValueError, match=r"the cache needs 100.00 MiB, more than the 100.00 MiB free on cpu: "
+                                         "use fewer rows"):
+        runtime.require_memory(100 * 2**20 + 1, CPU, "the cache", "use fewer rows")
+    monkeypatch.setattr(runtime, "free_memory", lambda device: None)                 # cannot be told: no check
+    runtime.require_memory(2**60, CPU, "the cache", "use fewer rows")
+
+
+@pytest.mark.parametrize("device, world, backend", [("cpu", 2, "gloo"), ("cuda", 2, "nccl"), ("cuda", 3, "nccl"),
+                                                    ("cpu", 1, None)])
+def test_several_processes_join_one_group_nccl_on_gpus_and_gloo_on_cpus(monkeypatch, device, world, backend):
+    import runtime
+
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(runtime, "resolve_device", torch.device)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(runtime.dist, "is_initialized", lambda: False)
+    joined = []
+    monkeypatch.setattr(runtime.dist, "init_process_group", joined.append)
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        runtime.setup_env(device, "fp32")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    assert joined == ([backend] if backend else [])
+
+
+@pytest.mark.parametrize("precision, bf16, expected", [("fp16", True, torch.float16), ("auto", False, torch.float16),
+                                                       ("auto", True, torch.bfloat16)])
+def test_training_on_a_gpu_may_run_fp16_and_auto_picks_the_training_precision(monkeypatch, precision, bf16, expected):
+    """fp16 is refused on CPU only; "auto" is resolved for training: fp16 (with a scaler) where bf16 is missing."""
+    import runtime
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(runtime, "resolve_device", torch.device)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        assert runtime.setup_env("cuda:0", precision).dtype is expected
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
