@@ -251,6 +251,35 @@ def test_generate_cli(ckpt):
     assert r.returncode == 1 and "not found" in r.stderr
 
 
+def test_the_compiled_step_is_one_fullgraph_fed_its_position_as_a_long_scalar_on_the_device(ckpt, monkeypatch):
+    """compile_decode without the compiler (recorded; the slow test above runs the real one): fullgraph, CUDA graphs
+    ("reduce-overhead") on GPUs only, every one-token step given start_pos as a 0-d int64 tensor on the device; the
+    prompt itself still goes through the eager model, and the tokens are the eager ones."""
+    compiled, steps = [], []
+
+    def fake_compile(model, mode=None, fullgraph=False):
+        compiled.append((mode, fullgraph))
+
+        def step(tokens, position):
+            steps.append((tokens.shape, position.dim(), position.dtype, position.device, int(position)))
+            return model(tokens, position)
+        return step
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    gen = Generator.build(ckpt, max_batch_size=3, device="cpu")
+    prompts = [gen.prompt_tokens(p) for p in PROMPTS]
+    eager = gen.generate(prompts, 6, temperature=0, stop_at_eos=False)[0]
+    gen.compile_decode()
+    assert compiled == [(None, True)]
+    assert gen.generate(prompts, 6, temperature=0, stop_at_eos=False)[0] == eager
+    first, last = min(map(len, prompts)), max(map(len, prompts)) + 6 - 2      # the prefill runs 0..first eagerly
+    assert steps == [((3, 1), 0, torch.int64, torch.device("cpu"), pos) for pos in range(first, last + 1)]
+    on_gpu = SimpleNamespace(model=gen.model, device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch, "zeros", lambda *a, **kw: (a, kw))
+    Generator.compile_decode(on_gpu)
+    assert compiled[-1] == ("reduce-overhead", True)
+    assert on_gpu._position == (((),), {"dtype": torch.long, "device": torch.device("cuda", 0)})
+
+
 def test_compiled_decode_step_gives_the_same_greedy_tokens_and_beams(ckpt):
     gen = Generator.build(ckpt, max_batch_size=3, device="cpu")
     prompts = [gen.prompt_tokens(p) for p in PROMPTS]

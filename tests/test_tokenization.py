@@ -196,6 +196,36 @@ def test_spec_round_trip(request, tmp_path, kind):
     assert again.encode("The cat sat, 42 times.") == tok.encode("The cat sat, 42 times.")
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bpe", "sentencepiece", "word"])
+def test_a_tokenizer_file_is_read_as_the_kind_its_contents_say(request, tmp_path, kind):
+    """tokenizer_from_file (the converter's import): a folder is gpt2, a .model SentencePiece (named llama: both
+    read alike), a .json ours, word or bpe by its "kind" field; each encodes as the tokenizer it was saved from."""
+    from dataset_definitions.tokenization import tokenizer_from_file
+
+    trained_vocab = {"bpe": 300, "sentencepiece": 400, "word": 50}
+    tok = build(tmp_path, kind, trained_vocab[kind]) if kind in trained_vocab else request.getfixturevalue(kind)
+    path = request.getfixturevalue("gpt2_dir") if kind == "gpt2" else tok.path
+    again = tokenizer_from_file(path)
+    assert again.kind == {"sentencepiece": "llama"}.get(kind, kind)
+    assert (again.vocab_size, again.eos_id, again.pad_id) == (tok.vocab_size, tok.eos_id, tok.pad_id)
+    assert again.encode(TRICKY) == tok.encode(TRICKY)
+    assert again.spec()["sha256"] == tok.spec()["sha256"]
+    assert repr(again) == f"{type(tok).__name__}(kind={again.kind}, vocab_size={tok.vocab_size}, path={path})"
+
+
+def test_what_is_not_a_tokenizer_file_is_refused_naming_what_is(tmp_path):
+    from dataset_definitions.tokenization import tokenizer_from_file
+
+    (tmp_path / "notes.txt").write_text("hello")
+    for path in (tmp_path / "notes.txt", tmp_path / "missing.json"):
+        with pytest.raises(ValueError, match=r"not a tokenizer \(a folder with encoder.json \+ vocab.bpe, a .model "
+                                             r"or a .json file\)"):
+            tokenizer_from_file(path)
+    (tmp_path / "list.json").write_text("[1, 2]")                     # a .json not of ours: read as bpe, refused
+    with pytest.raises(ValueError, match="not a Hugging Face tokenizer file"):
+        tokenizer_from_file(tmp_path / "list.json")
+
+
 def test_changed_file_is_refused(tmp_path):
     spec = build(tmp_path, "word", 50).spec()
     path = tmp_path / "tok.json"
