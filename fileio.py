@@ -232,5 +232,5 @@ def list_of_numbers(obj) -> str | None:
     """A `layout` for load_plain_pickle: a flat list of numbers (e.g. per-row perplexities)."""
     if not isinstance(obj, list):
         return f"it holds a {type(obj).__name__}, not a list of numbers"
-    bad = next((v for v in obj if isinstance(v, bool) or not isinstance(v, (int, float))), None)
-    return None if bad is None else f"it holds {bad!r} among its numbers"
+    bad = [v for v in obj if isinstance(v, bool) or not isinstance(v, (int, float))]
+    return f"it holds {bad[0]!r} among its numbers" if bad else None

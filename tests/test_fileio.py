@@ -1,16 +1,21 @@
 """fileio: hashes equal hashlib's over the bytes, atomic writes leave the old file or the new one and no
 temporary, locks name their holder, and the pickle loader admits plain data only."""
 
+import errno
 import hashlib
+import json
 import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from fileio import (LockedError, UnsafeFileError, _holder, atomic_write, content_sha256, exclusive_lock,
-                    load_plain_pickle, process_alive, sha256_file)
+import fileio
+from conftest import c_locale_env
+from fileio import (LockedError, UnsafeFileError, _holder, append_whole, atomic_write, content_sha256,
+                    exclusive_lock, load_plain_pickle, process_alive, rehash, sha256_file, unwritable_dir)
 
 
 def test_file_hash_covers_every_block(tmp_path):
@@ -137,10 +142,121 @@ def test_holder_of_an_empty_lock_file_is_unknown_after_the_wait(tmp_path):
         assert _holder(f, seconds=0.05) == "123"
 
 
+def test_the_hash_cache_is_made_in_a_new_folder_and_one_that_cannot_be_written_is_skipped(tmp_path):
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"text")
+    deep = tmp_path / "a" / "b" / "hashes.json"
+    assert content_sha256(f, deep) == content_sha256(f) and deep.is_file()
+    (tmp_path / "blocker").write_text("a file where the cache folder should be")
+    assert content_sha256(f, tmp_path / "blocker" / "hashes.json") == content_sha256(f)   # a memo only
+
+
+def test_rehash_finds_files_edited_behind_the_cache_and_drops_only_their_hashes(tmp_path):
+    src, cache = tmp_path / "src", tmp_path / "hashes.json"
+    src.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (src / name).write_bytes(b"aaaa")
+    (tmp_path / "other.txt").write_bytes(b"not in the cache")
+    before = content_sha256(src, cache)
+    assert rehash([src, tmp_path / "other.txt"], cache) == []                  # nothing edited: nothing found
+    stamp = os.stat(src / "b.txt")
+    (src / "b.txt").write_bytes(b"bbbb")                                        # same size, the old mtime put back
+    os.utime(src / "b.txt", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert content_sha256(src, cache) == before                                # the cache alone cannot tell
+    assert rehash([src, tmp_path / "other.txt"], cache) == [src / "b.txt"]
+    kept = json.loads(cache.read_text())
+    assert set(kept) == {str((src / "a.txt").resolve())}
+    assert content_sha256(src, cache) == content_sha256(src) != before         # hashed anew from the bytes
+    os.utime(cache, ns=(0, 0))
+    assert rehash([src], cache) == [] and os.stat(cache).st_mtime_ns == 0      # nothing stale: not rewritten
+
+
+def test_a_writer_that_lost_its_temporary_still_raises_its_own_error(tmp_path):
+    """The clean-up after a failed write never hides the failure (the temporary may be gone already)."""
+    target = tmp_path / "out"
+
+    def full_disk(path):
+        path.unlink()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def interrupted(path):
+        path.unlink()
+        raise KeyboardInterrupt
+    with pytest.raises(OSError) as e:
+        atomic_write(target, full_disk)
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(target))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_is_written_as_utf8_whatever_the_locale(tmp_path):
+    """On a node with LC_ALL=C (no UTF-8 mode) a text write must still be UTF-8, not fail or be ASCII."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(fileio.__file__).parent)!r}); import fileio; "
+            f"fileio.atomic_write({str(tmp_path / 'out')!r}, 'caf\\u00e9 \\u6f22')")
+    r = subprocess.run([sys.executable, "-c", code], env=c_locale_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_bytes() == "café 漢".encode("utf-8")
+
+
+def test_append_whole_adds_all_of_the_text_or_none_of_it(tmp_path, monkeypatch):
+    log = tmp_path / "log.csv"
+    old_umask = os.umask(0)
+    try:
+        append_whole(log, "step,loss\n")
+    finally:
+        os.umask(old_umask)
+    assert log.stat().st_mode & 0o777 == 0o644                                # created rw-r--r--
+    append_whole(log, "1,2.5 é\n")
+    assert log.read_bytes() == "step,loss\n1,2.5 é\n".encode("utf-8")
+    real_write, calls = os.write, []
+
+    def disk_fills(fd, data):
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, bytes(data[:3]))                                  # a short write, then a full disk
+    monkeypatch.setattr(fileio.os, "write", disk_fills)
+    with pytest.raises(OSError, match="No space left"):
+        append_whole(log, "2,2.25\n")
+    assert calls == [7, 4]
+    assert log.read_bytes() == "step,loss\n1,2.5 é\n".encode("utf-8")        # cut back: no half line
+
+
+def test_unwritable_dir_makes_missing_folders_and_names_why_one_cannot_be_written(tmp_path, monkeypatch):
+    deep = tmp_path / "a" / "b"
+    assert unwritable_dir(deep) is None and deep.is_dir() and list(deep.iterdir()) == []   # the probe is gone
+    file = tmp_path / "f"
+    file.write_text("x")
+    assert unwritable_dir(file) == f"{file} is a file, not a folder: move the file or use another folder"
+    probed = []
+
+    def read_only(dir=None, prefix=None, suffix=None):
+        probed.append(dir)
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)
+    assert unwritable_dir(deep) == f"cannot write in {deep}: the file system is read-only: use a writable folder"
+    assert probed == [deep]                                                     # probed in the folder itself
+
+
 def test_process_alive_tells_a_live_process_from_a_finished_one():
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert process_alive(os.getpid())
     assert not process_alive(int(done.stdout))
+
+
+def test_asking_whether_a_process_is_alive_sends_it_no_signal():
+    code = ("import signal, sys, time; [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGINT)]; "
+            "print('ready', flush=True); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        assert process_alive(child.pid)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)                                             # still running
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_plain_pickles_load_and_others_are_refused(tmp_path):
@@ -161,3 +277,34 @@ def test_a_process_we_may_not_signal_is_alive(monkeypatch):
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(os, "kill", refused)
     assert process_alive(12345)
+
+
+@pytest.mark.parametrize("value, problem", [
+    ([1, 2.5, float("inf")], None), ([], None),
+    ((1, 2), "it holds a tuple, not a list of numbers"), ({"a": 1}, "it holds a dict, not a list of numbers"),
+    ([1, True, 2], "it holds True among its numbers"), ([1.5, "2"], "it holds '2' among its numbers"),
+    ([0.5, None], "it holds None among its numbers")])
+def test_a_pickle_of_anything_but_a_flat_list_of_numbers_is_refused_by_that_layout(tmp_path, value, problem):
+    from fileio import list_of_numbers
+
+    path = tmp_path / "rows.pkl"
+    path.write_bytes(pickle.dumps(value))
+    if problem is None:
+        assert load_plain_pickle(path, list_of_numbers) == value
+    else:
+        with pytest.raises(UnsafeFileError, match=rf"rows.pkl is not a readable log pickle \({problem}\)"):
+            load_plain_pickle(path, list_of_numbers)
+
+
+@pytest.mark.parametrize("error, where, line", [
+    (OSError(errno.ENOSPC, "No space left on device", "/runs/a/log.csv"), None,
+     "cannot write /runs/a/log.csv: the disk is full: free space on it"),
+    (OSError(errno.EROFS, "Read-only file system", "/runs/a"), "in /runs",
+     "cannot write in /runs: the file system is read-only: use a writable folder"),
+    (OSError(errno.EIO, "Input/output error", "/runs/b"), None, "cannot write /runs/b: Input/output error"),
+    (OSError(errno.ENOSPC, "No space left on device"), None, "cannot write: the disk is full: free space on it"),
+    (OSError("a bare message"), None, "cannot write: a bare message")])
+def test_a_write_failure_reads_as_one_line_naming_the_file_and_the_fix(error, where, line):
+    from fileio import write_failure
+
+    assert write_failure(error, where) == line
