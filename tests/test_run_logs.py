@@ -59,3 +59,25 @@ def test_perplexities_keep_finite_positive_rows_with_their_summary(tmp_path):
     assert any("'none' has no perplexity log" in m and "--ckpt checkpoints/none/best.pt" in m for m in messages)
     assert any("'bad' perplexities left out" in m for m in messages)
     assert list(load_perplexity("b", tmp_path)) == ["b"]
+
+
+def test_perplexity_lists_read_as_floats_in_order_past_a_bad_log_and_keep_a_perfect_row(tmp_path):
+    d = tmp_path / "perplexity-losses"
+    d.mkdir()
+    (d / "bad.pkl").write_bytes(pickle.dumps({"p": tmp_path}))
+    (d / "ints.pkl").write_bytes(pickle.dumps([3, None, 1, 0.5]))        # ints, a row never scored, a perfect row
+    with pytest.warns(MissingLogWarning):
+        out = load_perplexity(["bad", "gone", "ints"], tmp_path)
+    assert list(out) == ["bad", "gone", "ints"] and out["bad"] is None and out["gone"] is None
+    ppl, _ = out["ints"]
+    assert ppl.dtype == np.float64 and ppl.tolist() == [3.0, 1.0, 0.5]
+    assert list(load_perplexity("ints", tmp_path)) == ["ints"]            # one name, not its letters
+
+
+def test_logs_are_looked_for_in_logs_by_default_and_the_warning_points_at_the_caller(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(MissingLogWarning, match=r"at (\S*/)?logs/perplexity-losses/no-such-run\.pkl: run") as caught:
+        assert load_perplexity("no-such-run") == {"no-such-run": None}
+    with pytest.warns(MissingLogWarning, match=r"no log at (\S*/)?logs/losses/no-such-run\.pkl") as more:
+        assert load_runs("no-such-run") == {"no-such-run": None}
+    assert {w.filename for w in [*caught, *more]} == {__file__}
