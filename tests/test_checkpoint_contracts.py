@@ -136,3 +136,20 @@ def test_a_file_missing_what_readers_need_is_named_with_its_problem(tmp_path, ch
         load_checkpoint(path)
     assert str(e.value).startswith(f"{path} is not a checkpoint of this project ({problem}")
     assert str(e.value).endswith("give a checkpoint the trainer or models.convert wrote")
+
+
+def test_the_older_weights_hash_is_sha256_over_the_documented_bytes_empty_tensors_included():
+    """tensor_sha256 against hashlib over what it promises (for each of model, lora_model, by sorted name:
+    "part.name:dtype:shape\\0" then the raw bytes, an empty tensor adding none): the hash stored in files of
+    older versions must not move."""
+    import hashlib
+
+    from models.checkpoint import tensor_sha256
+
+    w = torch.tensor([[1.0, -2.0]], dtype=torch.float32)
+    empty, a = torch.zeros(0, 3, dtype=torch.bfloat16), torch.tensor([7], dtype=torch.int64)
+    ckpt = {"model": {"w": w, "b_empty": empty}, "lora_model": {"a": a}, "step": 3}
+    reference = hashlib.sha256(b"model.b_empty:torch.bfloat16:(0, 3)\0" +
+                               b"model.w:torch.float32:(1, 2)\0" + w.numpy().tobytes() +
+                               b"lora_model.a:torch.int64:(1,)\0" + a.numpy().tobytes()).hexdigest()
+    assert tensor_sha256(ckpt) == reference

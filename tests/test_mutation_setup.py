@@ -143,8 +143,8 @@ def test_functions_name_mutmuts_globs_for_functions_and_methods():
 
 
 def test_each_slow_test_left_out_names_tests_that_exist():
-    """Every node-id prefix in `slow` (and in keep_by_module) is a test function of an existing file."""
-    for node in [*MAP["slow"], *(n for kept in MAP["keep_by_module"].values() for n in kept)]:
+    """Every node-id prefix in `slow`, keep_by_module and `frames` is a test function of an existing file."""
+    for node in [*MAP["slow"], *MAP["frames"], *(n for kept in MAP["keep_by_module"].values() for n in kept)]:
         path, _, name = node.partition("::")
         source = (REPO / path).read_text(encoding="utf-8")
         assert name.startswith("test_") and f"def {name}" in source, node
@@ -162,6 +162,9 @@ def test_a_selection_leaves_out_exactly_the_slow_tests_a_module_does_not_keep():
         "tests/test_a.py", "tests/test_c.py", "--deselect", "tests/test_a.py::test_cli_x",
         "--deselect", "tests/test_b.py::test_compiled"]
     assert selection("own", mapping, ["test_a"]) == ["tests/test_a.py", "--deselect", "tests/test_b.py::test_compiled"]
+    mapping["frames"] = ["tests/test_a.py::test_stacklevel"]                    # left out of every module's run
+    assert selection("own", mapping, ["test_a"]) == ["tests/test_a.py", "--deselect", "tests/test_b.py::test_compiled",
+                                                     "--deselect", "tests/test_a.py::test_stacklevel"]
 
 
 def test_a_copy_with_verdicts_keeps_the_selection_they_were_reached_with(tmp_path, capsys):

@@ -74,10 +74,17 @@ def test_perplexity_lists_read_as_floats_in_order_past_a_bad_log_and_keep_a_perf
     assert list(load_perplexity("ints", tmp_path)) == ["ints"]            # one name, not its letters
 
 
-def test_logs_are_looked_for_in_logs_by_default_and_the_warning_points_at_the_caller(tmp_path, monkeypatch):
+def test_logs_are_looked_for_in_logs_by_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.warns(MissingLogWarning, match=r"at (\S*/)?logs/perplexity-losses/no-such-run\.pkl: run") as caught:
+    with pytest.warns(MissingLogWarning, match=r"at (\S*/)?logs/perplexity-losses/no-such-run\.pkl: run"):
         assert load_perplexity("no-such-run") == {"no-such-run": None}
-    with pytest.warns(MissingLogWarning, match=r"no log at (\S*/)?logs/losses/no-such-run\.pkl") as more:
+    with pytest.warns(MissingLogWarning, match=r"no log at (\S*/)?logs/losses/no-such-run\.pkl"):
         assert load_runs("no-such-run") == {"no-such-run": None}
-    assert {w.filename for w in [*caught, *more]} == {__file__}
+
+
+def test_a_missing_log_warning_points_at_the_line_that_asked_for_it(tmp_path):
+    """(Under mutmut's trampolines the frames differ: this test is left out of its runs.)"""
+    with pytest.warns(MissingLogWarning) as caught:
+        load_perplexity("no-such-run", tmp_path)
+        load_runs("no-such-run", tmp_path)
+    assert [w.filename for w in caught] == [__file__, __file__]

@@ -226,6 +226,49 @@ def test_what_is_not_a_tokenizer_file_is_refused_naming_what_is(tmp_path):
         tokenizer_from_file(tmp_path / "list.json")
 
 
+def test_a_bpe_file_from_elsewhere_pads_with_eos_and_counts_the_tokens_added_after_training(tmp_path):
+    """A Hugging Face BPE file without <pad> pads with <eos>; a special token added after training has the last
+    id, so the vocabulary (the model's embedding rows) must count it."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from dataset_definitions.tokenization import BPETokenizer
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer, hf.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    hf.train_from_iterator(make_texts(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.add_special_tokens(["<tool>"])
+    hf.save(str(tmp_path / "other.json"))
+    tok = BPETokenizer(str(tmp_path / "other.json"))
+    assert tok.pad_id == tok.eos_id == hf.token_to_id("<eos>") and tok.bos_id is None
+    assert tok.vocab_size == hf.token_to_id("<tool>") + 1 == hf.get_vocab_size(with_added_tokens=True)
+
+
+def test_a_spec_whose_vocab_size_differs_from_the_files_is_refused(tmp_path):
+    spec = build(tmp_path, "word", 50).spec()
+    assert load_tokenizer({**spec, "vocab_size": None}).vocab_size == 50       # an older spec: not checked
+    with pytest.raises(ValueError, match=r"tokenizer .*tok.json has vocab_size 50, but this data/checkpoint was made "
+                                         r"with 51"):
+        load_tokenizer({**spec, "vocab_size": 51})
+
+
+def test_a_tokenizer_file_with_non_ascii_words_is_read_on_a_c_locale_node(tmp_path):
+    """tokenizer_from_file reads our .json as UTF-8 whatever the locale (a bare cluster node runs LC_ALL=C)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, c_locale_env
+
+    tok = build(tmp_path, "word", 50, texts=["Le café est là. Le thé est là."] * 3)
+    code = ("import sys; from dataset_definitions.tokenization import tokenizer_from_file; "
+            "print(tokenizer_from_file(sys.argv[1]).encode('le caf\\u00e9'))")      # (argv would be ASCII here)
+    r = subprocess.run([sys.executable, "-c", code, tok.path], cwd=REPO, env=c_locale_env(), capture_output=True,
+                       text=True, encoding="utf-8")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tok.encode("le café")) and tok.index["é"] in tok.encode("le café")
+
+
 def test_changed_file_is_refused(tmp_path):
     spec = build(tmp_path, "word", 50).spec()
     path = tmp_path / "tok.json"

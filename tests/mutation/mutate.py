@@ -34,7 +34,8 @@ GRACE_SECONDS = 120  # after SIGINT, mutmut stops its workers and saves; then it
 
 
 def load_map() -> dict:
-    """modules.toml: {"slow": [node ids], "keep_by_module": {module: [node ids]}, "tests": {module: [test file stems]}}."""
+    """modules.toml: {"slow": [node ids], "keep_by_module": {module: [node ids]}, "frames": [node ids],
+    "tests": {module: [test file stems]}}."""
     return tomllib.loads((HERE / "modules.toml").read_text(encoding="utf-8"))
 
 
@@ -59,9 +60,11 @@ def expand(names: list[str], known: list[str]) -> list[str]:
 
 def selection(module: str, mapping: dict, tests: list[str]) -> list[str]:
     """pytest's selection for `module`'s mutants: the test files `tests` (stems), less modules.toml's slow
-    tests (node-id prefixes, pytest --deselect) other than those the module keeps."""
+    tests (node-id prefixes, pytest --deselect) other than those the module keeps, and less its tests of
+    stack frames (which mutmut's trampolines add to)."""
     keep = set(mapping.get("keep_by_module", {}).get(module, []))
-    return [f"tests/{t}.py" for t in tests] + [a for t in mapping["slow"] if t not in keep for a in ("--deselect", t)]
+    left_out = [t for t in mapping["slow"] if t not in keep] + mapping.get("frames", [])
+    return [f"tests/{t}.py" for t in tests] + [a for t in left_out for a in ("--deselect", t)]
 
 
 def run_selection(dest: Path) -> list[str] | None:
