@@ -226,3 +226,42 @@ def test_a_resume_says_its_step_and_best_validation_loss(run, capsys):
     ckpt = load_checkpoint(last)
     train_state.restore(_fresh_trainer(cfg), ckpt)
     assert f"resumed from step 2 (best val loss {ckpt['best_val']:.4f})" in capsys.readouterr().out
+
+
+def _longer(cfg, **train):
+    return replace(cfg, train=replace(cfg.train, max_steps=4, **train))
+
+
+def test_the_recorded_global_batch_is_the_one_compared(run):
+    """A checkpoint's recorded tokens_per_step is what it was trained with, whatever its config derives; one from
+    before the record (and before world_size) derives batch_size x grad_accum x context x 1 process."""
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    b, ctx = cfg.train.batch_size, cfg.model.context
+    assert ckpt["tokens_per_step"] == b * ctx
+    recorded = {**ckpt, "tokens_per_step": 2 * b * ctx}                      # e.g. trained on two processes
+    train_state.check_resumable(recorded, _longer(cfg, grad_accum=2), last, world=1)
+    with pytest.raises(ConfigError, match=rf"trained with {2 * b * ctx:,} tokens per step \({b} x 1 x {ctx} x 1 = "):
+        train_state.check_resumable(recorded, _longer(cfg), last, world=1)
+    oldest = {k: v for k, v in ckpt.items() if k not in ("tokens_per_step", "world_size")}
+    train_state.check_resumable(oldest, _longer(cfg), last, world=1)
+    with pytest.raises(ConfigError, match=rf"trained with {b * ctx:,} tokens per step \({b} x 1 x {ctx} x 1 = "):
+        train_state.check_resumable(oldest, _longer(cfg), last, world=2)
+
+
+@pytest.mark.parametrize("field", ["kind", "sha256", "vocab_size"])
+def test_a_resume_with_another_tokenizer_is_refused_naming_both(run, field):
+    cfg, last = run
+    ckpt = load_checkpoint(last)
+    theirs = ckpt["tokenizer"]
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=theirs["vocab_size"]))     # as the tokenizer sets it
+    train_state.check_resumable(ckpt, _longer(cfg), last, world=1, data_key=ckpt.get("data_key"),
+                                tokenizer_spec=dict(theirs))
+    changed = {"kind": "word" if theirs["kind"] != "word" else "bpe", "sha256": "f" * 64,
+               "vocab_size": theirs["vocab_size"] + 1}
+    other = {**theirs, field: changed[field]}
+    was = f"tokenizer {theirs['kind']} {str(theirs['sha256'])[:12]} -> {other['kind']} {str(other['sha256'])[:12]}"
+    with pytest.raises(ConfigError) as refused:
+        train_state.check_resumable(ckpt, _longer(cfg), last, world=1, data_key=ckpt.get("data_key"),
+                                    tokenizer_spec=other)
+    assert f"({was})" in str(refused.value) or f"; {was})" in str(refused.value)
