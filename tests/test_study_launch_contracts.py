@@ -238,3 +238,30 @@ def test_each_unfinished_run_is_one_job_named_after_it_and_recorded(resolved, mo
                                                                for i, n in enumerate(todo)]
     reused = [line for line in lines if "already finished" in line]
     assert reused == ([f"1 of {len(runs)} runs already finished: reused"] if scored else [])
+
+
+class _Job:
+    """A scheduler job that ends at its `ends_at`-th look."""
+
+    def __init__(self, job_id, ends_at, state="COMPLETED"):
+        self.job_id, self.ends_at, self.state, self.looks = job_id, ends_at, state, 0
+
+    def done(self):
+        self.looks += 1
+        return self.looks >= self.ends_at
+
+
+def test_waiting_reports_each_job_when_it_ends_not_after_those_submitted_before_it(resolved, monkeypatch, capsys):
+    """_wait looks at every pending job at each poll: a job that ends first is reported first, whatever the
+    order of submission; the bar counts the runs scored out of all."""
+    s, runs = resolved
+    monkeypatch.setattr(study_runner, "run_state", lambda run: "scored")
+    polls = []
+    monkeypatch.setattr(study_slurm.time, "sleep", polls.append)
+    jobs = {runs[0].name: (runs[0], _Job("11", ends_at=3)), runs[1].name: (runs[1], _Job("12", ends_at=1))}
+    study_slurm._wait(s, jobs, poll_s=7.5)
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [f"  {runs[1].name}: trained and scored (job 12)",
+                                    f"  {runs[0].name}: trained and scored (job 11)"]
+    assert polls == [7.5, 7.5] and jobs[runs[1].name][1].looks == 1             # never looked at once ended
+    assert f"study {s.name} (jobs)" in out.err and "2/2" in out.err
