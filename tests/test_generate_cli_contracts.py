@@ -234,3 +234,58 @@ def test_input_errors_exit_2_before_loading_anything(run, args, names):
 def test_argparse_refuses_bad_values(run, args):
     code, _, _, calls = run("--prompt", "a", *args)
     assert code == 2 and calls == []
+
+
+def _recording(monkeypatch, method):
+    """Generator.`method` records its arguments, then runs as it would."""
+    real, seen = getattr(Generator, method), []
+
+    def record(self, *args, **kwargs):
+        seen.append((args, kwargs))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Generator, method, record)
+    return seen
+
+
+@pytest.mark.parametrize("options, cache, truncate", [([], True, False), (["--no-kv-cache", "--truncate"], False, True)])
+def test_seed_cache_and_truncation_reach_text_completion(run, monkeypatch, options, cache, truncate):
+    """The seed makes a sample reproducible (at a temperature where it matters), and --no-kv-cache and --truncate
+    reach text_completion as use_cache and truncate (the cache changes no token, so it is checked by what the
+    call was given)."""
+    seen = _recording(monkeypatch, "text_completion")
+    hot = ["--temperature", "5", "--top-p", "1", "--max-new-tokens", "8"]
+    code, out, err, _ = run("--prompt", "the dog", "--seed", "4", *hot, *options)
+    assert code == 0, err
+    assert seen[0][1] == dict(seed=4, use_cache=cache, truncate=truncate)
+    assert out == completion_output(["the dog"], temperature=5.0, top_p=1.0, max_gen_len=8, seed=4)
+    assert out != completion_output(["the dog"], temperature=5.0, top_p=1.0, max_gen_len=8, seed=5)
+
+
+def test_stream_passes_the_sampling_options_and_the_seed(run, monkeypatch):
+    seen = _recording(monkeypatch, "stream")
+    code, out, err, _ = run("--prompt", "the dog", "--stream", "--temperature", "5", "--top-p", "1", "--top-k", "9",
+                            "--max-new-tokens", "8", "--seed", "4", "--truncate")
+    assert code == 0, err
+    assert seen == [(("the dog", 5.0, 1.0, 9, 8, 4), dict(truncate=True))]
+    pieces = list(stub().stream("the dog", temperature=5.0, top_p=1.0, top_k=9, max_gen_len=8, seed=4))
+    assert out == "the dog" + "".join(pieces) + "\n"
+    assert pieces != list(stub().stream("the dog", temperature=5.0, top_p=1.0, top_k=9, max_gen_len=8, seed=5))
+
+
+def test_the_speed_line_divides_the_new_tokens_by_the_seconds_taken(run, monkeypatch):
+    clock = iter([100.0, 102.5])
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    code, _, err, _ = run("--prompt", "the dog", "--temperature", "0", "--max-new-tokens", "5")
+    assert code == 0, err
+    assert "5 new tokens in 2.50s (2.0 tokens/s, KV cache, cpu)" in err
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError("checkpoint run/best.pt not found"),
+                                   ValueError("a KV cache for 1 sequences needs more than is free")])
+def test_a_checkpoint_that_cannot_be_loaded_exits_1_with_one_line(monkeypatch, capsys, error):
+    def fails(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(Generator, "build", staticmethod(fails))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--ckpt", "run/best.pt", "--prompt", "once"])
+    assert e.value.code == 1 and capsys.readouterr().err == f"error: {error}\n"
