@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dataset_definitions.config import DataConfig
-from dataset_definitions.datasets import BlockSampler, DocumentRows
+from dataset_definitions.datasets import BlockSampler, DocumentRows, TokenBlocks
 from dataset_definitions.dedup import NUM_PERM, Deduplicator, lsh_bands
 
 
@@ -210,3 +210,34 @@ def test_file_sources_need_a_path(source):
     """data.source=text or jsonl without data.path is refused when the config is made."""
     with pytest.raises(ValueError, match=f"data.source={source} needs data.path"):
         DataConfig(source=source)
+
+
+@pytest.mark.parametrize("context, stride", [(4, None), (4, 1), (5, 3), (8, 8), (3, 7)])
+def test_token_blocks_are_every_window_that_fits_and_nothing_past_the_end(context, stride):
+    """Against a brute-force reference, for stream lengths around each edge: the windows are those starting at
+    i * stride with context + 1 tokens inside the stream (none fewer, none more), x = its first context tokens
+    and y = its last, as (B, context) int64; an index outside [0, n) is refused, at either end."""
+    step = stride or context
+    for length in range(0, 4 * context + 3):
+        tokens = (np.arange(length, dtype=np.uint16) * 7 + 3) % 1000
+        starts = [s for s in range(0, length, step) if s + context + 1 <= length]
+        blocks = TokenBlocks(tokens, context, stride)
+        assert len(blocks) == len(starts), (length, context, stride)
+        if not starts:
+            continue
+        x, y = blocks.batch(np.arange(len(starts))[::-1].copy())
+        assert x.shape == y.shape == (len(starts), context) and x.dtype == y.dtype == torch.int64
+        for row, s in zip(range(len(starts)), starts[::-1]):
+            assert x[row].tolist() == tokens[s:s + context].tolist()
+            assert y[row].tolist() == tokens[s + 1:s + context + 1].tolist()
+        x0, y0 = blocks[len(starts) - 1]
+        assert torch.equal(x0, x[0]) and torch.equal(y0, y[0])
+        for bad in (np.array([len(starts)]), np.array([-1]), np.array([0, len(starts)])):
+            with pytest.raises(IndexError, match=rf"block index out of range \[0, {len(starts)}\)"):
+                blocks.batch(bad)
+
+
+def test_a_sampler_needs_one_global_batch_of_blocks_and_exactly_one_will_do():
+    assert BlockSampler(4, 2, seed=0, world_size=2).batches_per_epoch == 1
+    with pytest.raises(ValueError, match=r"only 3 training blocks for a global batch of 4: use more data"):
+        BlockSampler(3, 2, seed=0, world_size=2)
