@@ -355,7 +355,7 @@ class Trainer:
                 stop = cfg.train.patience > 0 and self.evals_since_best >= cfg.train.patience
             self.env.log(f"step {step}: val loss {val_loss:.4f} (ppl {capped_perplexity(val_loss):.2f}, "
                          f"{bits_per_token(val_loss):.3f} bits/token, {bpb:.3f} bits/byte){' *' if improved else ''}")
-        if "save" in due or (stop and step > 0):
+        if "save" in due:  # (an early stop is saved by fit, as every final state off the schedule)
             self._save_last(logger, paths)
         if "keep" in due:
             train_state.save(self, paths["dir"] / f"step_{step}.pt")
