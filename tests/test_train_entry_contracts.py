@@ -121,13 +121,19 @@ def test_early_stopping_counts_evaluations_without_improvement_and_saves_where_i
     assert load_checkpoint(folder / "last.pt")["step"] == (stops_at or 4)
 
 
-def test_each_evaluation_logs_its_bits_per_byte(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset", ["baseline", "falcon"])
+def test_each_evaluation_logs_its_bits_per_byte_and_the_models_statistics(tmp_path, monkeypatch, preset):
+    """A mixture of experts reports each expert's load at every evaluation (as val stats); a dense model none."""
     from train_logs import load_losses
 
-    summary, _, _ = _schedule_run(tmp_path, monkeypatch, ["train.max_steps=2", "train.eval_every=1"])
+    summary, _, _ = _schedule_run(tmp_path, monkeypatch, ["train.max_steps=2", "train.eval_every=1",
+                                                          f"model.preset={preset}"])
     val = load_losses("tiny", tmp_path / "logs")["val"]
     assert val["step"] == [0, 1, 2] and len(val["bpb"]) == 3
     assert val["bpb"][-1] == pytest.approx(summary["val_bpb"]) and all(0 < b < 20 for b in val["bpb"])
+    loads = {k: v for k, v in val["stats"].items() if k.startswith("moe_load_")}
+    assert bool(loads) == (preset == "falcon")
+    assert all(len(v) == 3 and all(0 <= x <= 1 for x in v) for v in loads.values())
 
 
 def test_a_signal_stops_at_a_step_boundary_saying_what_was_saved(tmp_path, monkeypatch):
