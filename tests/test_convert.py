@@ -1,6 +1,7 @@
 """Weights to and from Hugging Face, Meta and safetensors: same logits as transformers, exact round trips."""
 
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -324,6 +325,14 @@ def test_hf_folder_holds_a_tokenizer_that_reproduces_our_encoding_and_generation
     assert (hf_tok.eos_token_id, hf_tok.pad_token_id) == (eos, pad)
     assert hf_tok.bos_token_id == (bos if bos is not None else eos)
     assert (hf.config.eos_token_id, hf.config.pad_token_id) == (eos, pad)
+    unk = {"word": getattr(tok, "unk_id", None), "gpt2": None}.get(tok.kind, -1)
+    if unk == -1:                                                   # bpe and SentencePiece name theirs "<unk>"
+        unk = tok._tok.token_to_id("<unk>") if tok.kind == "bpe" else tok._sp.piece_to_id("<unk>")
+    assert hf_tok.unk_token_id == unk
+    a, b = gen.prompt_tokens(PROMPTS[0]), gen.prompt_tokens(PROMPTS[1])
+    assert hf_tok(PROMPTS[0], PROMPTS[1])["input_ids"] == a + b     # a pair: each text as a prompt
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"  # the class transformers 4 and 5 both resolve
     for prompt in PROMPTS:
         ids = hf_tok(prompt)["input_ids"]
         assert ids == gen.prompt_tokens(prompt)                     # [bos] + our ids

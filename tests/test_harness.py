@@ -359,3 +359,78 @@ def test_generations_come_back_in_request_order_and_go_to_lm_evals_cache(lm_eval
     assert got == alone and len(set(got)) > 1
     assert sorted(hook.calls, key=lambda c: c[1][0]) == sorted(
         [("generate_until", r.args, text) for r, text in zip(requests, got)], key=lambda c: c[1][0])
+
+
+def _lm(lm_eval, **args):
+    from eval.harness import SmallLM
+
+    return SmallLM.create_from_arg_obj({"ckpt": lm_eval["ckpt"], "device": "cpu", **args})
+
+
+@pytest.mark.parametrize("gen_kwargs, sampled", [
+    ({"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 5}, (0.7, 0.8, 5)),
+    ({"do_sample": True}, (0.0, 1.0, None)),                 # sampling asked without a temperature: greedy
+    ({"temperature": 0.7, "top_p": 0.8, "top_k": 5}, (0.7, 0.8, 5)),      # lm_eval: a temperature asks to sample
+    ({"do_sample": False, "temperature": 0.7, "top_k": 0}, (0.0, 1.0, 0))])   # ... unless do_sample says no
+def test_generation_settings_reach_the_sampler(lm_eval, monkeypatch, gen_kwargs, sampled):
+    """lm_eval's do_sample / temperature / top_p / top_k as our sampler takes them (after lm_eval's own
+    normalisation): greedy unless sampling is asked with a temperature, top_p 1 and no top-k unless given;
+    prompts go longest first, batch_size at a time, answers come back in order."""
+    from lm_eval.api.instance import Instance
+
+    lm = _lm(lm_eval, batch_size=2)
+    calls, generate = [], lm.generator.generate
+
+    def record(prompts, max_gen_len, temperature, top_p, top_k):
+        calls.append(([len(p) for p in prompts], max_gen_len, temperature, top_p, top_k))
+        return generate(prompts, max_gen_len, 0.0, 1.0, None)
+    monkeypatch.setattr(lm.generator, "generate", record)
+    texts = ["Tom", "Once upon a time there was", "Lily and Tom"]
+    args = {"until": ["."], "max_gen_toks": 4, **gen_kwargs}
+    got = lm.generate_until([Instance(request_type="generate_until", doc={}, arguments=(t, args), idx=i)
+                             for i, t in enumerate(texts)])
+    lengths = [len(lm.tok_encode(t)) for t in texts]
+    longest_first = sorted(lengths, reverse=True)
+    assert calls == [(longest_first[:2], 4, *sampled), (longest_first[2:], 4, *sampled)]
+    assert got == [_lm(lm_eval).generate_until([Instance(request_type="generate_until", doc={},
+                                                         arguments=(t, {"until": ["."], "max_gen_toks": 4}), idx=0)])[0]
+                   for t in texts]
+
+
+def test_one_token_of_generation_is_allowed_and_none_is_refused(lm_eval):
+    from lm_eval.api.instance import Instance
+
+    lm = _lm(lm_eval)
+    ask = [Instance(request_type="generate_until", doc={}, arguments=("Tom", {"max_gen_toks": 1}), idx=0)]
+    assert len(lm.generate_until(ask)) == 1
+    ask = [Instance(request_type="generate_until", doc={}, arguments=("Tom", {"max_gen_toks": 0}), idx=0)]
+    with pytest.raises(ValueError, match="max_gen_toks=0 leaves no room"):
+        lm.generate_until(ask)
+
+
+def test_encoding_adds_bos_unless_told_not_to(lm_eval):
+    lm = _lm(lm_eval)
+    ids = lm.tokenizer.encode("Once upon a time")
+    assert lm.tok_encode("Once upon a time") == lm.tok_encode("Once upon a time", add_special_tokens=True) == \
+        [lm.tokenizer.start_id, *ids]
+    assert lm.tok_encode("Once upon a time", add_special_tokens=False) == ids
+
+
+def test_loglikelihoods_come_back_in_request_order_go_to_the_cache_and_refuse_a_continuation_too_long(lm_eval):
+    """Requests of unequal lengths, batched longest first: each answer equals that request scored alone, goes to the
+    cache hook with its (context, continuation), and an empty request list is fine; a continuation of more tokens
+    than max_length is refused, one of exactly max_length is scored."""
+    lm = _lm(lm_eval, batch_size=2)
+    pairs = [("Once upon a time", " there"), ("Tom", " and Lily went to the park"), ("Lily and Tom", " played")]
+    requests = [(p, lm.tok_encode(p[0]), lm.tok_encode(p[1], add_special_tokens=False)) for p in pairs]
+    lm.set_cache_hook(hook := _CacheHook())
+    got = lm._loglikelihood_tokens(requests)
+    alone = [_lm(lm_eval)._loglikelihood_tokens([r])[0] for r in requests]
+    assert [g[1] for g in got] == [a[1] for a in alone]
+    assert [g[0] for g in got] == pytest.approx([a[0] for a in alone], abs=1e-4) and all(g[0] < 0 for g in got)
+    assert hook.calls == [("loglikelihood", p, answer) for p, answer in zip(pairs, got)]
+    assert lm._loglikelihood_tokens([]) == []
+    exact = [(None, [lm.tokenizer.start_id], list(range(5, 5 + CONTEXT)))]
+    assert len(lm._loglikelihood_tokens(exact)) == 1
+    with pytest.raises(ValueError, match=f"a continuation of {CONTEXT + 1} tokens does not fit max_length={CONTEXT}"):
+        lm._loglikelihood_tokens([(None, [lm.tokenizer.start_id], list(range(5, 6 + CONTEXT)))])
