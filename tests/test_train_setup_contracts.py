@@ -167,3 +167,40 @@ def test_flops_are_of_the_non_embedding_parameters_not_all():
     assert models.flops_per_token(cfg.model, model.num_params()) != \
         models.flops_per_token(cfg.model, model.num_params(exclude_embeddings=True))
     assert np.isfinite(train_setup.parameter_counts(model, cfg)[1])
+
+
+@pytest.mark.parametrize("rank, world", [(0, 1), (0, 2), (1, 2), (2, 3)])
+def test_rank_zero_prepares_the_data_and_the_others_read_it_after_a_barrier(monkeypatch, capsys, rank, world):
+    """Rank 0 builds (or finds) the cache, reporting through its log; with several processes every rank then meets
+    at a barrier and the others read the cache rank 0 made, silently."""
+    events, cfg = [], _cfg()
+
+    def prepare(cfg_, log):
+        log("prepared")
+        events.append(("prepare", cfg_ is cfg))
+        return f"data of rank {rank}"
+    monkeypatch.setattr(train_setup, "prepare_run_data", prepare)
+    monkeypatch.setattr(train_setup.dist, "barrier", lambda: events.append("barrier"))
+    env = Env(rank, rank, world, torch.device("cpu"), torch.float32)
+    assert train_setup.load_data(cfg, env) == f"data of rank {rank}"
+    main, several = rank == 0, world > 1
+    assert events == ([("prepare", True)] if main else []) + (["barrier"] if several else []) + \
+        ([] if main else [("prepare", True)])
+    assert capsys.readouterr().out == ("prepared\n" if main else "")
+
+
+@pytest.mark.parametrize("step", [250, None])
+def test_fine_tuning_takes_the_init_checkpoints_model_and_tokenizer_and_says_so(capsys, step):
+    import dataclasses
+
+    base = _cfg()
+    theirs = ModelConfig.from_preset("falcon", vocab_size=300, context=16, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    ckpt = {"config": {"model": dataclasses.asdict(theirs)},
+            "tokenizer": {"kind": "word", "path": "tok/word.json", "sha256": "ab" * 32, "vocab_size": 300}}
+    if step is not None:
+        ckpt["step"] = step
+    cfg = train_setup.with_init_checkpoint(replace(base, init_from="runs/big/best.pt"), ckpt, CPU_ENV)
+    assert cfg.model == theirs and cfg.train == base.train and cfg.init_from == "runs/big/best.pt"
+    assert (cfg.tokenizer.kind, cfg.tokenizer.path, cfg.tokenizer.vocab_size) == ("word", "tok/word.json", 300)
+    assert capsys.readouterr().out == (f"init from runs/big/best.pt (step {step or 0}): its falcon model and word "
+                                       "tokenizer\n")
