@@ -157,3 +157,24 @@ def test_a_process_without_a_logger_trains_and_summarises_without_one(tmp_path):
     trainer = generic_runner.Trainer(cfg, setup_env("cpu", "fp32"), resume=False)
     summary = trainer.fit(None)
     assert summary["steps"] == 2 and "train_val_gap" not in summary and "tokens_per_s" in summary
+
+
+def test_the_progress_bar_counts_steps_to_max_steps_from_where_a_resume_starts(tmp_path, capsys):
+    from conftest import tiny_run_config
+    from runtime import Env
+
+    generic_runner.train(tiny_run_config(tmp_path, ["train.max_steps=2"]))
+    bar = capsys.readouterr().err
+    assert "tiny:   0%" in bar and "2/2 [" in bar and "step/s" in bar
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=4"])
+    generic_runner.train(cfg, resume=True)
+    bar = capsys.readouterr().err
+    assert "tiny:  50%" in bar and " 2/4 [" in bar and "4/4 [" in bar and " 0/4 [" not in bar
+    from experiment_config import prepare_run_data
+
+    other_rank = Env(1, 0, 1, torch.device("cpu"), torch.float32)           # not rank 0: no bar
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=1", "run_name=r1"])
+    data = prepare_run_data(cfg, log=lambda *a: None)
+    capsys.readouterr()
+    generic_runner.Trainer(cfg, other_rank, resume=False, data=data).fit(None)
+    assert "r1:" not in capsys.readouterr().err
