@@ -265,3 +265,16 @@ def test_waiting_reports_each_job_when_it_ends_not_after_those_submitted_before_
                                     f"  {runs[0].name}: trained and scored (job 11)"]
     assert polls == [7.5, 7.5] and jobs[runs[1].name][1].looks == 1             # never looked at once ended
     assert f"study {s.name} (jobs)" in out.err and "2/2" in out.err
+
+
+def test_the_executor_is_the_scheduler_named_not_the_one_submitit_would_guess(tmp_path):
+    """launcher.executor picks submitit's cluster ("debug" runs jobs in this process; auto-detection would pick
+    local here), with the time limit and the resources per run."""
+    pytest.importorskip("submitit")
+    debug = study_slurm._executor(study_slurm.SlurmConfig(executor="debug"), tmp_path / "a")
+    assert debug.cluster == "debug"
+    local = study_slurm._executor(study_slurm.SlurmConfig(executor="local", time_limit_min=30, gpus_per_run=0,
+                                                          cpus_per_run=2), tmp_path / "b")
+    assert local.cluster == "local"
+    assert local._executor.parameters == {"timeout_min": 30, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0,
+                                          "cpus_per_task": 2}
