@@ -112,6 +112,19 @@ def test_recheck_marks_killed_survivors_in_the_copy_and_keeps_the_rest(tmp_path)
     assert saved["exit_code_by_key"] == codes | {"m.f__mutmut_1": 1}
 
 
+def test_recheck_takes_the_unreached_mutants_only_when_asked(tmp_path):
+    """A copy's "no tests" mutants (mutmut's 33) are re-checked with unreached=True, beside the survivors."""
+    from mutate import NO_TESTS, meta_path
+    from recheck import survivors
+
+    meta = meta_path(tmp_path, "m")
+    meta.parent.mkdir(parents=True)
+    codes = {"m.f__mutmut_1": 0, "m.f__mutmut_2": NO_TESTS, "m.f__mutmut_3": 1, "m.f__mutmut_4": None}
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    assert survivors(tmp_path, "m") == ["m.f__mutmut_1"]
+    assert survivors(tmp_path, "m", unreached=True) == ["m.f__mutmut_1", "m.f__mutmut_2"]
+
+
 def test_equivalents_of_a_changed_function_are_stale_and_dropped(tmp_path, monkeypatch):
     """A re-run renumbers a changed function's mutants: its listed equivalents are stale (other functions',
     other modules' and new functions' are not), and drop_equivalents removes exactly those lines."""

@@ -9,7 +9,9 @@ a mutmut re-run where only a few survivors are left, and it checks the very muta
 source they were made from. A test of behaviour the source gained since (a fix) fails unmutated there: leave
 it out with -k, or re-run the module with run.sh instead. With --record each killed survivor is marked killed
 in the copy and the copy's verdicts become the module's "after" phase. Survivors listed in equivalent.toml
-are not re-run (they stay survivors, counted as equivalent).
+are not re-run (they stay survivors, counted as equivalent). --unreached also checks the mutants mutmut found
+no test for: a copy keeps the test selection it first ran with, which may predate the tests that reach them
+(those not killed stay unreached).
 """
 
 import argparse
@@ -23,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scores  # noqa: E402
-from mutate import SURVIVED, exit_codes, meta_path, set_exit_codes  # noqa: E402
+from mutate import NO_TESTS, SURVIVED, exit_codes, meta_path, set_exit_codes  # noqa: E402
 
 KILLED = 1  # mutmut's exit code for a mutant a test failed on
 
@@ -33,7 +35,8 @@ def pytest_args(tests: list[str], k: str | None) -> list[str]:
     return args + (["-k", k] if k else [])
 
 
-def recheck(module: str, tests: list[str], k: str | None = None, jobs: int = 2) -> dict[str, bool]:
+def recheck(module: str, tests: list[str], k: str | None = None, jobs: int = 2,
+            unreached: bool = False) -> dict[str, bool]:
     """Survivor name (other than the listed equivalents) -> whether the tests kill it (fail with it in place)."""
     copy = scores.REPO / ".mutation" / module / "mutants"
     if not copy.is_dir():
@@ -55,14 +58,16 @@ def recheck(module: str, tests: list[str], k: str | None = None, jobs: int = 2) 
 
     # listed equivalents survive by their reason: not re-run
     equivalent = scores.equivalents()
-    names = [name for name in survivors(copy.parent, module) if name not in equivalent]
+    names = [name for name in survivors(copy.parent, module, unreached) if name not in equivalent]
     with ThreadPoolExecutor(jobs) as pool:
         return dict(zip(names, pool.map(check, names)))
 
 
-def survivors(dest: Path, module: str) -> list[str]:
-    """The mutants that survived in the work copy `dest` (mutmut's verdicts), sorted."""
-    return sorted(name for name, code in exit_codes(meta_path(dest, module)).items() if code == SURVIVED)
+def survivors(dest: Path, module: str, unreached: bool = False) -> list[str]:
+    """The mutants that survived in the work copy `dest` (mutmut's verdicts), and with `unreached` those no
+    test reached, sorted."""
+    wanted = {SURVIVED, NO_TESTS} if unreached else {SURVIVED}
+    return sorted(name for name, code in exit_codes(meta_path(dest, module)).items() if code in wanted)
 
 
 def mark_killed(dest: Path, module: str, killed: dict[str, bool]) -> None:
@@ -77,9 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-k", default=None, help="pytest -k expression to select tests")
     parser.add_argument("--record", action="store_true", help="store the verdicts as the module's after phase")
     parser.add_argument("--jobs", type=int, default=2, help="mutants checked at once (default 2)")
+    parser.add_argument("--unreached", action="store_true",
+                        help="also the mutants no test reached in the copy's own selection")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    killed = recheck(args.module, args.tests, args.k, args.jobs)
+    killed = recheck(args.module, args.tests, args.k, args.jobs, args.unreached)
     print(f"recheck: {args.module}: {sum(killed.values())} of {len(killed)} survivors killed by {' '.join(args.tests)}")
     if args.record:
         dest = scores.REPO / ".mutation" / args.module

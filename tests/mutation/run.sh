@@ -20,7 +20,8 @@
 # drops the listed equivalents of a function whose source changed: mutmut numbers its mutants afresh);
 # `python tests/mutation/cosmetic.py MODULE` lists survivors that only change argparse help text there.
 # `python tests/mutation/recheck.py MODULE --tests STEM ... --record` re-checks the copy's survivors against
-# new test files, one pytest run per mutant in the module's work copy, and records the after phase.
+# new test files, one pytest run per mutant in the module's work copy, and records the after phase (with
+# --unreached also the mutants no test reached in the copy's own, older, test selection).
 # From .mutation/<module>: `mutmut results` lists the survivors, `mutmut show NAME` shows one change.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
