@@ -70,7 +70,8 @@ class TrainConfig:
         if self.loss_chunk < 0:
             raise ConfigError(f"train.loss_chunk must be >= 0 (0 = plain cross-entropy), got {self.loss_chunk}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"train.lr and train.min_lr need 0 <= min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
+            raise ConfigError(f"train.lr and train.min_lr need 0 < lr and 0 <= min_lr <= lr, got lr={self.lr} "
+                              f"min_lr={self.min_lr}")
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be in [0, 1) (e.g. 0.9, 0.95), got {getattr(self, key)}")

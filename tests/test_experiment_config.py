@@ -22,7 +22,7 @@ def test_values_at_the_edge_of_their_range_are_accepted(item):
     (["train.max_steps=0"], "train.max_steps must be positive"),
     (["train.grad_accum=0"], "train.grad_accum must be positive"),
     (["train.log_every=-1"], "train.log_every must be positive"),
-    (["train.lr=0"], "0 <= min_lr <= lr"),
+    (["train.lr=0"], "0 < lr and 0 <= min_lr <= lr"),
     (["train.min_lr=-0.1"], "0 <= min_lr <= lr"),
     (["train.min_lr=0.0011"], "0 <= min_lr <= lr"),
     (["train.beta1=1"], r"train.beta1 must be in \[0, 1\)"),
@@ -127,7 +127,7 @@ def test_zero_epochs_and_a_zero_lr_are_refused_even_with_min_lr_zero():
     with pytest.raises(ConfigError, match="train.epochs must be positive"):
         load_config([], ["train.epochs=0"])
     assert load_config([], ["train.epochs=1"]).train.epochs == 1.0
-    with pytest.raises(ConfigError, match="0 <= min_lr <= lr"):
+    with pytest.raises(ConfigError, match="need 0 < lr and 0 <= min_lr <= lr, got lr=0.0 min_lr=0.0"):
         load_config([], ["train.lr=0", "train.min_lr=0"])
 
 
