@@ -39,14 +39,19 @@ def test_int8_linear_output_is_in_the_dtype_of_its_input(source, x_dtype, bias):
     torch.testing.assert_close(y.double(), expected, atol=tol, rtol=tol)
 
 
+def _small_config() -> ModelConfig:
+    """The small baseline of these tests: the word vocabulary below (10 words), 16 positions."""
+    return ModelConfig.from_preset("baseline", vocab_size=10, context=16, d_model=16, n_layers=2, n_heads=2, d_ff=32)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A small baseline checkpoint with a word tokenizer, written as the trainer writes them."""
     tmp = tmp_path_factory.mktemp("defaults")
     words = list(WORD_SPECIALS) + ["the", "cat", "sat", "on", "mat", "."]
     (tmp / "tok.json").write_text(json.dumps({"kind": "word", "vocab": words, "pattern": r"\w+|[^\w\s]"}))
-    cfg = ModelConfig.from_preset("baseline", vocab_size=len(words), context=16, d_model=16, n_layers=2,
-                                  n_heads=2, d_ff=32)
+    cfg = _small_config()
+    assert cfg.vocab_size == len(words)
     torch.manual_seed(0)
     save_checkpoint(tmp / "c.pt", {
         "format": CHECKPOINT_FORMAT, "model": models.build(cfg).state_dict(), "step": 5,
@@ -64,10 +69,6 @@ def test_load_model_defaults_to_one_sequence_on_the_auto_device(ckpt):
     assert len(gen.generate([[0, 4]], max_gen_len=3, temperature=0)[0]) == 1
     with pytest.raises(ValueError, match="max_batch_size=1"):
         gen.generate([[0, 4], [0, 5]], max_gen_len=3, temperature=0)
-
-
-def _small_config() -> ModelConfig:
-    return ModelConfig.from_preset("baseline", vocab_size=10, context=16, d_model=16, n_layers=2, n_heads=2, d_ff=32)
 
 
 def test_a_checkpoint_that_names_no_step_reads_as_step_zero(ckpt, tmp_path):

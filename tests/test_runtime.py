@@ -195,9 +195,21 @@ def test_peak_flops_of_a_known_gpu_by_its_name(monkeypatch):
     assert asked == [torch.device("cuda", 0), torch.device("cuda", 1)] and peak_flops(CPU) is None
 
 
+@pytest.fixture
+def gpu_setup(monkeypatch):
+    """setup_env as on a GPU machine (faked): torch.cuda.set_device records the devices made current (the list
+    yielded); the TF32 flags setup_env turns on are put back after the test."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    yield current
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 @pytest.mark.parametrize("device, world, local_rank, expected", [
     ("auto", 1, 3, "cuda:3"), ("cuda:1", 1, 3, "cuda:1"), ("cuda", 2, 1, "cuda:1")])
-def test_on_gpus_each_process_takes_its_local_ranks_device_and_tf32(monkeypatch, device, world, local_rank, expected):
+def test_on_gpus_each_process_takes_its_local_ranks_device_and_tf32(monkeypatch, gpu_setup, device, world, local_rank,
+                                                                     expected):
     """setup_env on a GPU machine (faked): "auto", or any CUDA device with several processes, is cuda:LOCAL_RANK;
     a named device with one process stays as named; the device is made current and TF32 matmuls enabled."""
     import runtime
@@ -206,18 +218,12 @@ def test_on_gpus_each_process_takes_its_local_ranks_device_and_tf32(monkeypatch,
     monkeypatch.setenv("RANK", str(local_rank))
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
     monkeypatch.setattr(runtime, "resolve_device", lambda d: torch.device("cuda") if d == "auto" else torch.device(d))
-    current = []
-    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setattr(runtime.dist, "is_initialized", lambda: True)            # joined already
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        env = runtime.setup_env(device, "fp32")
-        assert (env.device, env.world, env.local_rank) == (torch.device(expected), world, local_rank)
-        assert current == [torch.device(expected)] and env.dtype == torch.float32
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    env = runtime.setup_env(device, "fp32")
+    assert (env.device, env.world, env.local_rank) == (torch.device(expected), world, local_rank)
+    assert gpu_setup == [torch.device(expected)] and env.dtype == torch.float32
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
 
 
 @pytest.mark.parametrize("n, text", [(3 * 2**20, "3.00 MiB"), (2**30 - 2**10, "1,024.00 MiB"), (2**30, "1.00 GiB"),
@@ -335,37 +341,29 @@ def test_a_request_over_the_free_memory_is_refused_before_allocating(monkeypatch
 
 @pytest.mark.parametrize("device, world, backend", [("cpu", 2, "gloo"), ("cuda", 2, "nccl"), ("cuda", 3, "nccl"),
                                                     ("cpu", 1, None)])
-def test_several_processes_join_one_group_nccl_on_gpus_and_gloo_on_cpus(monkeypatch, device, world, backend):
+def test_several_processes_join_one_group_nccl_on_gpus_and_gloo_on_cpus(monkeypatch, gpu_setup, device, world,
+                                                                           backend):
     import runtime
 
     monkeypatch.setenv("WORLD_SIZE", str(world))
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(runtime, "resolve_device", torch.device)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
     monkeypatch.setattr(runtime.dist, "is_initialized", lambda: False)
     joined = []
     monkeypatch.setattr(runtime.dist, "init_process_group", joined.append)
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    try:
-        runtime.setup_env(device, "fp32")
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    runtime.setup_env(device, "fp32")
     assert joined == ([backend] if backend else [])
 
 
 @pytest.mark.parametrize("precision, bf16, expected", [("fp16", True, torch.float16), ("auto", False, torch.float16),
                                                        ("auto", True, torch.bfloat16)])
-def test_training_on_a_gpu_may_run_fp16_and_auto_picks_the_training_precision(monkeypatch, precision, bf16, expected):
+def test_training_on_a_gpu_may_run_fp16_and_auto_picks_the_training_precision(monkeypatch, gpu_setup, precision, bf16,
+                                                                              expected):
     """fp16 is refused on CPU only; "auto" is resolved for training: fp16 (with a scaler) where bf16 is missing."""
     import runtime
 
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setattr(runtime, "resolve_device", torch.device)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    try:
-        assert runtime.setup_env("cuda:0", precision).dtype is expected
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    assert runtime.setup_env("cuda:0", precision).dtype is expected

@@ -13,8 +13,11 @@ import torch
 import generic_runner
 import train_setup
 import train_state
-from experiment_config import RunConfig
-from runtime import Env
+from conftest import tiny_run_config
+from experiment_config import RunConfig, prepare_run_data
+from models.checkpoint import load_checkpoint
+from runtime import Env, setup_env
+from train_logs import load_losses
 
 
 @pytest.mark.parametrize("rank, world, initialized", [(0, 1, False), (0, 1, True), (0, 2, True), (1, 2, True),
@@ -79,8 +82,6 @@ def test_a_resume_reads_last_pt_onto_the_processs_device(monkeypatch):
 
 
 def test_the_summary_speed_is_the_tokens_trained_over_the_seconds_it_took(tmp_path):
-    from conftest import tiny_run_config
-
     cfg = tiny_run_config(tmp_path, ["train.max_steps=3", "train.eval_every=3"])
     summary = generic_runner.train(cfg)
     tokens = 3 * cfg.train.batch_size * cfg.train.grad_accum * cfg.model.context
@@ -90,8 +91,6 @@ def test_the_summary_speed_is_the_tokens_trained_over_the_seconds_it_took(tmp_pa
 
 def _schedule_run(tmp_path, monkeypatch, sets):
     """A tiny run with every last.pt save recorded by step; returns (summary, saved steps, checkpoint folder)."""
-    from conftest import tiny_run_config
-
     saved, save_last = [], generic_runner.Trainer._save_last
     monkeypatch.setattr(generic_runner.Trainer, "_save_last",
                         lambda self, logger, paths: saved.append(self.step) or save_last(self, logger, paths))
@@ -109,10 +108,8 @@ def test_checkpoints_follow_the_schedule_from_the_first_step_never_at_step_zero(
 @pytest.mark.parametrize("patience, stops_at", [(0, None), (1, 1), (2, 2)])
 def test_early_stopping_counts_evaluations_without_improvement_and_saves_where_it_stops(tmp_path, monkeypatch,
                                                                                          patience, stops_at):
-    """With lr 1e-12 (below fp32 resolution of the weights) no evaluation after step 0 improves: patience p stops at the p-th, saving last.pt there even off
-    the save schedule; patience 0 never stops."""
-    from models.checkpoint import load_checkpoint
-
+    """With lr 1e-12 (below fp32 resolution of the weights) no evaluation after step 0 improves: patience p stops
+    at the p-th, saving last.pt there (once) even off the save schedule; patience 0 never stops."""
     summary, saved, folder = _schedule_run(tmp_path, monkeypatch, [
         "train.max_steps=4", "train.eval_every=1", "train.save_every=100", "train.lr=1e-12", "train.min_lr=0",
         f"train.patience={patience}"])
@@ -124,8 +121,6 @@ def test_early_stopping_counts_evaluations_without_improvement_and_saves_where_i
 @pytest.mark.parametrize("preset", ["baseline", "falcon"])
 def test_each_evaluation_logs_its_bits_per_byte_and_the_models_statistics(tmp_path, monkeypatch, preset):
     """A mixture of experts reports each expert's load at every evaluation (as val stats); a dense model none."""
-    from train_logs import load_losses
-
     summary, _, _ = _schedule_run(tmp_path, monkeypatch, ["train.max_steps=2", "train.eval_every=1",
                                                           f"model.preset={preset}"])
     val = load_losses("tiny", tmp_path / "logs")["val"]
@@ -137,8 +132,6 @@ def test_each_evaluation_logs_its_bits_per_byte_and_the_models_statistics(tmp_pa
 
 
 def test_a_signal_stops_at_a_step_boundary_saying_what_was_saved(tmp_path, monkeypatch):
-    from conftest import tiny_run_config
-
     cfg = tiny_run_config(tmp_path, ["train.max_steps=5", "train.log_every=1"])
     monkeypatch.setattr(generic_runner, "agree_on_signal", lambda flag, env, check: 15 if check else 0)
     with pytest.raises(generic_runner.Interrupted) as stopped:
@@ -150,9 +143,6 @@ def test_a_signal_stops_at_a_step_boundary_saying_what_was_saved(tmp_path, monke
 
 def test_a_process_without_a_logger_trains_and_summarises_without_one(tmp_path):
     """fit(None) is how ranks other than 0 train (they write no logs): the summary has no overfitting report."""
-    from conftest import tiny_run_config
-    from runtime import setup_env
-
     cfg = tiny_run_config(tmp_path, ["train.max_steps=2"])
     trainer = generic_runner.Trainer(cfg, setup_env("cpu", "fp32"), resume=False)
     summary = trainer.fit(None)
@@ -160,9 +150,6 @@ def test_a_process_without_a_logger_trains_and_summarises_without_one(tmp_path):
 
 
 def test_the_progress_bar_counts_steps_to_max_steps_from_where_a_resume_starts(tmp_path, capsys):
-    from conftest import tiny_run_config
-    from runtime import Env
-
     generic_runner.train(tiny_run_config(tmp_path, ["train.max_steps=2"]))
     bar = capsys.readouterr().err
     assert "tiny:   0%" in bar and "2/2 [" in bar and "step/s" in bar
@@ -170,7 +157,6 @@ def test_the_progress_bar_counts_steps_to_max_steps_from_where_a_resume_starts(t
     generic_runner.train(cfg, resume=True)
     bar = capsys.readouterr().err
     assert "tiny:  50%" in bar and " 2/4 [" in bar and "4/4 [" in bar and " 0/4 [" not in bar
-    from experiment_config import prepare_run_data
 
     other_rank = Env(1, 0, 1, torch.device("cpu"), torch.float32)           # not rank 0: no bar
     cfg = tiny_run_config(tmp_path, ["train.max_steps=1", "run_name=r1"])
