@@ -5,6 +5,7 @@ guard and the summary reach the right places. (The two-process run itself is tes
 races these would not show.)"""
 
 import contextlib
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -164,3 +165,56 @@ def test_the_progress_bar_counts_steps_to_max_steps_from_where_a_resume_starts(t
     capsys.readouterr()
     generic_runner.Trainer(cfg, other_rank, resume=False, data=data).fit(None)
     assert "r1:" not in capsys.readouterr().err
+
+
+def test_the_trainer_hands_its_config_and_process_to_each_part(tmp_path, monkeypatch):
+    """Trainer.__init__'s wiring, each part recorded on rank 2 of 3 in fp16 fine-tuning from a checkpoint: the
+    train split's stride, the val token count for the split check, the sampler's rank and world, the init
+    checkpoint to the model, compile to TID, a GradScaler on the device's type enabled for fp16 only, the
+    per-rank seed, the device's peak FLOP/s and the run description in the log."""
+    seen, logs = {}, []
+
+    def record(key, value, result=None):
+        seen[key] = value
+        return result
+    cfg = tiny_run_config(tmp_path, ["data.stride=5", "train.compile=true", "init_from=given.pt", "seed=11"])
+    data = prepare_run_data(cfg, log=lambda *a: None)
+    monkeypatch.setattr(generic_runner, "load_checkpoint", lambda path, map_location="cpu": {"the": "init"})
+    monkeypatch.setattr(train_setup, "with_init_checkpoint", lambda cfg, init, env: cfg)
+    blocks = data.blocks
+    monkeypatch.setattr(data, "blocks", lambda split, context, stride=None, packing=False: record(
+        f"blocks {split}", (context, stride), blocks(split, context, stride, packing=packing)))
+    check = train_setup.check_splits
+    monkeypatch.setattr(train_setup, "check_splits", lambda tr, va, n, c, w: record("val tokens", n,
+                                                                                        check(tr, va, n, c, w)))
+    build = train_setup.build_model
+    monkeypatch.setattr(train_setup, "build_model", lambda c, tok, env, init=None: record("init", init,
+                                                                                         build(c, tok, env)))
+    monkeypatch.setattr(train_setup, "wrap_for_training", lambda model, c, env: model)    # no DDP, no compile
+    tid_class = generic_runner.TokenImportanceDropout
+    monkeypatch.setattr(generic_runner, "TokenImportanceDropout", lambda *a, **kw: record("tid", kw, tid_class(*a)))
+    monkeypatch.setattr(generic_runner.torch.amp, "GradScaler", lambda *a, **kw: record("scaler", (a, kw)))
+    seed = torch.manual_seed
+    monkeypatch.setattr(generic_runner.torch, "manual_seed", lambda s: record("seeds", [*seen.get("seeds", []), s],
+                                                                                seed(s)))
+    monkeypatch.setattr(generic_runner, "peak_flops", lambda device: ("peak of", device))
+    monkeypatch.setattr(train_setup, "describe_run", lambda trainer: "the description")
+
+    class Rank2(Env):
+        def log(self, *args):
+            logs.append(args)
+
+    trainer = generic_runner.Trainer(cfg, Rank2(2, 0, 3, torch.device("cpu"), torch.float16), resume=False, data=data)
+    assert seen["blocks train"] == (cfg.model.context, 5) and seen["blocks val"] == (cfg.model.context, None)
+    assert seen["val tokens"] == len(data.tokens("val"))
+    assert (trainer.sampler.rank, trainer.sampler.world) == (2, 3)
+    assert seen["init"] == {"the": "init"} and seen["tid"] == {"compile": True}
+    assert seen["scaler"] == (("cpu",), {"enabled": True})
+    assert seen["seeds"][-1] == 11 + 2
+    assert trainer.peak == ("peak of", torch.device("cpu")) and logs[-1] == ("the description",)
+    assert (trainer.step, trainer.best_val, trainer.evals_since_best) == (0, math.inf, 0)
+
+    seen.clear()
+    cfg = tiny_run_config(tmp_path, ["run_name=fp32"])
+    generic_runner.Trainer(cfg, Rank2(0, 0, 1, torch.device("cpu"), torch.float32), resume=False, data=data)
+    assert seen["scaler"] == (("cpu",), {"enabled": False}) and seen["tid"] == {"compile": False}
