@@ -6,6 +6,7 @@ sha256, vocab size), done without printing on stdout (where the report goes)."""
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from conftest import prepare_run, tiny_run_config
 from dataset_definitions.sources import DataError
@@ -14,6 +15,52 @@ from perplexity import runner
 
 def _parse(text_file, argv):
     return runner._parser(text_file=text_file).parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- loading
+
+@pytest.mark.parametrize("training_model", [False, True])
+def test_load_scorer_asks_for_fp32_weights_and_a_one_position_cache_and_keeps_what_it_was_given(monkeypatch,
+                                                                                                 training_model):
+    """load_scorer: the weights stay fp32 (scoring autocasts to dtype) and the unused cache is one position; the
+    device, quantization and model class go to load_model as given; the logits are the inference model's
+    forward_full or the training model's logits; compile wraps that NLL function once, with fixed shapes."""
+    asked, compiled = [], []
+    vocab, x, y = 5, torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]])
+    logits = torch.randn(1, 3, vocab)
+
+    class Model:
+        def __call__(self, tokens):
+            return SimpleNamespace(logits=logits * 2)
+
+        def forward_full(self, tokens):
+            return logits
+
+    def load_model(ckpt, **options):
+        asked.append((ckpt, options))
+        return SimpleNamespace(model=Model(), run_config=lambda: "the config", tokenizer="the tokenizer",
+                               device=torch.device("cpu"), step=7)
+    monkeypatch.setattr(runner, "load_model", load_model)
+    monkeypatch.setattr(runner.torch, "compile", lambda fn, **options: compiled.append((fn, options)) or fn)
+    expected = logits * 2 if training_model else logits
+
+    plain = runner.load_scorer("a.pt", **({"training_model": True} if training_model else {}))  # the defaults
+    assert asked == [("a.pt", dict(max_batch=1, max_seq_len=1, device="auto", dtype="fp32", quantize=None,
+                                   training_model=training_model))]
+    assert (plain.cfg, plain.tokenizer, plain.device, plain.dtype, plain.step, plain.compiled) == (
+        "the config", "the tokenizer", torch.device("cpu"), torch.float32, 7, False) and compiled == []
+    assert torch.equal(plain.logits_fn(x), expected)
+    reference = torch.nn.functional.cross_entropy(expected.transpose(1, 2), y, reduction="none")
+    torch.testing.assert_close(plain.nll_fn(x, y), reference)
+
+    asked.clear()
+    fast = runner.load_scorer("b.pt", device="cpu", dtype="bf16", training_model=training_model, quantize="int8",
+                              compile=True)
+    assert asked == [("b.pt", dict(max_batch=1, max_seq_len=1, device="cpu", dtype="fp32", quantize="int8",
+                                   training_model=training_model))]
+    assert fast.dtype == torch.bfloat16 and fast.compiled and fast.step == 7
+    assert len(compiled) == 1 and compiled[0][1] == {"dynamic": False} and compiled[0][0] is fast.nll_fn
+    torch.testing.assert_close(fast.nll_fn(x, y), reference)
 
 
 # ----------------------------------------------------------------------------- command lines
