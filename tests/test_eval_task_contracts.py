@@ -304,7 +304,8 @@ def test_without_task_names_the_builtin_tasks_run_unless_task_files_are_given(bu
     assert call(task_file=["mine.jsonl"]) == [("from_jsonl", ("mine.jsonl", 5, ["accuracy"]), {})]
     assert call(tasks="dialogue") == [("dialogue", ("d.jsonl", 5), {})] and len(prepared) == 1
     assert call(tasks="cloze")[0] == ("cloze", (["heldout row"], 5), {"seed": 7}) and len(prepared) == 2
-    assert call(tasks="story_continuation")[0][0] == "story_continuation" and len(prepared) == 3
+    assert call(tasks="story_continuation")[0] == ("story_continuation", (["heldout row"], 5, 3), {})
+    assert len(prepared) == 3
 
 
 def test_an_unknown_metric_is_refused_naming_it(built):
@@ -318,3 +319,114 @@ def test_tokens_per_second_is_nan_when_no_time_was_measured(seconds, tokens_per_
     from eval.run import runtime_stats
     got = runtime_stats(seconds, 10, 2, 8, 0.0)["tokens_per_s"]
     assert (math.isnan(got) and math.isnan(tokens_per_s)) or got == pytest.approx(tokens_per_s)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_the_command_line_defaults_and_types(monkeypatch, capsys):
+    """`python -m eval.run`'s documented defaults, its numbers parsed as numbers, --ckpt required."""
+    seen = []
+    monkeypatch.setattr(eval_run, "evaluate", seen.append)
+    eval_run.main(["--ckpt", "x.pt"])
+    a = seen[-1]
+    assert (a.ckpt, a.tasks, a.task_file, a.out, a.device, a.dtype) == ("x.pt", None, [], None, "auto", "auto")
+    assert (a.limit, a.prompt_words, a.temperature, a.top_p, a.seed, a.batch_size, a.max_new_tokens) == (
+        100, 16, 0.6, 0.9, 0, 1, None)
+    assert a.metrics == ",".join(tasks.FILE_METRICS) and a.dialogue_file == str(tasks.DEFAULT_DIALOGUE_FILE)
+    eval_run.main(["--ckpt", "x.pt", "--limit", "3", "--prompt-words", "7", "--temperature", "0.5", "--top-p", "0.8",
+                   "--seed", "4", "--batch-size", "2", "--max-new-tokens", "5", "--task-file", "a.jsonl",
+                   "--task-file", "b.jsonl"])
+    a = seen[-1]
+    assert (a.limit, a.prompt_words, a.temperature, a.top_p, a.seed, a.batch_size, a.max_new_tokens) == (
+        3, 7, 0.5, 0.8, 4, 2, 5) and a.task_file == ["a.jsonl", "b.jsonl"]
+    assert all(isinstance(v, float) for v in (a.temperature, a.top_p))
+    assert all(isinstance(v, int) for v in (a.limit, a.prompt_words, a.seed, a.batch_size, a.max_new_tokens))
+    with pytest.raises(SystemExit) as e:
+        eval_run.main([])
+    assert e.value.code == 2 and "--ckpt" in capsys.readouterr().err
+
+
+RUNTIME = {"prompts": 1, "mean_s": 0.5, "p95_s": 0.5, "tokens_per_s": 3.0}
+
+
+def _evaluate(monkeypatch, tmp_path, argv, run_name="tiny"):
+    """eval.run.main in tmp_path on stand-ins for load_model, Generator, build_tasks and run_task, each call
+    recorded: returns the records."""
+    seen = {}
+    cfg = SimpleNamespace(run_name=run_name)
+    loaded = SimpleNamespace(model="the model", tokenizer="the tokenizer", device="the device", dtype="torch.bfloat16",
+                             step=12, run_config=lambda: cfg)
+
+    def load_model(ckpt, **options):
+        seen["load"] = (ckpt, options)
+        return loaded
+
+    class Generator(_Generator):
+        def __init__(self, model, tokenizer, device):
+            super().__init__(context=64)
+            self.device = device
+            seen["generator"] = (model, tokenizer, device, self)
+
+        def generate(self, batch, max_gen_len, temperature=0.6, top_p=0.9, seed=None):   # Generator's defaults
+            return super().generate(batch, max_gen_len, temperature, top_p, seed)
+
+    def build_tasks(args, cfg_):
+        assert cfg_ is cfg
+        return [_task(), tasks.Task("u", ["q"], ["a"], ("bleu-1",))]
+
+    def run_task(generator, task, *settings):
+        assert generator is seen["generator"][3]
+        seen.setdefault("run_task", []).append((task.name, settings))
+        return {"prompts": ["p"], "results": ["naïve"], "labels": ["l"], "eval": {"accuracy": 50.0},
+                "runtime": RUNTIME}
+    monkeypatch.setattr(eval_run, "load_model", load_model)
+    monkeypatch.setattr(eval_run, "Generator", Generator)
+    monkeypatch.setattr(eval_run, "build_tasks", build_tasks)
+    monkeypatch.setattr(eval_run, "run_task", run_task)
+    monkeypatch.chdir(tmp_path)
+    eval_run.main(argv)
+    return seen
+
+
+@pytest.mark.parametrize("run_name, out, written", [("café", None, "results/eval/café.json"),
+                                                    ("", None, "results/eval/runs.json"),
+                                                    ("tiny", "a/b/c.json", "a/b/c.json")])
+def test_evaluate_hands_the_settings_on_and_writes_one_document(monkeypatch, tmp_path, capsys, run_name, out,
+                                                                 written):
+    """evaluate: load_model gets the batch size, device and dtype; the generator the loaded model's device;
+    a short greedy warm-up precedes the tasks; run_task gets every sampling setting; the document (default
+    results/eval/<run>.json, the run named by the checkpoint's folder when its config has no name, parent
+    folders made) records ckpt, run, step, the settings with device and dtype, and each task's results, as
+    UTF-8 text."""
+    argv = ["--ckpt", "runs/last.pt", "--temperature", "0.5", "--top-p", "0.8", "--seed", "4", "--batch-size", "2",
+            "--max-new-tokens", "5", "--limit", "3", "--device", "cpu", "--dtype", "bf16",
+            *(["--out", out] if out else [])]
+    seen = _evaluate(monkeypatch, tmp_path, argv, run_name)
+    assert seen["load"] == ("runs/last.pt", {"max_batch": 2, "device": "cpu", "dtype": "bf16"})
+    assert seen["generator"][:3] == ("the model", "the tokenizer", "the device")
+    warm_up = seen["generator"][3].calls
+    assert len(warm_up) == 1 and len(warm_up[0]["batch"]) == 1
+    assert (warm_up[0]["max_gen_len"], warm_up[0]["temperature"]) == (2, 0)
+    assert seen["run_task"] == [("t", (0.5, 0.8, 4, 2, 5)), ("u", (0.5, 0.8, 4, 2, 5))]
+    text = (tmp_path / written).read_text(encoding="utf-8")
+    doc = json.loads(text)
+    assert doc == {"ckpt": "runs/last.pt", "run": run_name or "runs", "step": 12,
+                   "settings": {"temperature": 0.5, "top_p": 0.8, "seed": 4, "limit": 3, "batch_size": 2,
+                                "max_new_tokens": 5, "device": "the device", "dtype": "torch.bfloat16"},
+                   "tasks": {name: {"prompts": ["p"], "results": ["naïve"], "labels": ["l"],
+                                    "eval": {"accuracy": 50.0}, "runtime": RUNTIME}
+                             for name in ("t", "u")}}
+    assert "naïve" in text and "\\u" not in text                     # UTF-8, not escaped
+    said = capsys.readouterr().out
+    assert said.splitlines()[-1] == f"wrote {written}" and said.splitlines()[0].startswith("task")
+
+
+@pytest.mark.parametrize("limit, batch_size, ok", [(1, 1, True), (0, 1, False), (1, 0, False), (-1, 2, False)])
+def test_evaluate_refuses_a_limit_or_batch_size_below_one(monkeypatch, tmp_path, capsys, limit, batch_size, ok):
+    argv = ["--ckpt", "x.pt", "--limit", str(limit), "--batch-size", str(batch_size)]
+    if ok:
+        assert "load" in _evaluate(monkeypatch, tmp_path, argv)
+        return
+    with pytest.raises(SystemExit) as e:
+        _evaluate(monkeypatch, tmp_path, argv)
+    assert e.value.code == 1 and capsys.readouterr().err.strip() == "error: --limit and --batch-size must be positive"
