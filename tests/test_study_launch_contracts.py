@@ -5,6 +5,7 @@ shared data is prepared once, reporting through the caller's log; prepare_data.p
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -265,6 +266,40 @@ def test_waiting_reports_each_job_when_it_ends_not_after_those_submitted_before_
                                     f"  {runs[0].name}: trained and scored (job 11)"]
     assert polls == [7.5, 7.5] and jobs[runs[1].name][1].looks == 1             # never looked at once ended
     assert f"study {s.name} (jobs)" in out.err and "2/2" in out.err
+
+
+def test_runs_that_did_not_finish_are_named_with_their_logs_after_every_job_ended(resolved, monkeypatch, capsys):
+    """_wait reports every run whose job ended without a score in one error, each with its job, the job's state,
+    its run log and the job's stderr; the bar counts the scored runs only."""
+    s, runs = resolved
+    monkeypatch.setattr(study_runner, "run_state", lambda run: "scored" if run is runs[0] else "trained")
+    monkeypatch.setattr(study_slurm.time, "sleep", lambda seconds: None)
+    jobs = {}
+    for i, (name, run, state) in enumerate([("a", runs[0], "COMPLETED"), ("b", runs[1], "FAILED"),
+                                            ("c", runs[1], "TIMEOUT")]):
+        job = _Job(str(20 + i), ends_at=1 + i, state=state)
+        job.paths = SimpleNamespace(stderr=f"jobs/{20 + i}_0_log.err")
+        jobs[name] = (run, job)
+    with pytest.raises(study_runner.StudyRunError) as e:
+        study_slurm._wait(s, jobs, poll_s=1)
+    failed = [f"{name} (job {20 + i}, {state}: see {s.dir / 'runs' / name}.log and jobs/{20 + i}_0_log.err)"
+              for i, name, state in [(1, "b", "FAILED"), (2, "c", "TIMEOUT")]]
+    assert str(e.value) == (f"2 of 3 runs did not finish: {'; '.join(failed)}. Their jobs are submitted again, "
+                            "resuming from last.pt, at the next launch")
+    bar = capsys.readouterr().err
+    assert "1/3" in bar and "2/3" not in bar and "3/3" not in bar
+
+
+def test_an_interrupted_wait_leaves_the_jobs_to_the_scheduler_and_says_so(resolved, monkeypatch, capsys):
+    s, runs = resolved
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(study_slurm, "_ended", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study_slurm._wait(s, {runs[0].name: (runs[0], _Job("1", ends_at=1))}, poll_s=1)
+    assert capsys.readouterr().out == ("jobs still queued or running are left to the scheduler; the next launch "
+                                       "waits for them\n")
 
 
 def test_the_executor_is_the_scheduler_named_not_the_one_submitit_would_guess(tmp_path):
