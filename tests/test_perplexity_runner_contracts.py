@@ -69,8 +69,10 @@ def test_run_perplexity_defaults_and_choices():
     """The defaults the package docstring and help give: held-out rows, 10000 of them, stride and batch
     chosen from the checkpoint (None here), auto device and dtype, results under logs/."""
     a = _parse(False, [])
-    assert (a.split, a.packed, a.compare, a.rows, a.batch_size, a.stride) == ("heldout", False, None, 10_000, None, None)
-    assert (a.compile, a.device, a.dtype, a.quantize, a.log_dir, a.quiet) == (False, "auto", "auto", None, "logs", False)
+    assert (a.split, a.packed, a.compare, a.rows, a.batch_size, a.stride) == (
+        "heldout", False, None, 10_000, None, None)
+    assert (a.compile, a.device, a.dtype, a.quantize, a.log_dir, a.quiet) == (
+        False, "auto", "auto", None, "logs", False)
     b = _parse(False, ["--split", "val", "--packed", "--compile", "--batch-size", "8", "--stride", "3",
                        "--rows", "7", "--quantize", "int8", "--compare", "run1", "run2", "run3"])
     assert (b.split, b.packed, b.compile, b.batch_size, b.stride, b.rows) == ("val", True, True, 8, 3, 7)

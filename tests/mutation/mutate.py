@@ -16,6 +16,7 @@ progress.md (scores.py).
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,9 +135,25 @@ def run_mutmut(dest: Path, max_seconds: float, max_setup_seconds: float, childre
     """Run mutmut in `dest`: its setup (mutants, mapping tests to functions, a clean run) for at most
     `max_setup_seconds`, then the mutants (those matching `only`, mutmut's name globs, if given) for at
     most `max_seconds`, stopping cleanly (SIGINT, as Ctrl-C) so that every verdict reached is kept.
-    Returns the seconds spent on mutants."""
+    Returns the seconds spent on mutants.
+
+    Each mutant's pytest session makes a base temp folder that pytest never deletes (mutmut's children exit
+    without running atexit, so its lock file stays): a long run filled tens of GB of the system's temp folder.
+    The run gets a temp folder of its own, emptied when it ends."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be what tests import
     env["OMP_NUM_THREADS"] = "1"
+    tmp = dest.parent / f"{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    env["TMPDIR"] = str(tmp)
+    try:
+        return _run_mutmut(dest, env, max_seconds, max_setup_seconds, children, only)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_mutmut(dest: Path, env: dict, max_seconds: float, max_setup_seconds: float, children: int,
+                only: list[str]) -> float:
     proc = subprocess.Popen(["mutmut", "run", "--max-children", str(children), *only], cwd=dest, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=_child_setup)
