@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from conftest import REPO, tiny_run_config
+from conftest import REPO, c_locale_env, tiny_run_config
 from generic_runner import train
 from models import ModelConfig
 from models.convert import ConversionError, hf_architecture, to_hf_model
@@ -298,6 +298,44 @@ def trained_or_shared_tokenizer(request, tmp_path):
 
 
 PROMPTS = ["Once upon a time", "Lily saw a big dog. She said, \"Hello!\"", "The sun was warm and the sky was blue"]
+
+
+UNUSUAL = ["Lily\u2019s dog met Zyxwvut and QQQ", "\u00c9COLE na\u00efve caf\u00e9 \u2014 42 times!",
+           "a  b\n\nc\t'quoted'"]
+
+
+@pytest.mark.parametrize("trained_or_shared_tokenizer", ["bpe", "word", "gpt2"], indirect=True)
+def test_the_fast_tokenizer_encodes_unusual_text_as_ours_with_our_vocabulary(trained_or_shared_tokenizer):
+    """fast_tokenizer on what the generation prompts lack: words outside a word-level vocabulary (its <unk>), a
+    curly apostrophe (word level reads it as '), capitals, accents, runs of whitespace; its vocabulary is the
+    model's, no token added."""
+    from dataset_definitions.hf_tokenizer import fast_tokenizer
+    tok = trained_or_shared_tokenizer
+    fast = fast_tokenizer(tok)
+    assert len(fast) == tok.vocab_size
+    for text in UNUSUAL:
+        assert fast(text, add_special_tokens=False)["input_ids"] == tok.encode(text), text
+    if tok.kind == "word":
+        assert tok.unk_id in tok.encode(UNUSUAL[0]) and tok.encode("Lily\u2019s") == tok.encode("lily's")
+
+
+def test_gpt2_files_are_read_as_utf8_whatever_the_locale(gpt2_dir, tmp_path):
+    """Under a C (ASCII) locale without Python's UTF-8 mode, the fast tokenizer of GPT-2's files (vocab.bpe is
+    UTF-8) is built and encodes as in this process."""
+    code = ("import json, sys; from dataset_definitions.config import TokenizerConfig; "
+            "from dataset_definitions.tokenizer_training import build_tokenizer; "
+            "from dataset_definitions.hf_tokenizer import fast_tokenizer; "
+            "tok = build_tokenizer(TokenizerConfig(kind='gpt2', path=sys.argv[1]), lambda: iter(()), sys.argv[2], "
+            "'g'); "
+            "print(json.dumps(fast_tokenizer(tok)(json.loads(sys.argv[3]), add_special_tokens=False)['input_ids']))")
+    text = "na\u00efve caf\u00e9 \u2014 done"
+    out = subprocess.run([sys.executable, "-c", code, str(gpt2_dir), str(tmp_path), json.dumps(text)], cwd=REPO,
+                         env=c_locale_env(), capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    from dataset_definitions.config import TokenizerConfig
+    from dataset_definitions.tokenizer_training import build_tokenizer
+    tok = build_tokenizer(TokenizerConfig(kind="gpt2", path=str(gpt2_dir)), lambda: iter(()), tmp_path, "g")
+    assert json.loads(out.stdout) == tok.encode(text)
 
 
 @pytest.mark.parametrize("trained_or_shared_tokenizer", ["bpe", "word", "sentencepiece", "gpt2", "llama"], indirect=True)
