@@ -434,3 +434,46 @@ def test_loglikelihoods_come_back_in_request_order_go_to_the_cache_and_refuse_a_
     assert len(lm._loglikelihood_tokens(exact)) == 1
     with pytest.raises(ValueError, match=f"a continuation of {CONTEXT + 1} tokens does not fit max_length={CONTEXT}"):
         lm._loglikelihood_tokens([(None, [lm.tokenizer.start_id], list(range(5, 6 + CONTEXT)))])
+
+
+@pytest.fixture
+def recorded_small_lm(monkeypatch):
+    """SmallLM on a stand-in load_model (a model of context 32) and Generator, their calls recorded."""
+    pytest.importorskip("lm_eval")
+    from types import SimpleNamespace
+
+    from eval import harness
+    seen = {}
+    model = SimpleNamespace(max_seq_len=32)
+
+    def load_model(ckpt, **options):
+        seen["load"] = (ckpt, options)
+        return SimpleNamespace(model=model, tokenizer="the tokenizer", device=torch.device("meta"))
+    monkeypatch.setattr(harness, "load_model", load_model)
+    monkeypatch.setattr(harness, "Generator", lambda *parts: seen.setdefault("generator", parts))
+    return harness.SmallLM, seen, model
+
+
+def test_the_model_is_loaded_as_asked_and_windows_default_to_the_context_and_half_of_it(recorded_small_lm):
+    SmallLM, seen, model = recorded_small_lm
+    lm = SmallLM("c.pt")
+    assert seen["load"] == ("c.pt", {"max_batch": 1, "device": "auto", "dtype": "auto"})
+    assert seen["generator"] == (model, "the tokenizer", torch.device("meta"))
+    assert (lm.batch_size, lm.max_length, lm.stride) == (1, 32, 16)
+    lm = SmallLM("d.pt", device="cpu", dtype="bf16", batch_size="4", max_length="9")
+    assert seen["load"] == ("d.pt", {"max_batch": 4, "device": "cpu", "dtype": "bf16"})
+    assert (lm.batch_size, lm.max_length, lm.stride) == (4, 9, 4)                # stride: half of max_length
+    assert SmallLM("c.pt", max_length=1).stride == 1                            # and at least 1
+    assert SmallLM("c.pt", max_length=8, stride=8).stride == 8                  # a stride of max_length is allowed
+    with pytest.raises(ValueError, match=r"^stride=9 exceeds max_length \(8\)"):
+        SmallLM("c.pt", max_length=8, stride=9)
+
+
+@pytest.mark.parametrize("name, value", [("batch_size", 0), ("batch_size", "-2"), ("batch_size", "2.5"),
+                                         ("batch_size", "auto"), ("max_length", "x"), ("max_length", -1),
+                                         ("stride", "0.5"), ("stride", -3)])
+def test_model_args_that_are_not_positive_whole_numbers_are_refused_by_name(recorded_small_lm, name, value):
+    SmallLM, _, _ = recorded_small_lm
+    with pytest.raises(ValueError) as e:
+        SmallLM("c.pt", **{name: value})
+    assert str(e.value) == f"{name}={value!r} must be a positive whole number"
