@@ -112,6 +112,28 @@ def test_prepare_data_cli_builds_from_config_files_alone(tmp_path, monkeypatch, 
     assert list((tmp_path / "data" / "processed").glob("*/meta.json"))
 
 
+def test_prepare_data_defaults_to_the_quickstart_overlay_and_maps_errors_to_exit_codes(monkeypatch, capsys):
+    """Without --config the runner's default config and configs/quickstart.yaml are merged (the README's
+    quickstart data); --force and --verify reach prepare_run_data; a bad config exits 2, bad data 1."""
+    seen = []
+    monkeypatch.setattr(prepare_data, "load_config", lambda files, sets: seen.append((files, sets)) or "cfg")
+    monkeypatch.setattr(prepare_data, "prepare_run_data", lambda cfg, **options: seen.append((cfg, options)))
+    assert run_cli_out(prepare_data.main, [], capsys)[0] == 0
+    assert seen == [(["configs/baseline.yaml", "configs/quickstart.yaml"], []),
+                    ("cfg", {"force": False, "verify": False})]
+    seen.clear()
+    argv = ["--base", "configs/tid.yaml", "--config", "a.yaml", "--config", "b.yaml", "--set", "seed=3", "--force",
+            "--verify"]
+    assert run_cli_out(prepare_data.main, argv, capsys)[0] == 0
+    assert seen == [(["configs/tid.yaml", "a.yaml", "b.yaml"], ["seed=3"]), ("cfg", {"force": True, "verify": True})]
+    for error, code in [(prepare_data.ConfigError("bad key"), 2), (prepare_data.DataError("no rows"), 1)]:
+        def fail(cfg, error=error, **options):
+            raise error
+        monkeypatch.setattr(prepare_data, "prepare_run_data", fail)
+        got, err, _ = run_cli_out(prepare_data.main, [], capsys)
+        assert (got, err.strip()) == (code, f"error: {error}")
+
+
 def test_prepare_data_help_documents_its_options(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "200")
     code, _, out = run_cli_out(prepare_data.main, ["--help"], capsys)
