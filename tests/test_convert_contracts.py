@@ -639,6 +639,30 @@ def test_to_hf_model_refuses_weights_that_do_not_fill_the_model(change, monkeypa
         convert.to_hf_model(_ckpt(_model("llama")), special_ids=(1, 2, 0))
 
 
+@pytest.mark.parametrize("preset, buffer", [("baseline", "transformer.h.0.attn.bias"),
+                                            ("baseline", "transformer.h.1.attn.masked_bias"),
+                                            ("llama", "model.layers.0.self_attn.rotary_emb.inv_freq")])
+def test_to_hf_model_takes_fixed_buffers_reported_missing_as_no_weights(preset, buffer, monkeypatch):
+    """to_hf_model: the attention masks and rotary frequencies some transformers versions list among the missing
+    keys are buffers it fills itself, not weights; next to them, any other missing key is still refused."""
+    _transformers()
+    real = torch.nn.Module.load_state_dict
+    extra = [buffer]
+
+    def reported(self, state_dict, strict=True):
+        missing, unexpected = real(self, state_dict, strict=strict)
+        return [*missing, *extra], unexpected
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", reported)
+    model = _model(preset)
+    x = _tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(convert.to_hf_model(_ckpt(model), special_ids=(1, 2, 0))(x).logits,
+                                   _logits(model, x), atol=1e-5, rtol=1e-5)
+    extra.append(buffer.replace("bias", "weight").replace("inv_freq", "scale"))
+    with pytest.raises(ConversionError, match=re.escape(f"missing ['{extra[1]}']")):
+        convert.to_hf_model(_ckpt(model), special_ids=(1, 2, 0))
+
+
 @pytest.mark.parametrize("preset,extra", [("llama", {"rope_theta": 300.0}), ("baseline", {"tie_embeddings": False})])
 def test_from_hf_reads_a_saved_folder_back_in_fp32(preset, extra, tmp_path):
     """from_hf: a folder saved by transformers in bfloat16 imports as float32 tensors equal to the bf16
@@ -762,6 +786,24 @@ def test_imported_checkpoint_is_a_step_zero_checkpoint_of_ours():
                               "tokenizer": {"kind": "stub", "path": "tok.json", "vocab_size": 23}}
     assert model_config(ckpt) == model.cfg
     assert all(v.device.type == "cpu" for v in ckpt["model"].values())
+
+
+def test_imported_checkpoint_silences_only_the_meta_copy_user_warning(monkeypatch):
+    """imported_checkpoint checks the weights on meta tensors, whose copy warns (UserWarning, silenced);
+    any other warning of that check still reaches the user."""
+    import warnings
+
+    import models.checkpoint as checkpoint
+    model = _model("llama")
+
+    def load_weights(module, ckpt):
+        warnings.warn("copying into a meta tensor is a no-op", UserWarning)
+        warnings.warn("a layout to migrate", FutureWarning)
+    monkeypatch.setattr(checkpoint, "load_weights", load_weights)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert.imported_checkpoint("imp", model.cfg, model.state_dict(), dict(SPEC))
+    assert [(w.category, str(w.message)) for w in caught] == [(FutureWarning, "a layout to migrate")]
 
 
 def test_imported_checkpoint_refuses_weights_that_do_not_fit_and_a_thin_spec():
