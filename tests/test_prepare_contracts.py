@@ -248,3 +248,159 @@ def test_blocks_are_windows_of_the_stream_or_one_padded_row_per_document(tmp_pat
             assert torch.equal(a, b)
     assert len(p.blocks("train", 16, stride=5)) > len(everything)            # overlapping windows: more of them
     assert p.tokenizer.pad_id != p.tokenizer.eos_id
+
+
+# ----------------------------------------------------------------------------- what a build writes and logs
+
+class _WideTokenizer:
+    """A tokenizer of `vocab_size` ids whose every document uses the top ids (eos is the last one)."""
+
+    def __init__(self, vocab_size):
+        self.vocab_size, self.bos_id, self.eos_id, self.pad_id = vocab_size, None, vocab_size - 1, vocab_size - 1
+
+    def encode_batch(self, texts):
+        return [[self.vocab_size - 2 - (len(t) % 3), self.vocab_size - 3] for t in texts]
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+    def spec(self):
+        return {"kind": "wide", "path": None, "vocab_size": self.vocab_size, "sha256": None}
+
+
+@pytest.mark.parametrize("vocab_size, dtype", [(2**16, "uint16"), (2**16 + 1, "int32"), (100_000, "int32")])
+def test_token_ids_are_stored_in_two_bytes_up_to_a_vocab_of_65536_and_in_four_past_it(tmp_path, monkeypatch,
+                                                                                   vocab_size, dtype):
+    monkeypatch.setattr(prepare, "build_tokenizer", lambda cfg, texts, folder, name: _WideTokenizer(vocab_size))
+    prepared = _prepare(tmp_path)
+    assert prepared.meta["dtype"] == dtype
+    for split in ("heldout", "val"):
+        expected = [i for doc in prepared.tokenizer.encode_batch(prepared.rows(split)) for i in [*doc, vocab_size - 1]]
+        assert prepared.tokens(split).tolist() == expected
+        assert (prepared.dir / f"{split}.bin").stat().st_size == len(expected) * np.dtype(dtype).itemsize
+
+
+def test_a_build_records_its_configs_and_time_and_logs_its_rows_and_blocks(tmp_path, monkeypatch):
+    """meta.json names the data and tokenizer configs that built it and the build's seconds (to 0.01 s, on a
+    scripted clock); the log gives the rows per split and, for a context, the blocks as a cache hit does."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+    clock = iter([100.0, 103.456])
+    monkeypatch.setattr(prepare, "time", SimpleNamespace(time=lambda: next(clock)))
+    lines = []
+    prepared = _prepare(tmp_path, context=16, log=lines.append)
+    assert prepared.meta["config"] == {"data": asdict(DATA), "tokenizer": asdict(BPE)}
+    assert prepared.meta["build_seconds"] == 3.46
+    assert "data: 9 held-out / 12 val / 60 train rows" in lines
+    assert any(line.startswith(f"data: {prepared.dir} (built in 3.5s;") for line in lines)
+    n = len(prepared.tokens("train"))
+    assert any(line.lstrip().startswith("train") and f"{(n - 17) // 16 + 1:,} blocks of 16" in line for line in lines)
+
+
+def test_a_long_source_fills_each_split_to_its_quota_and_counts_the_duplicates_dropped(tmp_path):
+    """A text file of more rows than heldout + val + train: the splits take their quotas of kept rows in order,
+    exact duplicates are dropped and counted in the split they fell in, and no row past heldout + val + train
+    is read (the limit counts the dropped rows too)."""
+    rows = [f"row {i} of the corpus." for i in range(300)]
+    rows[3] = rows[1]                       # a duplicate in heldout
+    rows[8] = rows[7]                       # one in val
+    rows[20] = rows[30] = rows[15]          # two in train
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(rows), encoding="utf-8")
+    data = DataConfig(source="text", path=str(corpus), heldout_rows=5, val_rows=6, train_rows=40, dedup="exact")
+    prepared = _prepare(tmp_path, data=data)
+    assert prepared.rows("heldout") == [rows[i] for i in (0, 1, 2, 4, 5)]
+    assert prepared.rows("val") == [rows[i] for i in (6, 7, 9, 10, 11, 12)]
+    assert prepared.meta["splits"]["train"]["rows"] == 36                    # rows 13..50 less the two copies
+    assert prepared.meta["dedup"]["removed"] == {"exact": {"heldout": 1, "val": 1, "train": 2},
+                                                 "near": {"heldout": 0, "val": 0, "train": 0}}
+
+
+def _dead_pid():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
+def test_stale_folders_of_stopped_builds_are_removed_and_said_and_one_that_resists_stops_nothing(tmp_path,
+                                                                                                 monkeypatch):
+    """Before a build: .tmp-* and .old-* folders of processes that are gone are removed (each named in the log);
+    one that cannot be removed is left without failing the build; a .tmp of this very process id (a pid
+    reused after a kill) is emptied and built into."""
+    key = data_key(DATA, BPE, tmp_path / "data")
+    processed = tmp_path / "data" / "processed"
+    old, stuck = processed / f".old-{key}-{_dead_pid()}", processed / f".tmp-other-{_dead_pid()}"
+    mine = processed / f".tmp-{key}-{os.getpid()}"
+    for d in (old, stuck, mine):
+        d.mkdir(parents=True)
+        (d / "train.bin").write_bytes(b"half")
+    real = shutil.rmtree
+
+    def rmtree(path, ignore_errors=False, **kw):
+        if path == stuck:                      # as a folder on a read-only mount would
+            if ignore_errors:
+                return
+            raise PermissionError(f"cannot remove {path}")
+        return real(path, ignore_errors=ignore_errors, **kw)
+    monkeypatch.setattr(prepare.shutil, "rmtree", rmtree)
+    lines = []
+    prepared = _prepare(tmp_path, log=lines.append)
+    assert not old.exists() and stuck.exists() and not mine.exists() and prepared.dir.name == key
+    assert f"data: removed {old} (left by a build that was stopped)" in lines
+    _check_stream_and_counts(prepared)
+
+
+def test_the_summary_of_a_cache_names_every_count_in_its_meta(tmp_path):
+    """_summarise, on a real cache whose meta is then given known numbers: one line for the cache, one per split
+    (rows, tokens, MB as bytes / 1e6, blocks of the context only when one is given), the skipped rows, the
+    de-duplication (each step, per split) and the first 64 val tokens decoded."""
+    prepared = _prepare(tmp_path)
+    meta = prepared.meta
+    meta["build_seconds"], meta["vocab_size"], meta["dtype"] = 12.34, 50_257, "uint16"
+    meta["splits"]["val"] |= {"rows": 1_234, "tokens": 5_678_901, "bytes": 12_345_678_901}
+    meta["skipped"] = {"empty or not text": 3, "invalid UTF-8": 1_200}
+    meta["dedup"] = {"mode": "near", "threshold": 0.8, "ngram": 5,
+                     "removed": {"exact": {"heldout": 1, "val": 0, "train": 2},
+                                 "near": {"heldout": 0, "val": 4, "train": 1_000}}}
+    lines = []
+    prepare._summarise(prepared, None, lines.append)
+    sample = prepared.tokenizer.decode(prepared.tokens("val")[:64].tolist())
+    assert lines[0] == f"data: {prepared.dir} (built in 12.3s; vocab 50,257, uint16, tokenizer bpe)"
+    assert lines[2] == "  val          1,234 rows    5,678,901 tokens  12345.68 MB"
+    assert lines[4:] == ["  skipped: 3 empty or not text, 1,200 invalid UTF-8",
+                         "  dedup near (Jaccard >= 0.8 on word 5-grams): exact duplicates removed 3 (heldout 1, val 0, "
+                         "train 2); near duplicates removed 1,004 (heldout 0, val 4, train 1,000)",
+                         f"  first val tokens decoded: {sample!r}"]
+    assert len(prepared.tokens("val")) > 64 and len(sample) < len(prepared.tokenizer.decode(
+        prepared.tokens("val")[:65].tolist()))
+    lines.clear()
+    meta["skipped"] = {}
+    del meta["dedup"]                                                  # a cache from before de-duplication
+    prepare._summarise(prepared, 16, lines.append)
+    assert len(lines) == 5 and lines[2].endswith(f" {len(prepared.blocks('val', 16)):>9,} blocks of 16")
+    assert lines[-1].startswith("  first val tokens decoded: ")
+
+
+@pytest.mark.parametrize("mode, how", [("none", "none (rows equal to a held-out/val row only)"),
+                                       ("exact", "exact")])
+def test_the_dedup_line_of_the_modes_without_a_near_step(mode, how):
+    removed = {"exact": {"heldout": 0, "val": 2, "train": 1_500}, "near": {"heldout": 0, "val": 0, "train": 0}}
+    assert prepare.dedup_summary({"mode": mode, "threshold": 0.8, "ngram": 5, "removed": removed}) == (
+        f"dedup {how}: exact duplicates removed 1,502 (heldout 0, val 2, train 1,500)")
+
+
+def test_token_streams_are_read_only_and_an_empty_split_has_the_caches_dtype(tmp_path):
+    prepared = _prepare(tmp_path, data=replace(DATA, heldout_rows=0))
+    val = prepared.tokens("val")
+    assert val.dtype == np.uint16 and not val.flags.writeable
+    empty = prepared.tokens("heldout")
+    assert len(empty) == 0 and empty.dtype == np.uint16
+
+
+def test_no_validation_rows_is_refused_and_the_deduplicator_gets_the_configs_settings(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=r"^no validation rows: set data.val_rows > 0$"):
+        _prepare(tmp_path, data=replace(DATA, val_rows=0))
+    made, real = [], prepare.Deduplicator
+    monkeypatch.setattr(prepare, "Deduplicator", lambda *settings: made.append(settings) or real(*settings))
+    _prepare(tmp_path, data=replace(DATA, dedup="near", dedup_threshold=0.6, dedup_ngram=3))
+    assert made == [("near", 0.6, 3)]
