@@ -212,9 +212,11 @@ def test_token_loss_figure_wraps_at_width_and_colours_each_token_by_its_loss_ove
     np.testing.assert_allclose(colours, expected, atol=1e-9)
     assert colours[5] == pytest.approx(reds(1.0)) and colours[3] == pytest.approx(reds(0.0))   # 4 > 3.7 clips
     assert all(t.get_fontfamily() == ["monospace"] and t.get_fontsize() == 9 for t in ax.texts)
-    assert all(t.get_horizontalalignment() == "left" for t in ax.texts)
+    assert all(t.get_horizontalalignment() == "left" and t.get_verticalalignment() == "center" for t in ax.texts)
     assert ax.get_xlim() == (0, 6) and ax.get_ylim() == (-4, 1) and not ax.axison
     cbar = fig.axes[1]
+    scale = next(c for c in cbar.collections if isinstance(c, matplotlib.collections.QuadMesh))
+    assert scale.get_cmap().name == "Reds"                                # the colour bar is the boxes' colours
     assert cbar.get_ylim() == pytest.approx((0.0, 3.7)) and cbar.get_ylabel() == "token NLL (nats)"
     assert ax.get_title() == "per-token loss, mean 1.71 nats over 7 tokens"      # 12 / 7 = 1.714
     assert tuple(fig.get_size_inches()) == pytest.approx((0.1 * 6 + 1.5, 0.3 * 4 + 1.0))
