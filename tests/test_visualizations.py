@@ -118,6 +118,32 @@ def test_smooth_is_a_debiased_ema_that_skips_nans():
         smooth([1.0], 1.0)
 
 
+def test_smooth_defaults_to_ema_09_and_reads_ints_and_missing_values_as_floats():
+    """The default ema is 0.9 (TensorBoard's); integer or None entries (a step that did not log the value) come
+    back as floats and NaN gaps, raw or smoothed (reference: a hand-computed debiased EMA)."""
+    np.testing.assert_allclose(smooth([0.0, 10.0]), [0.0, 10 * 0.1 / (1 - 0.81)])
+    raw = smooth([3, None, 1], 0.0)
+    assert raw.dtype == float and np.array_equal(raw, [3.0, math.nan, 1.0], equal_nan=True)
+    np.testing.assert_allclose(smooth([2, None, 2], 0.5), [2.0, 2.0, 2.0])
+
+
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_log_axis_ticks_one_two_five_per_decade_as_plain_numbers_on_the_axis_named(which):
+    from matplotlib.ticker import LogLocator
+
+    from visualizations.figures import log_axis
+    fig, ax = matplotlib.pyplot.subplots()
+    log_axis(ax, which)
+    axis, other = (ax.xaxis, ax.yaxis) if which == "x" else (ax.yaxis, ax.xaxis)
+    assert getattr(ax, f"get_{which}scale")() == "log"
+    ticks = [t for t in axis.get_major_locator().tick_values(0.3, 12) if 0.3 <= t <= 12]
+    np.testing.assert_allclose(ticks, [0.5, 1, 2, 5, 10])
+    assert [axis.get_major_formatter()(t) for t in ticks] == ["0.5", "1", "2", "5", "10"]
+    assert axis.get_minor_formatter()(3.0) == ""
+    assert not isinstance(other.get_major_locator(), LogLocator)
+    matplotlib.pyplot.close(fig)
+
+
 def test_missing_run_warns_and_the_others_still_plot(logs, tmp_path):
     with pytest.warns(MissingLogWarning, match="'ghost'"):
         fig = plots.loss_curves(["ghost", "dense", "tid"], logs)
