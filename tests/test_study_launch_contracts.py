@@ -324,6 +324,22 @@ def test_an_interrupted_wait_leaves_the_jobs_to_the_scheduler_and_says_so(resolv
                                        "waits for them\n")
 
 
+@pytest.mark.parametrize("executor, kind", [("slurm", "SlurmJob"), ("local", "LocalJob")])
+def test_a_recorded_job_is_found_again_as_its_schedulers_kind_of_job_while_it_runs(monkeypatch, executor, kind):
+    """_found_again: a record of a Slurm job comes back as submitit's SlurmJob, of a local one as its LocalJob,
+    in the record's folder under its id; once that job has ended, None (the run is submitted again)."""
+    jobs = SimpleNamespace(**{name: (lambda folder, job_id, _name=name: SimpleNamespace(kind=_name, folder=folder,
+                                                                                        job_id=job_id))
+                              for name in ("SlurmJob", "LocalJob")})
+    monkeypatch.setattr(study_slurm, "_submitit", lambda: jobs)
+    monkeypatch.setattr(study_slurm, "_ended", lambda job: False)
+    record = {"executor": executor, "folder": "studies/s/jobs", "job_id": "42"}
+    job = study_slurm._found_again(record)
+    assert (job.kind, str(job.folder), job.job_id) == (kind, "studies/s/jobs/%j", "42")
+    monkeypatch.setattr(study_slurm, "_ended", lambda job: True)
+    assert study_slurm._found_again(record) is None
+
+
 def test_the_executor_is_the_scheduler_named_not_the_one_submitit_would_guess(tmp_path):
     """launcher.executor picks submitit's cluster ("debug" runs jobs in this process; auto-detection would pick
     local here), with the time limit and the resources per run."""
