@@ -1,6 +1,7 @@
 """Shared test fixtures: the repo on sys.path and the read-only reference data beside the repo."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -138,6 +139,13 @@ def assert_initial_loss_is_uniform(model, tol: float = 0.1) -> None:
     with torch.no_grad():
         loss = model(tokens, targets=targets).objective
     assert abs(loss.item() - math.log(model.cfg.vocab_size)) < tol
+
+
+def dead_pid() -> int:
+    """The process id of a process that has finished (a build or job killed mid-way, as its folders see it)."""
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
 
 
 def c_locale_env() -> dict:

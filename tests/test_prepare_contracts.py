@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, c_locale_env
+from conftest import REPO, c_locale_env, dead_pid
 from dataset_definitions import prepare
 from dataset_definitions.config import DataConfig, TokenizerConfig
 from dataset_definitions.prepare import PreparedData, data_key, prepare_data
@@ -316,12 +316,6 @@ def test_a_long_source_fills_each_split_to_its_quota_and_counts_the_duplicates_d
                                                  "near": {"heldout": 0, "val": 0, "train": 0}}
 
 
-def _dead_pid():
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    return dead.pid
-
-
 def test_stale_folders_of_stopped_builds_are_removed_and_said_and_one_that_resists_stops_nothing(tmp_path,
                                                                                                  monkeypatch):
     """Before a build: .tmp-* and .old-* folders of processes that are gone are removed (each named in the log);
@@ -329,7 +323,7 @@ def test_stale_folders_of_stopped_builds_are_removed_and_said_and_one_that_resis
     reused after a kill) is emptied and built into."""
     key = data_key(DATA, BPE, tmp_path / "data")
     processed = tmp_path / "data" / "processed"
-    old, stuck = processed / f".old-{key}-{_dead_pid()}", processed / f".tmp-other-{_dead_pid()}"
+    old, stuck = processed / f".old-{key}-{dead_pid()}", processed / f".tmp-other-{dead_pid()}"
     mine = processed / f".tmp-{key}-{os.getpid()}"
     for d in (old, stuck, mine):
         d.mkdir(parents=True)

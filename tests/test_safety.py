@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import generic_runner
-from conftest import REPO, prepare_run, run_cli, tiny_run_config, tiny_sets
+from conftest import REPO, dead_pid, prepare_run, run_cli, tiny_run_config, tiny_sets
 from dataset_definitions.datasets import BlockSampler
 from dataset_definitions.prepare import data_key
 from fileio import LockedError, atomic_write, exclusive_lock, load_plain_pickle
@@ -168,9 +168,7 @@ def test_atomic_writes_of_one_file_never_share_a_temporary(tmp_path):
 def test_prepare_removes_temporaries_of_killed_builds_only(tmp_path):
     cfg = tiny_run_config(tmp_path)
     processed = tmp_path / "data" / "processed"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = processed / f".tmp-{data_key(cfg.data, cfg.tokenizer, cfg.data_dir)}-{dead.pid}"
+    stale = processed / f".tmp-{data_key(cfg.data, cfg.tokenizer, cfg.data_dir)}-{dead_pid()}"
     live = processed / f".tmp-otherkey-{os.getpid()}"   # a build still running (this process)
     for d in (stale, live):
         d.mkdir(parents=True)

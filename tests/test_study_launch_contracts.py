@@ -328,9 +328,9 @@ def test_an_interrupted_wait_leaves_the_jobs_to_the_scheduler_and_says_so(resolv
 def test_a_recorded_job_is_found_again_as_its_schedulers_kind_of_job_while_it_runs(monkeypatch, executor, kind):
     """_found_again: a record of a Slurm job comes back as submitit's SlurmJob, of a local one as its LocalJob,
     in the record's folder under its id; once that job has ended, None (the run is submitted again)."""
-    jobs = SimpleNamespace(**{name: (lambda folder, job_id, _name=name: SimpleNamespace(kind=_name, folder=folder,
-                                                                                        job_id=job_id))
-                              for name in ("SlurmJob", "LocalJob")})
+    def job_class(name):
+        return lambda folder, job_id: SimpleNamespace(kind=name, folder=folder, job_id=job_id)
+    jobs = SimpleNamespace(SlurmJob=job_class("SlurmJob"), LocalJob=job_class("LocalJob"))
     monkeypatch.setattr(study_slurm, "_submitit", lambda: jobs)
     monkeypatch.setattr(study_slurm, "_ended", lambda job: False)
     record = {"executor": executor, "folder": "studies/s/jobs", "job_id": "42"}
