@@ -5,6 +5,9 @@ import ast
 import json
 import sys
 import tomllib
+from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 
@@ -213,3 +216,28 @@ def test_remap_runs_the_mutants_no_test_reached_and_keeps_every_other_verdict(tm
     assert remap(tmp_path, "m") == 2
     assert exit_codes(meta) == codes | {"m.f__mutmut_1": None, "m.g__mutmut_1": None}
     assert not (tmp_path / "mutants" / "mutmut-stats.json").exists()
+
+
+def test_each_mutmut_run_has_a_temp_folder_of_its_own_emptied_when_it_ends(tmp_path, monkeypatch):
+    """mutmut's children leave their pytest base-temp folders behind: a run's TMPDIR is a folder beside the copy,
+    emptied of a previous run's leftovers before it starts and removed when it ends, even by an error."""
+    import mutate
+
+    dest = tmp_path / "m"
+    leftover = tmp_path / "m.tmp" / "pytest-of-someone"
+    leftover.mkdir(parents=True)
+    seen = []
+
+    def run(dest_, env, *args):
+        folder = Path(env["TMPDIR"])
+        seen.append((folder, sorted(folder.iterdir())))
+        (folder / "pytest-of-someone").mkdir()
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return 1.5
+    monkeypatch.setattr(mutate, "_run_mutmut", run)
+    assert mutate.run_mutmut(dest, 10, 10, 1) == 1.5
+    assert seen == [(tmp_path / "m.tmp", [])] and not (tmp_path / "m.tmp").exists()
+    with pytest.raises(KeyboardInterrupt):
+        mutate.run_mutmut(dest, 10, 10, 1)
+    assert not (tmp_path / "m.tmp").exists()
