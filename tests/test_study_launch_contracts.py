@@ -351,3 +351,300 @@ def test_the_executor_is_the_scheduler_named_not_the_one_submitit_would_guess(tm
     assert local.cluster == "local"
     assert local._executor.parameters == {"timeout_min": 30, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0,
                                           "cpus_per_task": 2}
+
+
+# ----------------------------------------------------------------------------- workers, records and states
+
+@pytest.mark.parametrize("gpus, cpus, parallel, expected", [
+    (["3", "7"], 16, 3, [{"CUDA_VISIBLE_DEVICES": g} for g in ("3", "7", "3")]),   # one GPU each, round robin
+    ([], 8, 3, [{"OMP_NUM_THREADS": "2"}] * 3),                                       # a share of the threads
+    ([], 2, 3, [{"OMP_NUM_THREADS": "1"}] * 3),                                       # at least one
+    ([], None, 2, [{"OMP_NUM_THREADS": "1"}] * 2),                                    # cpu_count unknown
+    ([], 8, 1, [{}]),                                                                 # alone: the machine's default
+])
+def test_each_worker_gets_one_gpu_or_a_share_of_the_cpu_threads(monkeypatch, gpus, cpus, parallel, expected):
+    monkeypatch.setattr(study_runner, "_visible_gpus", lambda: gpus)
+    monkeypatch.setattr(study_runner.os, "cpu_count", lambda: cpus)
+    assert study_runner._slots(parallel) == expected
+
+
+@pytest.mark.parametrize("parallel", [0, -1])
+def test_parallel_below_one_is_refused_by_name(parallel):
+    with pytest.raises(study_runner.ConfigError, match=f"--parallel must be >= 1, got {parallel}"):
+        study_runner._slots(parallel)
+
+
+@pytest.mark.parametrize("available, visible, count, expected", [
+    (False, "0,1", 2, []),                        # no CUDA: no GPU, whatever the variable says
+    (True, "2,5", 8, ["2", "5"]),                 # the ones the user made visible, as they named them
+    (True, None, 3, ["0", "1", "2"]),             # all of them
+    (True, "", 2, ["0", "1"]),                    # an empty variable counts as unset
+])
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, available, visible, count, expected):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert study_runner._visible_gpus() == expected
+
+
+def test_a_runs_record_names_what_was_run_and_its_state(resolved):
+    """runs/<name>.json: the run, its arm and seed, the stage reached, and the runner command's parts."""
+    s, runs = resolved
+    run = runs[1]
+    study_runner._write_record(run, "trained")
+    record = json.loads((s.dir / "runs" / f"{run.name}.json").read_text())
+    assert record == {"run": run.name, "arm": "random", "seed": 1, "state": "trained", "runner": "run_tid.py",
+                      "configs": run.configs, "set": run.sets}
+    assert study_runner.run_state(run) == "trained" and study_runner.run_state(runs[0]) == "new"
+
+
+@pytest.mark.parametrize("leftover", ["checkpoint folder", "losses/{}.pkl", "times/{}.pkl", "csv/{}.csv"])
+def test_any_output_without_a_checkpoint_to_resume_is_stale(resolved, leftover):
+    """A run with outputs but no last.pt is 'stale' (retrained with --force); last.pt makes it 'partial'
+    (resumed); a record says 'trained' or 'scored' whatever else is there, and any other recorded state
+    falls back to the files."""
+    s, runs = resolved
+    run = runs[0]
+    ckpt = run.cfg.checkpoint_dir and study_runner.Path(run.cfg.checkpoint_dir) / run.name
+    if leftover == "checkpoint folder":
+        ckpt.mkdir(parents=True)
+    else:
+        path = study_runner.Path(run.cfg.log_dir) / leftover.format(run.name)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+        other = path.with_name("other-" + path.name)
+        path.rename(other)
+        assert study_runner.run_state(run) == "new"                      # another run's file: not this one's
+        other.rename(path)
+    assert study_runner.run_state(run) == "stale"
+    assert study_runner.train_command(run)[-1] == "--force"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "last.pt").write_bytes(b"")
+    assert study_runner.run_state(run) == "partial" and study_runner.train_command(run)[-1] == "--resume"
+    study_runner._write_record(run, "running")
+    assert study_runner.run_state(run) == "partial"
+    for state in ("trained", "scored"):
+        study_runner._write_record(run, state)
+        assert study_runner.run_state(run) == state
+
+
+def test_a_new_run_is_trained_with_exactly_the_studys_configs_and_sets(resolved):
+    s, runs = resolved
+    run = runs[1]
+    cmd = study_runner.train_command(run)
+    assert cmd[:2] == [sys.executable, "run_tid.py"]
+    configs = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--config"]
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert configs == run.configs and sets == run.sets
+    assert {'tid.method="random"', "seed=1", "model.d_model=32"} <= set(sets)
+    assert cmd[-2:] == ["--run-name", run.name]
+
+
+@pytest.mark.parametrize("key, value, filled", [
+    ("model.vocab_size", 300, True), ("model.vocab_size", None, True),
+    ("train.max_steps", None, True), ("train.epochs", None, True),
+    ("train.max_steps", 4, False), ("train.epochs", 2, False), ("model.d_model", None, False),
+])
+def test_only_the_keys_the_trainer_resolves_from_the_data_are_left_out_of_the_check(key, value, filled):
+    assert study_runner.filled_by_trainer(key, value) is filled
+
+
+def test_a_run_trained_with_other_values_than_the_study_resolved_is_named_with_the_keys(resolved, monkeypatch):
+    """check_trained_configs compares each run's logged config with the study's: the vocab size (which the
+    trainer fills in) may differ; any other key that differs names the run, the key and the fix."""
+    import dataclasses
+
+    import train_logs
+    s, runs = resolved
+    logged = {r.name: dataclasses.replace(r.cfg, model=dataclasses.replace(r.cfg.model, vocab_size=300))
+              for r in runs}
+    monkeypatch.setattr(train_logs, "load_losses",
+                        lambda name, log_dir: {"meta": {"config": study.to_dict(logged[name])}})
+    study_runner.check_trained_configs(runs)
+    bad = runs[1]
+    logged[bad.name] = dataclasses.replace(bad.cfg, train=dataclasses.replace(bad.cfg.train, lr=0.5))
+    with pytest.raises(study_runner.StudyRunError,
+                       match=f"run {bad.name} trained with other values of \\['train.lr'\\] than the study resolved; "
+                             f"delete its outputs \\(checkpoints/{bad.name}"):
+        study_runner.check_trained_configs(runs)
+    assert runs[0].cfg.train.max_steps == 4                       # set by the study: checked like any other key
+    logged[bad.name] = dataclasses.replace(bad.cfg, train=dataclasses.replace(bad.cfg.train, max_steps=5))
+    with pytest.raises(study_runner.StudyRunError, match="other values of \\['train.max_steps'\\]"):
+        study_runner.check_trained_configs(runs)
+
+
+def test_the_launcher_named_gets_the_runs_with_its_own_settings(resolved, monkeypatch):
+    """local: execute with --parallel, and no launcher.* settings; slurm: execute_on_slurm with the settings
+    slurm_config read, one run per job (no --parallel). Nothing runs until the launch is called."""
+    s, runs = resolved
+    calls = []
+    monkeypatch.setattr(study_runner, "execute", lambda st, rs, parallel: calls.append(("local", st, rs, parallel)))
+    monkeypatch.setattr(study_slurm, "slurm_config", lambda st, sets: ("settings", st, tuple(sets)))
+    monkeypatch.setattr(study_slurm, "execute_on_slurm", lambda st, rs, cfg: calls.append(("slurm", st, rs, cfg)))
+    local = study_runner._launcher("local", s, [], 3)
+    slurm = study_runner._launcher("slurm", s, ["launcher.partition=a"], 1)
+    assert calls == []
+    local(s, runs)
+    slurm(s, runs)
+    assert calls == [("local", s, runs, 3), ("slurm", s, runs, ("settings", s, ("launcher.partition=a",)))]
+    with pytest.raises(study_runner.ConfigError,
+                       match="--set launcher.partition=a: launcher.\\* settings are for --launcher slurm"):
+        study_runner._launcher("local", s, ["launcher.partition=a"], 1)
+    for parallel in (2, 3):
+        with pytest.raises(study_runner.ConfigError, match="--parallel is for --launcher local"):
+            study_runner._launcher("slurm", s, [], parallel)
+
+
+def test_scoring_uses_the_studys_heldout_rows_and_a_failure_names_the_step_and_the_log(resolved, monkeypatch):
+    """The held-out rows are the study's (the run's data.heldout_rows where the study sets none); a failed
+    step's error names it ("training <run>", "scoring <run> (last.pt)") and the run's log file; a run
+    recorded as scored is only scored again, never retrained."""
+    s, runs = resolved
+    run = runs[0]
+    log_path = s.dir / "runs" / f"{run.name}.log"
+    assert study_runner.score_command(run, None) == study_runner.score_command(run, None, "last")
+    assert study_runner.score_command(run, None)[study_runner.score_command(run, None).index("--rows") + 1] == "12"
+    s.heldout_rows = 7
+    for step, match in (("run_tid.py", f"training {run.name} failed \\(exit 1\\): see {log_path}"),
+                        ("run_perplexity.py", f"scoring {run.name} \\(last.pt\\) failed \\(exit 1\\): see {log_path}")):
+        commands = _Commands(fail=lambda cmd: int(step in " ".join(cmd)))
+        monkeypatch.setattr(study_runner.subprocess, "Popen", commands)
+        with pytest.raises(study_runner.StudyRunError, match=match):
+            study_runner.train_and_score(s, run, {}, set())
+    study_runner._write_record(run, "scored")
+    commands = _Commands()
+    monkeypatch.setattr(study_runner.subprocess, "Popen", commands)
+    study_runner.train_and_score(s, run, {}, set())
+    assert commands.kinds() == ["score", "score"]
+    assert [cmd[cmd.index("--rows") + 1] for cmd, _, _ in commands.calls] == ["7", "7"]
+
+
+# ----------------------------------------------------------------------------- run_study.py's command line
+
+@pytest.fixture
+def study_cli(tmp_path, monkeypatch):
+    """run_study.py's main with the work stood in for: returns (argv, calls); calls records what main handed
+    to each stage, and calls["raise"] is what the launch raises (None: the runs finish)."""
+    import signal
+
+    import study_report
+    monkeypatch.chdir(REPO)
+    path = tmp_path / "mini.yaml"
+    arms = {"baseline": {"runner": "run_tid.py", "set": {"tid.method": "none"}},
+            "random": {"runner": "run_tid.py", "set": {"tid.method": "random"}}}
+    path.write_text(yaml.safe_dump({"seeds": [1, 2], "arms": arms}))
+    outputs = [f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tok'}",
+               f"checkpoint_dir={tmp_path / 'ck'}", f"log_dir={tmp_path / 'logs'}"]
+    calls = {"raise": None}
+
+    def launcher(name, st, sets, parallel):
+        calls["launcher"] = (name, st.name, sets, parallel, st.out_dir)
+
+        def launch(st2, runs):
+            calls["launched"] = [r.name for r in runs]
+            if calls["raise"]:
+                raise calls["raise"]
+        return launch
+
+    def write_report(st, runs, differences, command, out_dir):
+        calls["report"] = (command, out_dir, sorted(differences))
+        return {"comparisons": {"random": {"verdict": "no detectable difference", "delta_nll": -0.01234}}}
+    monkeypatch.setattr(study_runner, "_launcher", launcher)
+    monkeypatch.setattr(study_runner, "prepare_once", lambda runs: calls.setdefault("prepared", len(runs)))
+    monkeypatch.setattr(study_runner, "check_trained_configs", lambda runs: calls.setdefault("checked", len(runs)))
+    monkeypatch.setattr(study_report, "write_report", write_report)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: calls.setdefault("signal", (signum, handler)))
+    argv = ["--study", str(path), "--config", "configs/quickstart.yaml",
+            *(a for s in [*TINY, *outputs] for a in ("--set", s))]
+    return argv, calls
+
+
+def _main(argv, capsys):
+    """(exit status exactly as main gave it, stdout, stderr)."""
+    try:
+        study_runner.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_run_study_hands_each_stage_its_part_of_the_command_line(study_cli, capsys, tmp_path):
+    """launcher.* settings go to the launcher, the rest to every arm; the report gets the command to rerun
+    it and the folder; stdout says what is compared and ends with the verdicts; SIGTERM stops as Ctrl-C."""
+    import signal
+    argv, calls = study_cli
+    code, out, err = _main([*argv, "--set", "launcher.partition=a", "--launcher", "slurm", "--parallel", "1",
+                            "--out", str(tmp_path / "report")], capsys)
+    assert (code, err) == (0, "")
+    assert calls["launcher"] == ("slurm", "mini", ["launcher.partition=a"], 1, tmp_path / "report")
+    assert len(calls["launched"]) == 4 and calls["prepared"] == calls["checked"] == 4
+    assert not any("launcher" in name for name in calls["launched"])
+    command, out_dir, arms = calls["report"]
+    assert command == " ".join(["python run_study.py --study", argv[1], "--config configs/quickstart.yaml",
+                                *(f"--set {s}" for s in argv[5::2]), "--set launcher.partition=a"])
+    assert out_dir == tmp_path / "report" and arms == ["baseline", "random"]
+    assert calls["signal"] == (signal.SIGTERM, study_runner._interrupt)
+    lines = out.splitlines()
+    assert lines[0].startswith("study mini: 2 arms x 2 seeds [1, 2], reference 'baseline', ")
+    assert lines[1] == "  random: tid.method='random'"
+    assert lines[-1] == (f"study mini done: {tmp_path / 'report' / 'summary.md'}, summary.json, figures/. "
+                         "Against baseline: random: no detectable difference (-0.0123 nats/token)")
+
+
+def test_run_study_defaults_run_locally_one_at_a_time_into_the_studys_folder(study_cli, capsys):
+    argv, calls = study_cli
+    code, out, err = _main(argv[:2], capsys)                # no --config, no --set: the quickstart's runs
+    assert code == 0
+    assert calls["launcher"] == ("local", "mini", [], 1, None)
+    assert calls["report"][0] == f"python run_study.py --study {argv[1]}"
+    code, _, err = _main([*argv[:2], "--parallel", "2"], capsys)
+    assert code == 0 and calls["launcher"][3] == 2
+
+
+@pytest.mark.parametrize("error, code, says", [
+    (study_runner.ConfigError("bad key"), 2, "error: bad key\n"),
+    (study_runner.StudyRunError("training x failed"), 1,
+     "error: training x failed; rerun the same command to continue\n"),
+    ("DataError", 1, "error: no rows; rerun the same command to continue\n"),
+    (FileNotFoundError("logs/x.pkl"), 1, "error: logs/x.pkl; delete that file and the run's <run>.json"),
+    ("UnsafeFileError", 1, "error: crafted; delete that file"),
+    (KeyboardInterrupt(), 130, "interrupted: finished runs are kept; rerun the same command to continue\n"),
+])
+def test_run_study_maps_each_failure_to_its_exit_status_and_one_line(study_cli, capsys, error, code, says):
+    from dataset_definitions.sources import DataError
+    from fileio import UnsafeFileError
+    argv, calls = study_cli
+    named = {"DataError": DataError("no rows"), "UnsafeFileError": UnsafeFileError("crafted")}
+    calls["raise"] = named.get(error, error)
+    got, out, err = _main(argv, capsys)
+    assert got == code and err.startswith(says) and err.count("\n") == 1
+    assert "report" not in calls
+
+
+@pytest.mark.parametrize("argv, says", [
+    ([], "the following arguments are required: --study"),
+    (["--study", "x.yaml", "--launcher", "SLURM"], "argument --launcher: invalid choice: 'SLURM'"),
+    (["--study", "x.yaml", "--parallel", "two"], "argument --parallel: invalid int value: 'two'"),
+])
+def test_run_study_refuses_a_bad_command_line_by_argparse(argv, says, capsys):
+    code, _, err = _main(argv, capsys)
+    assert code == 2 and says in err
+
+
+def test_run_study_help_documents_its_options(capsys):
+    code, out, _ = _main(["--help"], capsys)
+    assert code == 0
+    out = " ".join(out.split())
+    for phrase in ("Train and compare a study's arms over its seeds.", "--study FILE", "configs/studies/NAME.yaml",
+                   "--config FILE", "YAML overlay on every arm (after the study's configs); repeatable",
+                   "--set KEY=VALUE", "override for every arm, e.g. --set data.source=text (repeatable)",
+                   "--parallel PARALLEL", "runs at once (one GPU each where there are several)",
+                   "--out DIR", "report folder (default studies/NAME)", "--launcher {local,slurm}",
+                   "local: subprocesses here (default); slurm: one submitit job per run (--set launcher.*)"):
+        assert phrase in out, phrase
