@@ -552,7 +552,8 @@ def study_cli(tmp_path, monkeypatch):
 
     def write_report(st, runs, differences, command, out_dir):
         calls["report"] = (command, out_dir, sorted(differences))
-        return {"comparisons": {"random": {"verdict": "no detectable difference", "delta_nll": -0.01234}}}
+        return {"comparisons": {"random": {"verdict": "no detectable difference", "delta_nll": -0.01234},
+                                "other": {"verdict": "better", "delta_nll": -0.5}}}
     monkeypatch.setattr(study_runner, "_launcher", launcher)
     monkeypatch.setattr(study_runner, "prepare_once", lambda runs: calls.setdefault("prepared", len(runs)))
     monkeypatch.setattr(study_runner, "check_trained_configs", lambda runs: calls.setdefault("checked", len(runs)))
@@ -594,7 +595,8 @@ def test_run_study_hands_each_stage_its_part_of_the_command_line(study_cli, caps
     assert lines[0].startswith("study mini: 2 arms x 2 seeds [1, 2], reference 'baseline', ")
     assert lines[1] == "  random: tid.method='random'"
     assert lines[-1] == (f"study mini done: {tmp_path / 'report' / 'summary.md'}, summary.json, figures/. "
-                         "Against baseline: random: no detectable difference (-0.0123 nats/token)")
+                         "Against baseline: random: no detectable difference (-0.0123 nats/token); "
+                         "other: better (-0.5000 nats/token)")
 
 
 def test_run_study_defaults_run_locally_one_at_a_time_into_the_studys_folder(study_cli, capsys):
@@ -640,11 +642,11 @@ def test_run_study_refuses_a_bad_command_line_by_argparse(argv, says, capsys):
 def test_run_study_help_documents_its_options(capsys):
     code, out, _ = _main(["--help"], capsys)
     assert code == 0
-    out = " ".join(out.split())
+    out = " " + " ".join(out.split()) + " "                # each phrase whole, between spaces
     for phrase in ("Train and compare a study's arms over its seeds.", "--study FILE", "configs/studies/NAME.yaml",
                    "--config FILE", "YAML overlay on every arm (after the study's configs); repeatable",
                    "--set KEY=VALUE", "override for every arm, e.g. --set data.source=text (repeatable)",
                    "--parallel PARALLEL", "runs at once (one GPU each where there are several)",
                    "--out DIR", "report folder (default studies/NAME)", "--launcher {local,slurm}",
                    "local: subprocesses here (default); slurm: one submitit job per run (--set launcher.*)"):
-        assert phrase in out, phrase
+        assert f" {phrase} " in out, phrase
