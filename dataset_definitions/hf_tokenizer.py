@@ -94,6 +94,4 @@ def _backend(tokenizer: Tokenizer):
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copyfile(tokenizer.path, Path(tmp) / "tokenizer.model")
             backend = LlamaTokenizerFast.from_pretrained(tmp).backend_tokenizer
-    if tokenizer.kind in ("bpe", "word"):
-        backend.add_special_tokens([backend.id_to_token(i) for i in range(4)])  # the specials are ids 0..3
     return backend

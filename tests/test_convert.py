@@ -308,7 +308,7 @@ UNUSUAL = ["Lily\u2019s dog met Zyxwvut and QQQ", "\u00c9COLE na\u00efve caf\u00
 def test_the_fast_tokenizer_encodes_unusual_text_as_ours_with_our_vocabulary(trained_or_shared_tokenizer):
     """fast_tokenizer on what the generation prompts lack: words outside a word-level vocabulary (its <unk>), a
     curly apostrophe (word level reads it as '), capitals, accents, runs of whitespace; its vocabulary is the
-    model's, no token added."""
+    model's, no token added; our special tokens are its special tokens (dropped by skip_special_tokens)."""
     from dataset_definitions.hf_tokenizer import fast_tokenizer
     tok = trained_or_shared_tokenizer
     fast = fast_tokenizer(tok)
@@ -317,6 +317,10 @@ def test_the_fast_tokenizer_encodes_unusual_text_as_ours_with_our_vocabulary(tra
         assert fast(text, add_special_tokens=False)["input_ids"] == tok.encode(text), text
     if tok.kind == "word":
         assert tok.unk_id in tok.encode(UNUSUAL[0]) and tok.encode("Lily\u2019s") == tok.encode("lily's")
+    specials = [tok.eos_id] if tok.kind == "gpt2" else [0, 1, 2, 3]     # ours: pad, bos/sos, eos, unk at 0..3
+    assert sorted(fast.all_special_ids) == specials
+    ids = list(range(4, 40))                                              # ordinary tokens of every kind
+    assert fast.decode([*specials, *ids, *specials], skip_special_tokens=True) == fast.decode(ids)
 
 
 def test_gpt2_files_are_read_as_utf8_whatever_the_locale(gpt2_dir, tmp_path):
