@@ -144,6 +144,38 @@ def test_log_axis_ticks_one_two_five_per_decade_as_plain_numbers_on_the_axis_nam
     matplotlib.pyplot.close(fig)
 
 
+def test_new_figure_is_a_grid_of_w_by_h_inch_gridded_panels_laid_out_by_constraints():
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    from visualizations.figures import new_figure
+    for args, kwargs, shape, inches in [((3, 2), {}, (2, 3), (16.5, 8.0)), ((1,), {}, (1, 1), (5.5, 4.0)),
+                                        ((2,), {"w": 3, "h": 2}, (1, 2), (6.0, 2.0))]:
+        fig, axes = new_figure(*args, **kwargs)
+        assert axes.shape == shape and tuple(fig.get_size_inches()) == inches
+        assert isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+        for ax in axes.flat:
+            line = ax.xaxis.get_gridlines()[0]
+            assert line.get_visible() and line.get_alpha() == 0.3
+        matplotlib.pyplot.close(fig)
+
+
+def test_save_or_return_writes_120_dpi_files_and_closes_that_figure_only(tmp_path):
+    """A 2 x 1 panel figure (11 x 4 inches) saves as a 1320 x 480 PNG; the figure saved is closed, a figure
+    made after it (the current one) stays open; without out_dir the figure comes back open."""
+    import struct
+
+    from visualizations.figures import new_figure, save_or_return
+    fig, _ = new_figure(2)
+    other = matplotlib.pyplot.figure()
+    [path] = save_or_return(fig, "panels", tmp_path / "out", ("png",))
+    assert path == tmp_path / "out" / "panels.png"
+    assert struct.unpack(">II", path.read_bytes()[16:24]) == (1320, 480)          # the PNG header's width, height
+    open_figures = matplotlib.pyplot.get_fignums()
+    assert fig.number not in open_figures and other.number in open_figures
+    assert save_or_return(other, "x", None, ("png",)) is other and other.number in matplotlib.pyplot.get_fignums()
+    matplotlib.pyplot.close(other)
+
+
 def test_missing_run_warns_and_the_others_still_plot(logs, tmp_path):
     with pytest.warns(MissingLogWarning, match="'ghost'"):
         fig = plots.loss_curves(["ghost", "dense", "tid"], logs)
