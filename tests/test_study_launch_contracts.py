@@ -353,6 +353,46 @@ def test_the_executor_is_the_scheduler_named_not_the_one_submitit_would_guess(tm
                                           "cpus_per_task": 2}
 
 
+def test_a_slurm_job_asks_for_the_resources_partition_account_and_setup_configured(tmp_path, monkeypatch):
+    """On a cluster (an `srun` on PATH), the sbatch parameters are the launcher settings: time, GPUs, CPUs,
+    memory, partition, account, the setup line; the ones left at None are left to the cluster."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = study_slurm.SlurmConfig(partition="gpu", account="lab", mem_gb=32, setup="source .venv/bin/activate",
+                                  gpus_per_run=2, cpus_per_run=4, time_limit_min=60)
+    executor = study_slurm._executor(cfg, tmp_path / "jobs")
+    assert executor.cluster == "slurm"
+    assert executor._executor.parameters == {"time": 60, "nodes": 1, "ntasks_per_node": 1, "gpus_per_node": 2,
+                                             "cpus_per_task": 4, "mem": "32GB", "partition": "gpu",
+                                             "account": "lab", "setup": ["source .venv/bin/activate"]}
+    default = study_slurm._executor(study_slurm.SlurmConfig(), tmp_path / "jobs2")
+    assert default._executor.parameters == {"time": 240, "nodes": 1, "ntasks_per_node": 1, "gpus_per_node": 1,
+                                            "cpus_per_task": 8}
+
+
+@pytest.mark.parametrize("settings, refused", [
+    ({"cpus_per_run": 0}, "launcher.cpus_per_run must be positive, got 0"),
+    ({"time_limit_min": 0}, "launcher.time_limit_min must be positive, got 0"),
+    ({"poll_s": 0.0}, "launcher.poll_s must be positive, got 0.0"),
+    ({"gpus_per_run": -1}, "launcher.gpus_per_run must be >= 0"),
+    ({"mem_gb": 0}, "launcher.mem_gb positive"),
+    ({"mem_gb": -4}, "launcher.mem_gb positive"),
+    ({"executor": "pbs"}, "launcher.executor: 'pbs' is not one of \\['slurm', 'local', 'debug'\\]"),
+    ({"gpus_per_run": 0, "mem_gb": 1, "cpus_per_run": 1, "time_limit_min": 1, "poll_s": 0.1}, None),
+    ({"mem_gb": 0.5}, None),
+])
+def test_launcher_settings_out_of_range_are_refused_by_key(settings, refused):
+    if refused is None:
+        assert study_slurm.SlurmConfig(**settings).mem_gb == settings["mem_gb"]
+    else:
+        with pytest.raises(study_runner.ConfigError, match=refused):
+            study_slurm.SlurmConfig(**settings)
+
+
 # ----------------------------------------------------------------------------- workers, records and states
 
 @pytest.mark.parametrize("gpus, cpus, parallel, expected", [
