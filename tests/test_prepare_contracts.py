@@ -398,3 +398,74 @@ def test_no_validation_rows_is_refused_and_the_deduplicator_gets_the_configs_set
     monkeypatch.setattr(prepare, "Deduplicator", lambda *settings: made.append(settings) or real(*settings))
     _prepare(tmp_path, data=replace(DATA, dedup="near", dedup_threshold=0.6, dedup_ngram=3))
     assert made == [("near", 0.6, 3)]
+
+
+def test_local_sources_are_hashed_once_into_the_hash_cache_under_processed(tmp_path):
+    """A text source's SHA-256 (hashlib of its bytes) is remembered in <data_dir>/processed/.content-hashes.json,
+    keyed by the file's resolved path: the file the data key reads back while size and mtime hold."""
+    import hashlib
+    import json
+    text = tmp_path / "corpus.txt"
+    text.write_text("one line\nanother line\n")
+    data_key(DataConfig(source="text", path=str(text)), BPE, tmp_path / "data")
+    cache = json.loads((tmp_path / "data" / "processed" / ".content-hashes.json").read_text())
+    assert list(cache) == [str(text.resolve())]
+    assert cache[str(text.resolve())]["sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
+
+
+def test_an_hf_sources_local_files_are_its_folder_and_the_data_files_its_path_matches(tmp_path):
+    """source=hf: data.name when it is a local folder (a hub name is not a file), then the files the data.path
+    glob matches, sorted; a glob matching a folder is refused as not a regular file."""
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    for name in ("b.jsonl", "a.jsonl", "notes.md"):
+        (tmp_path / name).write_text("{}\n")
+    hf = DataConfig(source="hf", name=str(folder), path=str(tmp_path / "*.jsonl"))
+    assert prepare._local_files(hf) == [folder, tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    assert prepare._local_files(replace(hf, path=None)) == [folder]
+    assert prepare._local_files(replace(hf, name="roneneldan/TinyStories")) == [tmp_path / "a.jsonl",
+                                                                                 tmp_path / "b.jsonl"]
+    assert prepare._local_files(replace(hf, name="roneneldan/TinyStories", path=None)) == []
+    with pytest.raises(DataError, match=f"data.path {folder} is not a regular file"):
+        prepare._local_files(replace(hf, path=str(tmp_path / "data*")))
+
+
+def test_the_data_key_ignores_the_vocab_size_of_a_tokenizer_read_from_files_only(tmp_path):
+    """gpt2 and llama take their vocabulary from their files: tokenizer.vocab_size does not change their key;
+    for a tokenizer trained here (bpe) it does."""
+    files = tmp_path / "tokfiles"
+    files.mkdir()
+    (files / "tokenizer.model").write_bytes(b"\x00model")
+    for kind, path in (("gpt2", files), ("llama", files / "tokenizer.model")):
+        keys = {data_key(DATA, TokenizerConfig(kind=kind, path=str(path), vocab_size=v), tmp_path / "d")
+                for v in (5, 9)}
+        assert len(keys) == 1, kind
+    assert data_key(DATA, replace(BPE, vocab_size=5), tmp_path / "d") != data_key(DATA, BPE, tmp_path / "d")
+
+
+def test_prepare_data_hands_its_options_to_the_build(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(prepare, "_build_cache", lambda *args: seen.setdefault("args", args))
+    prepare_data(DATA, BPE, tmp_path / "data", tmp_path / "tok", context=16, force=True, verify=True, log=_quiet)
+    data, tok, tok_dir, key, final, force, verify, context, log = seen["args"]
+    assert (data, tok, tok_dir, force, verify, context, log) == (DATA, BPE, tmp_path / "tok", True, True, 16, _quiet)
+    assert final == tmp_path / "data" / "processed" / key and key == data_key(DATA, BPE, tmp_path / "data")
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS", "EIO", "EACCES"])
+def test_a_full_or_read_only_disk_during_a_build_is_one_data_error_other_os_errors_pass_through(tmp_path,
+                                                                                                monkeypatch, code):
+    import errno
+    number = getattr(errno, code)
+
+    def fail(*args):
+        raise OSError(number, os.strerror(number))
+    monkeypatch.setattr(prepare, "_build_cache", fail)
+    if code in ("ENOSPC", "EDQUOT", "EROFS"):
+        with pytest.raises(DataError, match=f"data: cannot write in {tmp_path / 'data' / 'processed'}: .*"
+                                            "the half-built cache was removed"):
+            _prepare(tmp_path)
+    else:
+        with pytest.raises(OSError) as raised:
+            _prepare(tmp_path)
+        assert raised.value.errno == number                                # the error itself, not a DataError
