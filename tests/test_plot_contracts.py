@@ -516,6 +516,26 @@ def test_moe_dropped_fraction_panel(moe_runs):
     assert plots.moe_load(["dense"], moe_runs) is None
 
 
+def test_moe_experts_keep_one_colour_in_every_panel_for_the_shared_legend(moe_runs):
+    """The legend is drawn once (from the row with the most experts, wherever it is), so expert e has the same
+    colour in every panel: tab10 up to 10 experts, tab20 past; the balanced line is dashed grey, the dropped
+    fraction red (C3)."""
+    for n in (10, 11):
+        _write(moe_runs, f"e{n}", [3.0] * 2, stats=[{f"moe_load_l0_e{e}": e + 1 + s for e in range(n)} for s in (0, 1)])
+    fig = plots.moe_load(["e10", "e11", "moe"], moe_runs)
+    for ax, n, cmap in ((fig.axes[0], 10, plt.cm.tab10), (fig.axes[3], 11, plt.cm.tab20),     # 3 x (2 layers
+                        (fig.axes[6], 3, plt.cm.tab10), (fig.axes[7], 3, plt.cm.tab10)):      # + dropped)
+        *experts, balanced = ax.get_lines()
+        assert len(experts) == n and all(same_color(line.get_color(), cmap(e)) for e, line in enumerate(experts))
+        assert same_color(balanced.get_color(), "0.3") and balanced.get_linestyle() == "--"
+    assert fig.axes[8].get_lines() and all(same_color(line.get_color(), "C3") for line in fig.axes[8].get_lines())
+    assert _legend_texts(fig.legends[0]) == [f"expert {e}" for e in range(11)] + ["balanced"]
+    plt.close(fig)
+    fig = plots.moe_load(["wide", "moe"], moe_runs)                  # the widest row first: still its legend
+    assert _legend_texts(fig.legends[0]) == [f"expert {e}" for e in range(WIDE_EXPERTS)] + ["balanced"]
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- perplexity
 
 P_ROWS = [4.0, 9.0, 20.0, 5.5, 100.0, 7.0]
@@ -841,4 +861,6 @@ def test_figures_read_logs_under_the_working_directory_by_default(all_logs, monk
     monkeypatch.chdir(all_logs.parent)
     assert list(plots.plot_all(["A"])) == ["loss", "lr_grad_norm", "perplexity", "training_time"]
     assert plots.training_time(["A"]) is not None and plots.tid_overhead(["tid"]) is not None
-    assert plots.lr_grad_norm(["A"]) is not None
+    assert plots.lr_grad_norm(["A"]) is not None and plots.moe_load(["moe"]) is not None
+    assert plots.loss_curves(["A"]) is not None and plots.perplexity(["A"]) is not None
+    plt.close("all")
