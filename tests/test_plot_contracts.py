@@ -714,6 +714,29 @@ def test_each_figure_saves_under_its_name_in_every_format_and_closes(all_logs, t
     assert plt.get_fignums() == before
 
 
+@pytest.mark.parametrize("name", list(FILES))
+def test_each_figure_takes_one_run_name_as_a_list_of_it(all_logs, tmp_path, name):
+    """A str is one run ("moe", not the runs "m", "o", "e"): the same files as for ["moe"]."""
+    run = "tid" if name == "tid" else "moe"                          # a run each figure can draw
+    one = FILES[name](run, all_logs, out_dir=tmp_path / "one", formats=("svg",))
+    listed = FILES[name]([run], all_logs, out_dir=tmp_path / "listed", formats=("svg",))
+    assert one == [tmp_path / "one" / f"{name}.svg"] and listed == [tmp_path / "listed" / f"{name}.svg"]
+
+
+def test_figure_legends_drawn_outside_the_panels_cover_none_of_them(moe_runs, all_logs):
+    """The shared legends of moe_load (right) and perplexity (below) sit outside every panel."""
+    for fig, side in ((plots.moe_load(["wide", "moe"], moe_runs), "right"),
+                      (plots.perplexity(["A", "tid", "moe"], all_logs), "below")):
+        fig.canvas.draw()
+        legend = fig.legends[0].get_window_extent()
+        for ax in fig.axes:
+            if ax.get_visible():
+                box = ax.get_tightbbox()
+                assert not legend.overlaps(box)
+                assert legend.x0 >= box.x1 if side == "right" else legend.y1 <= box.y0
+        plt.close(fig)
+
+
 def test_plot_all_returns_every_drawable_figure_with_the_options_passed_on(all_logs, tmp_path):
     """plot_all without out_dir: {name: Figure} for each figure the logs allow, the benchmark under its
     file stem; ema and log_scale reach the figures -> legends and scales read back."""
