@@ -597,6 +597,7 @@ def test_perplexity_marks_mean_and_median_and_names_them_in_the_legend(ppl_logs)
     assert _legend_texts(legend) == [p_label, q_label, "mean", "median"]
     assert p_label == "p: 6 rows, mean 24.2, median 8.0, corpus 12.3"
     assert [h.get_linestyle() for h in legend.legend_handles[2:]] == ["--", ":"]
+    assert all(same_color(h.get_color(), "0.3") for h in legend.legend_handles[2:])  # grey: no run's colour
 
 
 def test_perplexity_box_per_run_with_its_median_and_mean(ppl_logs):
@@ -614,6 +615,13 @@ def test_perplexity_box_per_run_with_its_median_and_mean(ppl_logs):
         assert statistics.median(rows) in flat
         assert any(y == pytest.approx(statistics.mean(rows), rel=1e-12) for y in points)
     assert (ax.get_ylabel(), ax.get_title()) == ("perplexity of a row", "box: median line, mean diamond")
+    means = [l for l in ax.get_lines() if l.get_marker() == "D"]                # as the title says: diamonds
+    assert [_xy(l)[1][0] for l in means] == pytest.approx([statistics.mean(P_ROWS), statistics.mean(Q_ROWS)])
+    assert all(same_color(l.get_markerfacecolor(), "white") for l in means)
+    for pos, rows, hist in ((1, P_ROWS, fig.axes[0].patches[0]), (2, Q_ROWS, fig.axes[0].patches[1])):
+        [median] = [l for l in ax.get_lines() if _xy(l)[1].tolist() == [statistics.median(rows)] * 2
+                    and abs(np.mean(_xy(l)[0]) - pos) < 0.01]
+        assert same_color(median.get_color(), hist.get_edgecolor())                # the run's colour
 
 
 def test_perplexity_with_no_rows_anywhere_is_none(ppl_logs):
