@@ -326,6 +326,34 @@ def test_grad_norm_limit_lines_are_one_per_distinct_value_and_none_without(lr_ru
     assert _legend_texts(g_ax.get_legend()) == ["raw"]
 
 
+def test_learning_rates_read_as_multiples_of_a_power_of_ten_on_their_axis_only(tmp_path):
+    """The lr axis puts the power of ten once above it (1e-3) and labels ticks 0.0 .. 1.2; steps and gradient
+    norms keep plain numbers; grad clip lines are grey."""
+    log_dir = tmp_path / "logs"
+    lr = [1e-4 + 1e-3 * (i % 7) / 6 for i in range(150)]
+    _write(log_dir, "a", [3.0] * 150, lr=lr, grad=[1.0 + i for i in range(150)], meta=_meta(clip=50.0))
+    fig = plots.lr_grad_norm(["a"], log_dir, log_scale=False)
+    fig.canvas.draw()
+    lr_ax, g_ax = fig.axes
+    assert lr_ax.yaxis.get_offset_text().get_text() == "1e\u22123"
+    assert [t.get_text() for t in lr_ax.get_yticklabels()][:3] == ["0.0", "0.2", "0.4"]
+    assert [ax.xaxis.get_offset_text().get_text() for ax in fig.axes] == ["", ""]
+    assert g_ax.yaxis.get_offset_text().get_text() == "" and "100" in [t.get_text() for t in g_ax.get_yticklabels()]
+    [clip] = g_ax.get_lines()[2:]
+    assert _xy(clip)[1].tolist() == [50.0, 50.0] and same_color(clip.get_color(), "0.3")
+    plt.close(fig)
+
+
+def test_a_log_whose_meta_names_no_grad_clip_draws_no_clip_line(tmp_path):
+    """A log without a config in its meta (or without its train section) plots, without a clip line."""
+    log_dir = tmp_path / "logs"
+    _write(log_dir, "bare", [3.0] * 2, meta={})
+    _write(log_dir, "untrained", [3.0] * 2, meta={"config": {}})
+    fig = plots.lr_grad_norm(["bare", "untrained"], log_dir)
+    assert len(fig.axes[1].get_lines()) == 4 and _legend_texts(fig.axes[1].get_legend()) == ["EMA 0.9"]
+    plt.close(fig)
+
+
 def test_grad_norm_axis_is_log_by_default_and_linear_on_request(lr_runs):
     """lr_grad_norm: the gradient norm panel is on a log axis unless log_scale=False; the lr never is."""
     fig = plots.lr_grad_norm(["a"], lr_runs)
