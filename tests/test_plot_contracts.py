@@ -499,7 +499,7 @@ def test_moe_each_experts_share_per_layer_smoothed_with_a_balanced_line(moe_runs
     with pytest.warns(MissingLogWarning):
         fig = plots.moe_load(["dense", "moe", "ghost", "wide"], moe_runs, ema=0.5)
     assert len(fig.axes) == 6                          # 2 runs x (2 layers + dropped)
-    (l0, l1, drop), (w0, hidden, w_drop) = fig.axes[:3], fig.axes[3:]
+    (l0, l1, _), (w0, _, _) = fig.axes[:3], fig.axes[3:]
     for ax, layer in ((l0, 0), (l1, 1)):
         shares = _shares(MOE_LOAD[layer])
         *experts, balanced = ax.get_lines()
