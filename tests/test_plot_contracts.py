@@ -147,10 +147,12 @@ def test_loss_legend_names_the_runs_then_train_and_validation_in_the_lines_colou
     assert _legend_texts(legend) == ["B", "A", "train (EMA 0.8)", "validation"]
     handles = legend.legend_handles
     assert handles[3].get_linestyle() == "--" and handles[2].get_linestyle() == "-"
+    assert handles[3].get_marker() == "o" and handles[2].get_marker() == "None"
     lines = ax.get_lines()
     assert len(lines) == 6
     for run_lines, handle in ((lines[:3], handles[0]), (lines[3:], handles[1])):
         assert all(same_color(l.get_color(), handle.get_color()) for l in run_lines)
+        assert [l.get_marker() for l in run_lines] == ["None", "None", "o"]      # validation: dashed, dots
     assert not same_color(handles[0].get_color(), handles[1].get_color())
     _same(_xy(lines[0])[1], B_LOSS)
     _same(_xy(lines[3])[1], A_LOSS)
@@ -203,6 +205,13 @@ def test_tokens_per_step_falls_back_to_the_config_and_a_run_without_either_is_le
     assert by_run[2][0] == by_run[2][1] == [40.0, 80.0, 120.0]       # step 1: 40 tokens; step 3 took 0 s
     assert len(step_ax.get_lines()) == 4 * 3
     assert len(time_ax.get_lines()) == 2 * 3                          # zero and late have times
+    _write(log_dir, "single", [3.0], tokens=64, meta=_meta(2, 3, 11))
+    fig = plots.loss_curves(["single"], log_dir, x=("tokens",))
+    assert _xy(fig.axes[0].get_lines()[0])[0].tolist() == [64.0]       # one step: its tokens/s x step time
+    with pytest.warns(MissingLogWarning, match="no wall-time curves"):                # no run has a times log
+        fig = plots.loss_curves(["notimes", "bare"], log_dir, x=("step", "time"))
+    assert len(fig.axes[0].get_lines()) == 2 * 3 and not fig.axes[1].get_lines()
+    assert fig.axes[1].get_xlabel() == "wall time (s)"
 
 
 def test_loss_by_wall_time_reads_the_times_log_in_the_unit_of_the_longest_run(two_runs):
@@ -263,6 +272,10 @@ def test_loss_axis_is_log_on_request_else_linear_with_bits_per_token_beside(two_
         (bits,) = ax.child_axes
         assert bits.get_ylabel() == "bits/token"
         _same(bits.get_ylim(), [y / LN2 for y in ax.get_ylim()])
+        ticks = [b for b in bits.get_yticks() if bits.get_ylim()[0] <= b <= bits.get_ylim()[1]]
+        assert len(ticks) >= 2
+        for b in ticks:                                      # each bits tick at the height of its loss, b x ln 2
+            assert bits.transData.transform((0, b))[1] == pytest.approx(ax.transData.transform((0, b * LN2))[1])
 
 
 def test_loss_with_no_run_logged_is_none(tmp_path):
