@@ -131,6 +131,7 @@ def test_loss_by_step_draws_raw_ema_and_validation_of_each_run(two_runs):
         _same(_xy(val)[0], [s for s, _ in evals])
         _same(_xy(val)[1], [v for _, v in evals])
         assert val.get_linestyle() == "--" and raw.get_linestyle() == ema.get_linestyle() == "-"
+        assert raw.get_alpha() == 0.25 and ema.get_alpha() is None and val.get_alpha() is None   # raw faint
     assert ax.get_xlabel() == "optimizer step" and ax.get_title() == "by optimizer step"
     assert ax.get_ylabel() == "loss (nats/token)"
     assert fig.get_suptitle() == "Training and validation loss"
@@ -148,6 +149,7 @@ def test_loss_legend_names_the_runs_then_train_and_validation_in_the_lines_colou
     handles = legend.legend_handles
     assert handles[3].get_linestyle() == "--" and handles[2].get_linestyle() == "-"
     assert handles[3].get_marker() == "o" and handles[2].get_marker() == "None"
+    assert same_color(handles[2].get_color(), "0.3") and same_color(handles[3].get_color(), "0.3")  # styles: grey
     lines = ax.get_lines()
     assert len(lines) == 6
     for run_lines, handle in ((lines[:3], handles[0]), (lines[3:], handles[1])):

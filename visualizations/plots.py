@@ -71,11 +71,11 @@ def _legend(ax, runs: dict, styles=(), **kw) -> None:
     ax.legend(handles=handles, fontsize=8, **kw)
 
 
-def _curve(ax, x, y, color, ema: float, **kw) -> None:
+def _curve(ax, x, y, color, ema: float) -> None:
     """Raw values faint, the EMA on top (raw only when ema=0)."""
     if ema:
         ax.plot(x, y, color=color, alpha=0.25, lw=0.8)
-    ax.plot(x, smooth(y, ema), color=color, lw=1.6, **kw)
+    ax.plot(x, smooth(y, ema), color=color, lw=1.6)
 
 
 def _stat_runs(runs: dict, pattern: str) -> dict:
