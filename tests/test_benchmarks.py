@@ -74,6 +74,15 @@ def test_random_tokens_train_without_a_corpus(tmp_path):
     assert abs(summary["val_loss"] - 4.1589) < 0.1                  # uniform ids: ln 64 is the best possible
 
 
+def test_a_checkpoint_of_random_tokens_names_its_tokenizer_as_the_perplexity_benchmark_does(tmp_path):
+    """The tokenizer entry of a checkpoint trained on RandomTokens: kind random, no file, its vocab size."""
+    from models.checkpoint import load_checkpoint
+    cfg = tiny_run_config(tmp_path, ["train.max_steps=2", "model.vocab_size=50"])
+    train(cfg, data=RandomTokens(vocab_size=50, train_tokens=2000, val_tokens=200))
+    ckpt = load_checkpoint(next((tmp_path / "checkpoints").rglob("last.pt")))
+    assert ckpt["tokenizer"] == {"kind": "random", "path": None, "vocab_size": 50}
+
+
 def test_flops_per_token_of_gpt2_124m_is_nanogpts():
     # nanoGPT's estimate for GPT-2 124M at T=1024: 6 * 85M non-embedding-lookup params + 12 * L * d * T
     flops = flops_per_token(model_sets("gpt2_shape", 1024, 50304))
