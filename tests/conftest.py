@@ -162,12 +162,13 @@ def run_cli(main, argv, capsys) -> tuple[int, str]:
 
 
 def run_cli_out(main, argv, capsys) -> tuple[int, str, str]:
-    """Call a CLI's main in-process; returns (exit status, stderr, stdout)."""
+    """Call a CLI's main in-process; returns (exit status, stderr, stdout), the status as the process would
+    exit with it: sys.exit(None) is 0, a message 1."""
     try:
         main(argv)
         code = 0
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     out = capsys.readouterr()
     return code, out.err, out.out
 
