@@ -5,6 +5,7 @@ shared data is prepared once, reporting through the caller's log; prepare_data.p
 import json
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,18 +22,25 @@ TINY = ["data.source=builtin", "data.train_rows=300", "data.val_rows=20", "data.
         "model.n_heads=2", "model.d_ff=64", "train.max_steps=4", "train.batch_size=2", "train.precision=fp32"]
 
 
+def _mini_study(tmp_path, seeds: list[int]):
+    """mini.yaml, a study of two arms (TID off, random TID) over `seeds`, and the --set items that put every
+    output under tmp_path."""
+    path = tmp_path / "mini.yaml"
+    arms = {"baseline": {"runner": "run_tid.py", "set": {"tid.method": "none"}},
+            "random": {"runner": "run_tid.py", "set": {"tid.method": "random"}}}
+    path.write_text(yaml.safe_dump({"seeds": seeds, "arms": arms}))
+    outputs = [f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tok'}",
+               f"checkpoint_dir={tmp_path / 'ck'}", f"log_dir={tmp_path / 'logs'}"]
+    return path, outputs
+
+
 @pytest.fixture
 def resolved(tmp_path, monkeypatch):
     """A two-arm study resolved with every output under tmp_path (nothing is trained)."""
     monkeypatch.chdir(REPO)
-    path = tmp_path / "mini.yaml"
-    arms = {"baseline": {"runner": "run_tid.py", "set": {"tid.method": "none"}},
-            "random": {"runner": "run_tid.py", "set": {"tid.method": "random"}}}
-    path.write_text(yaml.safe_dump({"seeds": [1], "arms": arms}))
+    path, outputs = _mini_study(tmp_path, seeds=[1])
     s = study.load_study(path)
     s.out_dir = tmp_path / "study"
-    outputs = [f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tok'}",
-               f"checkpoint_dir={tmp_path / 'ck'}", f"log_dir={tmp_path / 'logs'}"]
     runs = study.resolve_runs(s, ["configs/quickstart.yaml"], [*TINY, *outputs])
     (s.dir / "runs").mkdir(parents=True)
     return s, runs
@@ -449,11 +457,11 @@ def test_any_output_without_a_checkpoint_to_resume_is_stale(resolved, leftover):
     falls back to the files."""
     s, runs = resolved
     run = runs[0]
-    ckpt = run.cfg.checkpoint_dir and study_runner.Path(run.cfg.checkpoint_dir) / run.name
+    ckpt = Path(run.cfg.checkpoint_dir) / run.name
     if leftover == "checkpoint folder":
         ckpt.mkdir(parents=True)
     else:
-        path = study_runner.Path(run.cfg.log_dir) / leftover.format(run.name)
+        path = Path(run.cfg.log_dir) / leftover.format(run.name)
         path.parent.mkdir(parents=True)
         path.write_bytes(b"")
         other = path.with_name("other-" + path.name)
@@ -546,8 +554,8 @@ def test_scoring_uses_the_studys_heldout_rows_and_a_failure_names_the_step_and_t
     s, runs = resolved
     run = runs[0]
     log_path = s.dir / "runs" / f"{run.name}.log"
-    assert study_runner.score_command(run, None) == study_runner.score_command(run, None, "last")
-    assert study_runner.score_command(run, None)[study_runner.score_command(run, None).index("--rows") + 1] == "12"
+    cmd = study_runner.score_command(run, None)
+    assert cmd == study_runner.score_command(run, None, "last") and cmd[cmd.index("--rows") + 1] == "12"
     s.heldout_rows = 7
     for step, match in (("run_tid.py", f"training {run.name} failed \\(exit 1\\): see {log_path}"),
                         ("run_perplexity.py", f"scoring {run.name} \\(last.pt\\) failed \\(exit 1\\): see {log_path}")):
@@ -573,12 +581,7 @@ def study_cli(tmp_path, monkeypatch):
 
     import study_report
     monkeypatch.chdir(REPO)
-    path = tmp_path / "mini.yaml"
-    arms = {"baseline": {"runner": "run_tid.py", "set": {"tid.method": "none"}},
-            "random": {"runner": "run_tid.py", "set": {"tid.method": "random"}}}
-    path.write_text(yaml.safe_dump({"seeds": [1, 2], "arms": arms}))
-    outputs = [f"data_dir={tmp_path / 'data'}", f"tokenizer_dir={tmp_path / 'tok'}",
-               f"checkpoint_dir={tmp_path / 'ck'}", f"log_dir={tmp_path / 'logs'}"]
+    path, outputs = _mini_study(tmp_path, seeds=[1, 2])
     calls = {"raise": None}
 
     def launcher(name, st, sets, parallel):
@@ -604,24 +607,13 @@ def study_cli(tmp_path, monkeypatch):
     return argv, calls
 
 
-def _main(argv, capsys):
-    """(exit status exactly as main gave it, stdout, stderr)."""
-    try:
-        study_runner.main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_run_study_hands_each_stage_its_part_of_the_command_line(study_cli, capsys, tmp_path):
     """launcher.* settings go to the launcher, the rest to every arm; the report gets the command to rerun
     it and the folder; stdout says what is compared and ends with the verdicts; SIGTERM stops as Ctrl-C."""
     import signal
     argv, calls = study_cli
-    code, out, err = _main([*argv, "--set", "launcher.partition=a", "--launcher", "slurm", "--parallel", "1",
-                            "--out", str(tmp_path / "report")], capsys)
+    code, err, out = run_cli_out(study_runner.main, [*argv, "--set", "launcher.partition=a", "--launcher", "slurm",
+                                                     "--parallel", "1", "--out", str(tmp_path / "report")], capsys)
     assert (code, err) == (0, "")
     assert calls["launcher"] == ("slurm", "mini", ["launcher.partition=a"], 1, tmp_path / "report")
     assert len(calls["launched"]) == 4 and calls["prepared"] == calls["checked"] == 4
@@ -641,11 +633,11 @@ def test_run_study_hands_each_stage_its_part_of_the_command_line(study_cli, caps
 
 def test_run_study_defaults_run_locally_one_at_a_time_into_the_studys_folder(study_cli, capsys):
     argv, calls = study_cli
-    code, out, err = _main(argv[:2], capsys)                # no --config, no --set: the quickstart's runs
+    code, err, out = run_cli_out(study_runner.main, argv[:2], capsys)   # no --config, no --set: quickstart's runs
     assert code == 0
     assert calls["launcher"] == ("local", "mini", [], 1, None)
     assert calls["report"][0] == f"python run_study.py --study {argv[1]}"
-    code, _, err = _main([*argv[:2], "--parallel", "2"], capsys)
+    code, err, _ = run_cli_out(study_runner.main, [*argv[:2], "--parallel", "2"], capsys)
     assert code == 0 and calls["launcher"][3] == 2
 
 
@@ -664,7 +656,7 @@ def test_run_study_maps_each_failure_to_its_exit_status_and_one_line(study_cli, 
     argv, calls = study_cli
     named = {"DataError": DataError("no rows"), "UnsafeFileError": UnsafeFileError("crafted")}
     calls["raise"] = named.get(error, error)
-    got, out, err = _main(argv, capsys)
+    got, err, _ = run_cli_out(study_runner.main, argv, capsys)
     assert got == code and err.startswith(says) and err.count("\n") == 1
     assert "report" not in calls
 
@@ -675,12 +667,12 @@ def test_run_study_maps_each_failure_to_its_exit_status_and_one_line(study_cli, 
     (["--study", "x.yaml", "--parallel", "two"], "argument --parallel: invalid int value: 'two'"),
 ])
 def test_run_study_refuses_a_bad_command_line_by_argparse(argv, says, capsys):
-    code, _, err = _main(argv, capsys)
+    code, err, _ = run_cli_out(study_runner.main, argv, capsys)
     assert code == 2 and says in err
 
 
 def test_run_study_help_documents_its_options(capsys):
-    code, out, _ = _main(["--help"], capsys)
+    code, _, out = run_cli_out(study_runner.main, ["--help"], capsys)
     assert code == 0
     out = " " + " ".join(out.split()) + " "                # each phrase whole, between spaces
     for phrase in ("Train and compare a study's arms over its seeds.", "--study FILE", "configs/studies/NAME.yaml",
