@@ -323,7 +323,8 @@ def test_the_fast_tokenizer_encodes_unusual_text_as_ours_with_our_vocabulary(tra
     assert fast.decode([*specials, *ids, *specials], skip_special_tokens=True) == fast.decode(ids)
 
 
-def test_gpt2_files_are_read_as_utf8_whatever_the_locale(gpt2_dir, tmp_path):
+@pytest.mark.parametrize("trained_or_shared_tokenizer", ["gpt2"], indirect=True)
+def test_gpt2_files_are_read_as_utf8_whatever_the_locale(trained_or_shared_tokenizer, tmp_path):
     """Under a C (ASCII) locale without Python's UTF-8 mode, the fast tokenizer of GPT-2's files (vocab.bpe is
     UTF-8) is built and encodes as in this process."""
     code = ("import json, sys; from dataset_definitions.config import TokenizerConfig; "
@@ -333,12 +334,10 @@ def test_gpt2_files_are_read_as_utf8_whatever_the_locale(gpt2_dir, tmp_path):
             "'g'); "
             "print(json.dumps(fast_tokenizer(tok)(json.loads(sys.argv[3]), add_special_tokens=False)['input_ids']))")
     text = "na\u00efve caf\u00e9 \u2014 done"
-    out = subprocess.run([sys.executable, "-c", code, str(gpt2_dir), str(tmp_path), json.dumps(text)], cwd=REPO,
+    tok = trained_or_shared_tokenizer
+    out = subprocess.run([sys.executable, "-c", code, tok.path, str(tmp_path), json.dumps(text)], cwd=REPO,
                          env=c_locale_env(), capture_output=True, timeout=120)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
-    from dataset_definitions.config import TokenizerConfig
-    from dataset_definitions.tokenizer_training import build_tokenizer
-    tok = build_tokenizer(TokenizerConfig(kind="gpt2", path=str(gpt2_dir)), lambda: iter(()), tmp_path, "g")
     assert json.loads(out.stdout) == tok.encode(text)
 
 

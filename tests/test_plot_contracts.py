@@ -356,7 +356,6 @@ def test_learning_rates_read_as_multiples_of_a_power_of_ten_on_their_axis_only(t
     assert g_ax.yaxis.get_offset_text().get_text() == "" and "100" in [t.get_text() for t in g_ax.get_yticklabels()]
     [clip] = g_ax.get_lines()[2:]
     assert _xy(clip)[1].tolist() == [50.0, 50.0] and same_color(clip.get_color(), "0.3")
-    plt.close(fig)
 
 
 def test_a_log_whose_meta_names_no_grad_clip_draws_no_clip_line(tmp_path):
@@ -366,7 +365,6 @@ def test_a_log_whose_meta_names_no_grad_clip_draws_no_clip_line(tmp_path):
     _write(log_dir, "untrained", [3.0] * 2, meta={"config": {}})
     fig = plots.lr_grad_norm(["bare", "untrained"], log_dir)
     assert len(fig.axes[1].get_lines()) == 4 and _legend_texts(fig.axes[1].get_legend()) == ["EMA 0.9"]
-    plt.close(fig)
 
 
 def test_grad_norm_axis_is_log_by_default_and_linear_on_request(lr_runs):
@@ -573,10 +571,8 @@ def test_moe_experts_keep_one_colour_in_every_panel_for_the_shared_legend(moe_ru
         assert same_color(balanced.get_color(), "0.3") and balanced.get_linestyle() == "--"
     assert fig.axes[8].get_lines() and all(same_color(line.get_color(), "C3") for line in fig.axes[8].get_lines())
     assert _legend_texts(fig.legends[0]) == [f"expert {e}" for e in range(11)] + ["balanced"]
-    plt.close(fig)
     fig = plots.moe_load(["wide", "moe"], moe_runs)                  # the widest row first: still its legend
     assert _legend_texts(fig.legends[0]) == [f"expert {e}" for e in range(WIDE_EXPERTS)] + ["balanced"]
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- perplexity
@@ -767,7 +763,7 @@ def test_each_figure_saves_under_its_name_in_every_format_and_closes(all_logs, t
 
 @pytest.mark.parametrize("name", list(FILES))
 def test_each_figure_takes_one_run_name_as_a_list_of_it(all_logs, tmp_path, name):
-    """A str is one run ("moe", not the runs "m", "o", "e"): the same files as for ["moe"]."""
+    """A str is one run ("moe", not the runs "m", "o", "e"): drawn and saved as for ["moe"]."""
     run = "tid" if name == "tid" else "moe"                          # a run each figure can draw
     one = FILES[name](run, all_logs, out_dir=tmp_path / "one", formats=("svg",))
     listed = FILES[name]([run], all_logs, out_dir=tmp_path / "listed", formats=("svg",))
@@ -785,7 +781,6 @@ def test_figure_legends_drawn_outside_the_panels_cover_none_of_them(moe_runs, al
                 box = ax.get_tightbbox()
                 assert not legend.overlaps(box)
                 assert legend.x0 >= box.x1 if side == "right" else legend.y1 <= box.y0
-        plt.close(fig)
 
 
 def test_plot_all_returns_every_drawable_figure_with_the_options_passed_on(all_logs, tmp_path):
@@ -937,4 +932,3 @@ def test_figures_read_logs_under_the_working_directory_by_default(all_logs, monk
     assert plots.training_time(["A"]) is not None and plots.tid_overhead(["tid"]) is not None
     assert plots.lr_grad_norm(["A"]) is not None and plots.moe_load(["moe"]) is not None
     assert plots.loss_curves(["A"]) is not None and plots.perplexity(["A"]) is not None
-    plt.close("all")

@@ -3,6 +3,9 @@ from the rows themselves: the packed stream and its counts, the cached path's ch
 build lock, the writable-folder checks, the --verify re-hash of a tokenizer file, and reading
 non-ASCII text under a C locale."""
 
+import errno
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -403,8 +406,6 @@ def test_no_validation_rows_is_refused_and_the_deduplicator_gets_the_configs_set
 def test_local_sources_are_hashed_once_into_the_hash_cache_under_processed(tmp_path):
     """A text source's SHA-256 (hashlib of its bytes) is remembered in <data_dir>/processed/.content-hashes.json,
     keyed by the file's resolved path: the file the data key reads back while size and mtime hold."""
-    import hashlib
-    import json
     text = tmp_path / "corpus.txt"
     text.write_text("one line\nanother line\n")
     data_key(DataConfig(source="text", path=str(text)), BPE, tmp_path / "data")
@@ -455,7 +456,6 @@ def test_prepare_data_hands_its_options_to_the_build(tmp_path, monkeypatch):
 @pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS", "EIO", "EACCES"])
 def test_a_full_or_read_only_disk_during_a_build_is_one_data_error_other_os_errors_pass_through(tmp_path,
                                                                                                 monkeypatch, code):
-    import errno
     number = getattr(errno, code)
 
     def fail(*args):
